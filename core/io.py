@@ -311,8 +311,8 @@ def to_conll(examples: list[Example]) -> str:
     blocks = []
     for ex in examples:
         words, tags = _token_texts(ex)
-        blocks.append("".join(f"{w}\t{t}\n" for w, t in zip(words, tags, strict=True)))
-    return "\n".join(blocks)
+        blocks.append("".join(f"{w}\t{t}\n" for w, t in zip(words, tags, strict=True)) + "\n")
+    return "".join(blocks)
 
 
 def to_jsonl(examples: list[Example]) -> str:

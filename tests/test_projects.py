@@ -1,0 +1,116 @@
+"""Projects, entity types, annotations and splits on a real SQLite file."""
+
+from __future__ import annotations
+
+import pytest
+
+from core import projects
+from core.db import get_db
+from core.errors import Conflict, NerlabError
+from core.projects import SentenceRecord
+from core.spans import Span
+
+
+def test_database_is_wal_and_migrations_are_idempotent(home):
+    db = get_db()
+    assert db.journal_mode == "wal"
+    applied = db.execute("SELECT COUNT(*) FROM _sqlite_migrations").fetchone()[0]
+    again = get_db()
+    assert again.execute("SELECT COUNT(*) FROM _sqlite_migrations").fetchone()[0] == applied
+    for table in ("projects", "labels", "sentences", "spans", "templates", "runs",
+                  "run_metrics", "predictions", "evaluations"):
+        assert table in again.table_names()
+
+
+def test_labels_get_colours_and_hotkeys_and_are_validated(db):
+    p = projects.create_project(db, "p", labels=["PER", "ORG"])
+    rows = projects.list_labels(db, p["id"])
+    assert [(r["name"], r["hotkey"]) for r in rows] == [("PER", "1"), ("ORG", "2")]
+    assert rows[0]["color"] != rows[1]["color"]
+    with pytest.raises(NerlabError, match="already exists"):
+        projects.add_label(db, p["id"], "PER")
+    with pytest.raises(NerlabError, match="not allowed"):
+        projects.add_label(db, p["id"], "bad[name]")
+    with pytest.raises(NerlabError, match="already used"):
+        projects.update_label(db, rows[1]["id"], hotkey="1")
+    renamed = projects.update_label(db, rows[1]["id"], name="Organisation", color="#123456")
+    assert (renamed["name"], renamed["color"]) == ("Organisation", "#123456")
+
+
+def test_delete_label_reports_and_removes_its_spans(db):
+    p = projects.create_project(db, "p", labels=["A", "B"])
+    projects.add_sentences(db, p["id"], [
+        SentenceRecord("x y z", spans=[Span(0, 1, "A"), Span(2, 3, "B")]),
+        SentenceRecord("a b", spans=[Span(0, 1, "A")]),
+    ])
+    label_a = projects.label_by_name(db, p["id"])["A"]
+    assert projects.count_label_spans(db, label_a["id"]) == 2
+    assert projects.delete_label(db, label_a["id"]) == 2
+    assert projects.stats(db, p["id"])["spans_per_label"] == {"B": 1}
+
+
+def test_save_annotation_refuses_a_stale_version(db):
+    p = projects.create_project(db, "p", labels=["Chemical"])
+    projects.add_sentences(db, p["id"], [SentenceRecord("Aspirin helps.")])
+    sid = projects.examples(db, p["id"], labelled_only=False)[0].id
+    v0 = projects.get_sentence(db, sid)["version"]
+    v1 = projects.save_annotation(db, sid, [Span(0, 7, "Chemical")], "tab-a", expected_version=v0)
+    assert v1 == v0 + 1
+    # A second tab that loaded version v0 must not overwrite tab-a's work.
+    with pytest.raises(Conflict, match="changed by tab-a"):
+        projects.save_annotation(db, sid, [], "tab-b", expected_version=v0)
+    assert projects.sentence_spans(db, sid) == [Span(0, 7, "Chemical")]
+    row = projects.get_sentence(db, sid)
+    assert (row["status"], row["annotator"]) == ("labelled", "tab-a")
+
+
+def test_save_annotation_validates_spans(db):
+    p = projects.create_project(db, "p", labels=["Chemical"])
+    projects.add_sentences(db, p["id"], [SentenceRecord("Aspirin helps.")])
+    sid = projects.examples(db, p["id"], labelled_only=False)[0].id
+    with pytest.raises(NerlabError, match="unknown entity type 'Drug'"):
+        projects.save_annotation(db, sid, [Span(0, 7, "Drug")], "me")
+    with pytest.raises(NerlabError, match="overlap"):
+        projects.save_annotation(db, sid, [Span(0, 7, "Chemical"), Span(3, 9, "Chemical")], "me")
+    assert projects.get_sentence(db, sid)["status"] == "unlabelled"
+
+
+def test_splits_are_reproducible_and_scored_test_sentences_stay(db):
+    p = projects.create_project(db, "p")
+    projects.add_sentences(db, p["id"], [SentenceRecord(f"Sentence number {i}.") for i in range(400)])
+    counts = projects.assign_splits(db, p["id"], dev=0.1, test=0.2, seed=7)
+    assert sum(counts.values()) == 400
+    assert 20 <= counts["dev"] <= 60 and 50 <= counts["test"] <= 110
+    first = {e.id: e.split for e in projects.examples(db, p["id"], labelled_only=False)}
+    projects.assign_splits(db, p["id"], dev=0.1, test=0.2, seed=7)
+    assert {e.id: e.split for e in projects.examples(db, p["id"], labelled_only=False)} == first
+
+    # Score one test sentence: it may not leave test, neither by re-splitting nor by hand.
+    test_id = next(i for i, s in first.items() if s == "test")
+    run_id = db["runs"].insert({"project_id": p["id"], "kind": "zero-shot", "created_at": "t"}).last_pk
+    db["predictions"].insert({"run_id": run_id, "sentence_id": test_id, "split": "test", "created_at": "t"})
+    projects.assign_splits(db, p["id"], dev=0.5, test=0.0, seed=1)
+    assert projects.get_sentence(db, test_id)["split"] == "test"
+    with pytest.raises(NerlabError, match="stay in test"):
+        projects.set_split(db, [test_id], "train")
+
+
+def test_bad_split_ratios(db):
+    p = projects.create_project(db, "p")
+    with pytest.raises(NerlabError, match="must be in"):
+        projects.assign_splits(db, p["id"], dev=0.6, test=0.6)
+
+
+def test_demo_project_is_created_once(db):
+    from core.demo import ensure_demo_project
+
+    p = ensure_demo_project(db)
+    again = ensure_demo_project(db)
+    assert p["id"] == again["id"]
+    s = projects.stats(db, p["id"])
+    assert s["splits"]["train"] == {"sentences": 340, "labelled": 300}
+    assert s["splits"]["dev"]["labelled"] == 60
+    assert s["splits"]["test"]["sentences"] >= 140
+    assert set(s["spans_per_label"]) == {"Chemical", "Disease"}
+    labels = projects.list_labels(db, p["id"])
+    assert all(r["description"] for r in labels)
