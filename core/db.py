@@ -203,3 +203,27 @@ def get_db(path: str | Path | None = None) -> Database:
         with _migration_lock(path):
             migrations.apply(db)
     return db
+
+
+@migrations()
+def m_eval_001_prediction_details_and_try(db: Database) -> None:
+    """Evaluation: what the parser flagged per prediction (hallucinated entities, unknown types),
+    and the Compare page's "type a sentence" requests, answered by a short worker process."""
+    db.executescript(
+        """
+        ALTER TABLE predictions ADD COLUMN details TEXT NOT NULL DEFAULT '{}';
+        CREATE TABLE try_requests (
+            id INTEGER PRIMARY KEY,
+            project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+            text TEXT NOT NULL,
+            run_ids TEXT NOT NULL DEFAULT '[]',
+            status TEXT NOT NULL DEFAULT 'queued'
+                CHECK (status IN ('queued', 'running', 'finished', 'failed')),
+            outputs TEXT NOT NULL DEFAULT '{}',
+            error_message TEXT,
+            pid INTEGER,
+            created_at TEXT NOT NULL,
+            finished_at TEXT
+        );
+        """
+    )
