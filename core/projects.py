@@ -21,7 +21,6 @@ from core.db import now
 from core.errors import Conflict, NerlabError, NotFound  # noqa: F401 - re-exported
 from core.spans import Example, Span, SpanError, validate_spans
 
-
 _HOTKEYS = "123456789" + "qwertyuiopasdfghjklzxcvbnm"
 
 
