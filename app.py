@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from core import projects
+from core import overview, projects
 from core.ui import PROJECT_KEY, init_page, show_error
 
 db, project = init_page("Home", icon="🏷️")
@@ -13,9 +13,38 @@ st.caption(
     "DoRA, and read per-class scores — all in one place, on your machine."
 )
 
+if project is not None:
+    s = projects.stats(db, project["id"])
+    best = overview.best_run(db, project["id"])
+    st.subheader(project["name"])
+    if project["description"]:
+        st.caption(project["description"])
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Sentences", s["sentences"])
+    c2.metric("Labelled", s["labelled"], help="Sentences marked done, with or without entities.")
+    c3.metric("Runs", s["runs"])
+    c4.metric("Best micro-F1 (test)", f"{best['micro_f1']:.3f}" if best else "—",
+              help="The best stored score of any run or baseline on the test split.")
+
+    steps = overview.steps(db, project["id"])
+    upcoming = overview.next_step(steps)
+    if upcoming is not None:
+        st.info(f"**Next: {upcoming.title}.** {upcoming.action}")
+        st.page_link(upcoming.page, label=f"Go to {upcoming.title}", icon="➡️")
+    else:
+        st.success("Every step is done. Label more, try other presets, or compare runs.")
+        st.page_link("pages/6_Compare.py", label="Compare runs side by side", icon="⚖️")
+
+    st.markdown("#### Your path")
+    for i, step in enumerate(steps, start=1):
+        col_mark, col_text, col_link = st.columns([0.06, 0.64, 0.30], vertical_alignment="center")
+        col_mark.markdown("✅" if step.done else "⬜")
+        col_text.markdown(f"**{i}. {step.title}** — {step.detail}")
+        col_link.page_link(step.page, label=f"Open {step.page.split('_', 1)[1][:-3]}")
+
 rows = projects.list_projects(db)
 if rows:
-    st.subheader("Projects")
+    st.markdown("#### All projects")
     st.dataframe(
         [
             {
@@ -30,23 +59,9 @@ if rows:
         hide_index=True,
         width="stretch",
     )
-
-if project is not None:
-    st.subheader(f"Open project: {project['name']}")
-    if project["description"]:
-        st.caption(project["description"])
-    s = projects.stats(db, project["id"])
-    c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Sentences", s["sentences"])
-    c2.metric("Labelled", s["labelled"])
-    c3.metric("Entity types", len(s["spans_per_label"]))
-    c4.metric("Runs", s["runs"])
-    if s["sentences"] == 0:
-        st.info("This project has no sentences yet: import a file on the **Data** page.")
-        st.page_link("pages/1_Data.py", label="Import sentences", icon="📥")
-    elif s["unlabelled"]:
-        st.info(f"{s['unlabelled']} sentence(s) are waiting to be labelled.")
-        st.page_link("pages/2_Label.py", label="Label sentences", icon="🖍️")
+    st.caption("Switch the open project in the sidebar.")
+else:
+    st.info("There is no project yet. Create one below, then import or type the sentences to label.")
 
 with st.expander("Create a new project", expanded=not rows):
     with st.form("home_create"):

@@ -1,0 +1,57 @@
+"""The home page and the project overview it draws from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from core import overview, projects
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_steps_follow_the_project_state(db):
+    p = projects.create_project(db, "empty")
+    steps = overview.steps(db, p["id"])
+    assert [s.key for s in steps] == ["data", "label", "splits", "template", "train", "evaluate"]
+    assert overview.next_step(steps).key == "data"
+    assert "Import a CoNLL" in overview.next_step(steps).action
+
+
+def test_demo_needs_labelling_then_best_run_shows(demo, db):
+    steps = {s.key: s for s in overview.steps(db, demo["id"])}
+    assert steps["data"].done and not steps["label"].done
+    assert "40 sentences are waiting" in steps["label"].action
+    assert overview.best_run(db, demo["id"]) is None
+    run_id = db["runs"].insert(
+        {"project_id": demo["id"], "kind": "crf", "name": "CRF", "status": "finished", "created_at": "t"}
+    ).last_pk
+    db["evaluations"].insert({
+        "run_id": run_id, "split": "test", "mode": "default", "created_at": "t",
+        "metrics": json.dumps({"micro": {"f1": 0.61}, "macro": {"f1": 0.58}}),
+    })
+    best = overview.best_run(db, demo["id"])
+    assert (best["id"], best["micro_f1"]) == (run_id, 0.61)
+    assert "micro-F1 0.610" in {s.key: s for s in overview.steps(db, demo["id"])}["evaluate"].detail
+
+
+def test_home_page_renders_the_demo_and_creates_a_project(home):
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    assert not at.exception
+    assert at.metric[0].value == "547"  # the demo project's sentences
+    assert any("Next: Label" in m.value for m in at.info)
+    at.text_input(key="home_new_name").set_value("Contracts")
+    at.text_input(key="home_new_labels").set_value("PARTY, DATE")
+    at.button[0].click().run()
+    assert not at.exception
+    assert at.session_state["project_id"] != 1
+    assert any("Next: Import sentences" in m.value for m in at.info)
+
+
+def test_home_page_says_what_is_wrong(home):
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    at.text_input(key="home_new_name").set_value("BC5CDR demo")
+    at.button[0].click().run()
+    assert any("already exists" in e.value for e in at.error)
