@@ -1,0 +1,301 @@
+"""The background worker: ``python -m core.worker RUN_ID`` runs one run and owns its status.
+
+It claims the queued run (queued → running), beats a heartbeat from a side thread (which also
+watches the ``stop_requested`` column), turns SIGTERM into a clean stop, dispatches by kind
+(``train`` → :func:`core.train.run`, anything else → :func:`core.baselines.run`), and ends the run
+as finished, stopped or failed — classifying errors (oom / data / model / other) with a message
+saying what to change and the log's tail. Then it starts the next queued run.
+
+Every database write is a short transaction on the worker's own connection, so killing the
+worker at any moment leaves the database intact; :func:`core.jobs.refresh` notices the dead pid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from core import config, jobs
+from core.db import get_db, now
+from core.errors import NerlabError
+
+METRIC_COLUMNS = ("epoch", "loss", "eval_loss", "lr", "tokens_per_s", "gpu_mem_mb", "eta_s")
+
+
+class StopRequested(Exception):
+    """Raised by :meth:`RunContext.check_stop` to leave a loop that has nothing to save."""
+
+
+class RunContext:
+    """What a running job sees: its database connection, row, folder and config.
+
+    Attributes:
+        db: the worker's own database connection (main thread only).
+        run: the run's row (``config`` parsed).
+        run_dir: the run's artefact folder.
+        config: the run's settings (a dict).
+    """
+
+    def __init__(self, db: Database, run: dict, run_dir: Path, config: dict) -> None:
+        self.db = db
+        self.run = run
+        self.run_id: int = int(run["id"])
+        self.run_dir = Path(run_dir)
+        self.config = config
+        self._stop = threading.Event()
+        self._started = time.monotonic()
+
+    # -- logging and liveness ----------------------------------------------------------------
+
+    def log(self, msg: str) -> None:
+        """Write a timestamped line to the run's log (the worker's stdout is the log file)."""
+        stamp = time.strftime("%H:%M:%S")
+        for line in str(msg).splitlines() or [""]:
+            print(f"[{stamp}] {line}", flush=True)
+
+    def heartbeat(self) -> None:
+        """Record that the worker is alive (also done every few seconds by a side thread)."""
+        self.db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", [now(), self.run_id])
+        self.db.conn.commit()
+
+    def request_stop(self) -> None:
+        """Ask the job to stop at its next check (signal handler, stop column)."""
+        self._stop.set()
+
+    def should_stop(self) -> bool:
+        """True once a stop was asked for (SIGTERM, ``nerlab stop``, the Stop button)."""
+        return self._stop.is_set()
+
+    def check_stop(self) -> None:
+        """Raise :class:`StopRequested` if a stop was asked for."""
+        if self._stop.is_set():
+            raise StopRequested()
+
+    def progress(self, step: int, total: int | None, **metrics: Any) -> None:
+        """Write one progress row (``run_metrics``): step / total plus any of epoch, loss,
+        eval_loss, lr, tokens_per_s, gpu_mem_mb, eta_s."""
+        row: dict[str, Any] = {"run_id": self.run_id, "step": int(step),
+                               "total_steps": int(total) if total else None, "created_at": now()}
+        for key in METRIC_COLUMNS:
+            value = metrics.get(key)
+            row[key] = float(value) if value is not None else None
+        columns = ", ".join(row)
+        self.db.execute(
+            f"INSERT INTO run_metrics ({columns}) VALUES ({', '.join('?' * len(row))})",
+            list(row.values()),
+        )
+        self.db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", [now(), self.run_id])
+        self.db.conn.commit()
+
+    def set_artifact(self, path: str | Path) -> None:
+        """Record where the run's main artefact (the adapter folder) is."""
+        self.db.execute("UPDATE runs SET artifact_path = ? WHERE id = ?", [str(path), self.run_id])
+        self.db.conn.commit()
+
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self._started
+
+
+class _Heartbeat(threading.Thread):
+    """Beats every few seconds on its own connection and turns the stop column into the flag."""
+
+    def __init__(self, ctx: RunContext, every_s: float) -> None:
+        super().__init__(daemon=True, name=f"heartbeat-{ctx.run_id}")
+        self.ctx = ctx
+        self.every_s = every_s
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        db = get_db()
+        try:
+            while not self.done.wait(self.every_s):
+                try:
+                    db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", [now(), self.ctx.run_id])
+                    db.conn.commit()
+                    row = db.execute("SELECT stop_requested FROM runs WHERE id = ?",
+                                     [self.ctx.run_id]).fetchone()
+                    if row and row[0]:
+                        if not self.ctx.should_stop():
+                            self.ctx.log("Stop requested: finishing the current step and saving.")
+                        self.ctx.request_stop()
+                except Exception as exc:  # noqa: BLE001 - a busy database must not kill the run
+                    print(f"heartbeat: {exc}", file=sys.stderr, flush=True)
+        finally:
+            db.conn.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Error classification
+
+
+def classify_error(exc: BaseException, run_config: dict | None = None) -> tuple[str, str]:
+    """Map an exception to ``(error_kind, message)``: oom, data, model or other.
+
+    The message says what to change (for out-of-memory: the settings to lower).
+    """
+    text = str(exc).strip() or type(exc).__name__
+    first = text.splitlines()[0][:500]
+    name = type(exc).__name__
+    lowered = text.lower()
+    if (name in ("OutOfMemoryError", "MemoryError")
+            or "out of memory" in lowered or "cublas_status_alloc_failed" in lowered
+            or "can't allocate memory" in lowered or "defaultcpuallocator" in lowered):
+        train = (run_config or {}).get("train", {})
+        hints = []
+        if train:
+            hints.append(f"lower the batch size (now {train.get('batch_size')}; raise gradient "
+                         f"accumulation to keep the effective batch)")
+            hints.append(f"lower the max length (now {train.get('max_length')} tokens)")
+            if not train.get("gradient_checkpointing"):
+                hints.append("turn on gradient checkpointing")
+        if (run_config or {}).get("method") not in (None, "qlora"):
+            hints.append("use QLoRA (4-bit base model)")
+        hints.append("or pick a smaller base model")
+        where = "GPU" if "cuda" in lowered or name == "OutOfMemoryError" else "memory"
+        return "oom", f"Out of {where}: {first}. To fit: " + "; ".join(hints) + "."
+    from core.runconfig import ConfigError
+
+    kinds = [cls.__name__ for cls in type(exc).__mro__]
+    if "ModelError" in kinds:
+        return "model", first
+    if "DataError" in kinds or isinstance(exc, ConfigError):
+        return "data", first
+    if isinstance(exc, NerlabError):
+        return "other", first
+    if name in ("OSError", "EnvironmentError", "HFValidationError", "RepositoryNotFoundError",
+                "GatedRepoError", "LocalEntryNotFoundError"):
+        return "model", f"The model could not be loaded: {first}"
+    return "other", f"{name}: {first}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+
+
+def _claim(db: Database, run_id: int) -> dict | None:
+    """queued → running for this process; None when the run is not ours to run."""
+    stamp = now()
+    cursor = db.execute(
+        "UPDATE runs SET status = 'running', pid = ?, started_at = ?, heartbeat_at = ?,"
+        " error_kind = NULL, error_message = NULL WHERE id = ? AND status = 'queued'"
+        " AND stop_requested = 0",
+        [os.getpid(), stamp, stamp, run_id],
+    )
+    db.conn.commit()
+    if cursor.rowcount != 1:
+        run = jobs.get_run(db, run_id)
+        if run["status"] == "queued" and run["stop_requested"]:
+            db.execute("UPDATE runs SET status = 'stopped', finished_at = ? WHERE id = ?",
+                       [now(), run_id])
+            db.conn.commit()
+        return None
+    return jobs.get_run(db, run_id)
+
+
+def _dispatch(ctx: RunContext) -> None:
+    if ctx.run["kind"] == "train":
+        from core import train
+
+        train.run(ctx)
+    else:
+        import importlib
+
+        try:
+            baselines = importlib.import_module("core.baselines")
+        except ModuleNotFoundError as exc:
+            raise NerlabError(
+                f"Runs of kind {ctx.run['kind']!r} need core.baselines, which is not installed."
+            ) from exc
+        baselines.run(ctx)
+
+
+def _finish(db: Database, run_id: int, status: str, error_kind: str | None = None,
+            message: str | None = None) -> None:
+    tail = jobs.read_log(run_id, jobs.LOG_TAIL_LINES)
+    db.execute(
+        "UPDATE runs SET status = ?, error_kind = ?, error_message = ?, log_tail = ?,"
+        " finished_at = ?, heartbeat_at = ? WHERE id = ?",
+        [status, error_kind, message, tail, now(), now(), run_id],
+    )
+    db.conn.commit()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one run to its end; the exit code is 0 for finished/stopped, 1 for failed."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) != 1 or not argv[0].isdigit():
+        print("usage: python -m core.worker RUN_ID", file=sys.stderr)
+        return 2
+    run_id = int(argv[0])
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format="[%(asctime)s] %(name)s: %(message)s", datefmt="%H:%M:%S")
+    db = get_db()
+    run = _claim(db, run_id)
+    if run is None:
+        print(f"Run {run_id} is not queued (or was stopped); nothing to do.", flush=True)
+        _start_next(db)
+        return 0
+    folder = jobs.run_dir(run_id)
+    ctx = RunContext(db, run, folder, run["config"])
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if ctx.should_stop():  # a second signal: stop now
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        ctx.log(f"Received {signal.Signals(signum).name}: stopping cleanly (saving the adapter).")
+        ctx.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    beat = _Heartbeat(ctx, jobs.HEARTBEAT_EVERY_S)
+    beat.start()
+    ctx.log(f"Run {run_id} ({run['kind']}, {run['name']}) started in process {os.getpid()} "
+            f"on {config.home()}.")
+    ctx.log("Config: " + json.dumps(run["config"], sort_keys=True))
+    status, kind, message = "finished", None, None
+    try:
+        _dispatch(ctx)
+        if ctx.should_stop():
+            status = "stopped"
+    except StopRequested:
+        status = "stopped"
+    except BaseException as exc:  # noqa: BLE001 - every failure is recorded, then re-raised below
+        if isinstance(exc, KeyboardInterrupt) and ctx.should_stop():
+            status = "stopped"
+        else:
+            traceback.print_exc(file=sys.stdout)
+            sys.stdout.flush()
+            kind, message = classify_error(exc, run["config"])
+            status = "failed"
+            ctx.log(f"Failed ({kind}): {message}")
+    finally:
+        beat.done.set()
+    if status == "stopped":
+        ctx.log("Stopped; what was saved is kept.")
+    elif status == "finished":
+        ctx.log(f"Finished in {ctx.elapsed_s():.0f} s.")
+    _finish(db, run_id, status, kind, message)
+    _start_next(db)
+    return 1 if status == "failed" else 0
+
+
+def _start_next(db: Database) -> None:
+    try:
+        jobs.launch_next(db)
+    except Exception as exc:  # noqa: BLE001 - the queue is retried by refresh()
+        print(f"Could not start the next queued run: {exc}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
