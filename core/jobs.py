@@ -378,3 +378,14 @@ def _quote(text: str) -> str:
     import shlex
 
     return shlex.quote(text)
+
+
+def submit_training(db: Database, project_id: int, cfg: Any, name: str = "") -> tuple[int, bool]:
+    """Store a training run (recording the template version it will use) and start it, or queue
+    it behind the active run. Returns ``(run_id, started_now)``."""
+    from core import templates
+
+    tpl = templates.get_template(db, project_id, cfg.template)
+    run_id = create_run(db, project_id, "train", cfg.to_dict(), name=name,
+                        base_model=cfg.base_model, template_id=tpl.id)
+    return run_id, launch(db, run_id)
