@@ -13,7 +13,7 @@ themselves only ever live in SQLite.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -564,3 +564,101 @@ def widget_data(
         "queue_total": queue_total,
         "ack": ack,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers of the Data page
+
+
+def page_count(total: int, page_size: int) -> int:
+    """Number of table pages (at least 1, so an empty table still has page 1)."""
+    return max(1, -(-total // page_size))
+
+
+def parse_numbers(text: str, maximum: int) -> list[int]:
+    """Sentence numbers from ``"1-50, 75, 80-82"`` (1-based, inclusive ranges), sorted, unique.
+
+    Raises :class:`NerlabError` naming the bad part, or a number outside ``1..maximum``.
+    """
+    numbers: set[int] = set()
+    for part in (p.strip() for p in text.replace(";", ",").split(",")):
+        if not part:
+            continue
+        bounds = [b.strip() for b in part.split("-")]
+        if len(bounds) > 2 or not all(b.isdigit() for b in bounds):
+            raise NerlabError(f"{part!r} is not a sentence number or a range like 10-20.")
+        lo, hi = int(bounds[0]), int(bounds[-1])
+        if lo > hi:
+            raise NerlabError(f"Range {part!r} goes backwards; write it as {hi}-{lo}.")
+        if lo < 1 or hi > maximum:
+            raise NerlabError(f"{part!r} is outside the project's sentences 1 to {maximum}.")
+        numbers.update(range(lo, hi + 1))
+    if not numbers:
+        raise NerlabError("Give sentence numbers, e.g. 1-50, 75.")
+    return sorted(numbers)
+
+
+def ids_for_numbers(db: Database, project_id: int, numbers: Sequence[int]) -> list[int]:
+    """Sentence ids of the given 1-based numbers (project order)."""
+    ids = [r[0] for r in db.execute(
+        "SELECT id FROM sentences WHERE project_id = ? ORDER BY position", [project_id]
+    ).fetchall()]
+    return [ids[n - 1] for n in numbers if 1 <= n <= len(ids)]
+
+
+def export_filename(project_name: str, fmt: str, split: str | None) -> str:
+    """A safe download name, e.g. ``BC5CDR_demo-test.conll`` or ``BC5CDR_demo-hf.zip``."""
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", project_name).strip("_") or "project"
+    stem += f"-{split}" if split else ""
+    return stem + ("-hf.zip" if fmt == "hf" else f".{fmt}")
+
+
+def export_file(
+    db: Database, project_id: int, fmt: str, split: str | None, include_unlabelled: bool
+) -> tuple[bytes, str, str]:
+    """A project's export as ``(content, file name, MIME type)`` for a browser download.
+
+    CoNLL and JSONL are text files; the Hugging Face ``datasets`` folder is zipped.
+    """
+    import io as _io
+    import tempfile
+    import zipfile
+    from pathlib import Path
+
+    from core import io
+
+    file_name = export_filename(projects.get_project(db, project_id)["name"], fmt, split)
+    if fmt in ("conll", "jsonl"):
+        text = io.export(db, project_id, fmt, split=split, include_unlabelled=include_unlabelled)
+        mime = "text/plain" if fmt == "conll" else "application/jsonl"
+        return str(text).encode("utf-8"), file_name, mime
+    if fmt == "hf":
+        stem = file_name.removesuffix("-hf.zip")
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / stem
+            io.export(db, project_id, "hf", split=split, include_unlabelled=include_unlabelled, path=folder)
+            buffer = _io.BytesIO()
+            with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+                for file in sorted(folder.rglob("*")):
+                    if file.is_file():
+                        zf.write(file, file.relative_to(Path(tmp)))
+            return buffer.getvalue(), file_name, "application/zip"
+    raise NerlabError(f"Unknown export format {fmt!r}; use one of {', '.join(io.EXPORT_FORMATS)}.")
+
+
+def deferred_export(
+    project_id: int, fmt: str, split: str | None, include_unlabelled: bool
+) -> Callable[[], bytes]:
+    """A no-argument function building the export when called (Streamlit's lazy download).
+
+    It opens its own connection: the download runs in another thread than the page.
+    """
+
+    def build() -> bytes:
+        from core.db import get_db
+
+        return export_file(get_db(), project_id, fmt, split, include_unlabelled)[0]
+
+    return build
