@@ -178,6 +178,8 @@ export default function (component) {
   }
 
   function drawHead() {
+    boxEl.dataset.sentence = String(data.sentence_id);
+    boxEl.dataset.version = String(data.version);
     const done = data.status === "labelled";
     statusEl.className = "nl-status " + data.status;
     statusEl.textContent = done ? "✓ done" : "not done yet";

@@ -1,7 +1,7 @@
 """Real-browser fixtures: ``streamlit run app.py`` on a free localhost port, and Debian's Chromium.
 
-``app_server`` starts the app once per test module with its own ``NERLAB_HOME`` (the demo project
-is created on first load) and returns the base URL; ``app_home`` is that data directory, so a
+``app_server`` starts the app once per test module with its own ``NERLAB_HOME`` (holding the demo
+project) and returns the base URL; ``app_home`` is that data directory, so a
 test can open the same SQLite file the app writes. ``browser_page`` is a fresh Playwright page on
 ``/usr/bin/chromium`` (Playwright never downloads a browser here). Tests using these are marked
 ``browser`` and are skipped, with the reason, when Chromium or Playwright is missing.
@@ -64,7 +64,15 @@ def app_home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def app_server(app_home: Path) -> Iterator[str]:
-    """Start ``streamlit run app.py`` on a free port; yield its base URL; stop it afterwards."""
+    """Start ``streamlit run app.py`` on a free port; yield its base URL; stop it afterwards.
+
+    The demo project is created first (the same call the app makes on its first page load), so
+    tests can look its sentences up before a page has been opened.
+    """
+    from core.db import get_db
+    from core.demo import ensure_demo_project
+
+    ensure_demo_project(get_db(app_home / "nerlab.db"))
     port = _free_port()
     env = {
         **os.environ,

@@ -1,0 +1,158 @@
+"""The labelling widget in a real Chromium against ``streamlit run``: mouse, keyboard, reloads, tabs.
+
+Each test opens its own sentence through the Label page's deep link (``?sentence=ID``), so the
+tests share one server and database without depending on each other's order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from core import projects
+from core.db import get_db
+from core.spans import Span, tokenize
+
+pytestmark = pytest.mark.browser
+
+WIDGET = ".nl-text"
+
+
+def _db(home: Path):
+    return get_db(home / "nerlab.db")
+
+
+def _unlabelled_ids(home: Path) -> list[int]:
+    db = _db(home)
+    rows = db.execute(
+        "SELECT s.id FROM sentences s JOIN projects p ON p.id = s.project_id"
+        " WHERE p.name = 'BC5CDR demo' AND s.status = 'unlabelled' ORDER BY s.position"
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _wait_for(check: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _open(page, base: str, sentence_id: int) -> None:
+    page.goto(f"{base}/Label?sentence={sentence_id}", wait_until="domcontentloaded")
+    page.wait_for_selector(f"{WIDGET} .nl-tok", timeout=60_000)
+    _wait_for(lambda: page.locator(".nl-root").get_attribute("data-sentence") == str(sentence_id),
+              what=f"sentence {sentence_id} in the widget")
+
+
+def _word_token(page, min_len: int = 5):
+    """A word token of at least ``min_len`` letters that is not yet in a span, and its text."""
+    tokens = page.locator(f"{WIDGET} .nl-tok")
+    for i in range(tokens.count()):
+        tok = tokens.nth(i)
+        text = tok.inner_text()
+        if len(text) >= min_len and text.isalpha():
+            return tok, text
+    raise AssertionError("no long word in the sentence")
+
+
+def test_mouse_select_hotkey_reload_and_database(browser_page, app_server, app_home):
+    page = browser_page
+    sid = _unlabelled_ids(app_home)[0]
+    _open(page, app_server, sid)
+    page.get_by_label("Your name", exact=True).fill("mouse-tester")
+    page.get_by_label("Your name", exact=True).press("Enter")
+    time.sleep(1.0)  # the sidebar input's rerun
+    tok, word = _word_token(page)
+    # Drag from inside the word's second letter to inside its last letter: the selection snaps
+    # to the whole word.
+    box = tok.bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * 0.2, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.85, y, steps=6)
+    page.mouse.up()
+    assert page.locator(f"{WIDGET} .nl-tok.sel").all_inner_texts() == [word]
+    page.keyboard.press("1")  # Chemical's hotkey
+    mark = page.locator(f"{WIDGET} mark.nl-span")
+    _wait_for(lambda: mark.count() == 1, what="the span to be drawn")
+    assert mark.first.get_attribute("data-label") == "Chemical"
+    assert mark.first.inner_text().startswith(word)
+
+    db = _db(app_home)
+    text = projects.get_sentence(db, sid)["text"]
+    spans = _wait_for(lambda: projects.sentence_spans(_db(app_home), sid), what="the span in SQLite")
+    assert len(spans) == 1 and spans[0].label == "Chemical"
+    assert text[spans[0].start:spans[0].end] == word
+    assert projects.get_sentence(_db(app_home), sid)["annotator"] == "mouse-tester"
+
+    page.reload(wait_until="domcontentloaded")
+    page.wait_for_selector(f"{WIDGET} mark.nl-span", timeout=60_000)
+    assert page.locator(f"{WIDGET} mark.nl-span").count() == 1
+    assert page.locator(f"{WIDGET} mark.nl-span").first.get_attribute("data-label") == "Chemical"
+
+    # Click the span: change its type in the menu, then remove it.
+    page.locator(f"{WIDGET} mark.nl-span").first.click()
+    page.locator(".nl-menu button[data-label=Disease]").click()
+    _wait_for(lambda: [s.label for s in projects.sentence_spans(_db(app_home), sid)] == ["Disease"],
+              what="the type change in SQLite")
+    page.locator(f"{WIDGET} mark.nl-span").first.click()
+    page.locator(".nl-menu button[data-action=remove]").click()
+    _wait_for(lambda: projects.sentence_spans(_db(app_home), sid) == [], what="the removal in SQLite")
+    # Undo (Ctrl+Z) brings it back.
+    page.keyboard.press("Control+z")
+    _wait_for(lambda: [s.label for s in projects.sentence_spans(_db(app_home), sid)] == ["Disease"],
+              what="the undo in SQLite")
+
+
+def test_keyboard_alone_labels_three_sentences(browser_page, app_server, app_home):
+    page = browser_page
+    ids = _unlabelled_ids(app_home)[5:8]
+    _open(page, app_server, ids[0])
+    for sid in ids:
+        _wait_for(lambda sid=sid: page.locator(".nl-root").get_attribute("data-sentence") == str(sid),
+                  what=f"sentence {sid}")
+        page.keyboard.press("ArrowRight")  # cursor on the first word
+        page.keyboard.press("Shift+ArrowRight")  # ... and the second
+        page.keyboard.press("2")  # Disease
+        page.keyboard.press("Enter")  # done: save and open the next sentence
+    _wait_for(lambda: page.locator(".nl-root").get_attribute("data-sentence") not in {str(i) for i in ids},
+              what="the fourth sentence")
+    db = _db(app_home)
+    for sid in ids:
+        row = projects.get_sentence(db, sid)
+        assert row["status"] == "labelled", row
+        spans = projects.sentence_spans(db, sid)
+        first, second = tokenize(row["text"])[:2]
+        assert spans == [Span(first[0], second[1], "Disease")], (row["text"], spans)
+
+
+def test_two_tabs_do_not_overwrite_each_other(browser_page, app_server, app_home):
+    page_a = browser_page
+    page_b = page_a.context.browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    try:
+        sid = _unlabelled_ids(app_home)[10]
+        _open(page_a, app_server, sid)
+        _open(page_b, app_server, sid)
+        page_a.keyboard.press("ArrowRight")
+        page_a.keyboard.press("1")
+        _wait_for(lambda: projects.sentence_spans(_db(app_home), sid), what="tab A's save")
+        saved = projects.sentence_spans(_db(app_home), sid)
+        # Tab B still shows the old version and labels another word: refused, with a message,
+        # and tab B then shows tab A's version.
+        page_b.keyboard.press("End")
+        page_b.keyboard.press("Shift+ArrowLeft")
+        page_b.keyboard.press("2")
+        page_b.get_by_text("Not saved").wait_for(timeout=20_000)
+        assert projects.sentence_spans(_db(app_home), sid) == saved
+        marks = page_b.locator(f"{WIDGET} mark.nl-span")
+        _wait_for(lambda: [m.get_attribute("data-label") for m in marks.all()] == ["Chemical"],
+                  what="tab A's version in tab B")
+    finally:
+        page_b.context.close()
