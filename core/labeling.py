@@ -306,6 +306,15 @@ class LabelSession:
     notice: Notice | None = None
     filter_key: tuple | None = None
     link_handled: str | None = None
+    #: Sentences this tab moved away from (accept, next, jump): "previous" walks back along it.
+    trail: list[int] = field(default_factory=list)
+
+    def move_to(self, sentence_id: int | None) -> None:
+        """Open another sentence, remembering the one left for "previous"."""
+        if sentence_id is not None and self.current is not None and sentence_id != self.current:
+            self.trail.append(self.current)
+            del self.trail[:-UNDO_DEPTH]
+        self.current = sentence_id
 
     def seen(self, sentence: Mapping[str, Any]) -> None:
         """Record the version of a sentence as it is shown."""
@@ -471,13 +480,16 @@ def apply_action(
                 return
             if action.type == "accept":
                 nxt = next_in_queue(db, project_id, flt, sentence["position"])
-                session.current = nxt if nxt is not None else sentence["id"]
+                session.current = sentence["id"]
+                session.move_to(nxt if nxt is not None else sentence["id"])
                 if nxt is None or nxt == sentence["id"]:
                     session.notice = Notice(
                         "success", "Saved. Nothing left in this queue: every sentence in it is done."
                     )
             else:
                 session.current = sentence["id"]
+        elif action.type == "prev" and _back(db, project_id, session, sentence["id"]):
+            return
         elif action.type in ("next", "prev"):
             step = 1 if action.type == "next" else -1
             nxt = neighbour(db, project_id, flt, sentence["position"], step)
@@ -489,10 +501,26 @@ def apply_action(
                     else "This is the first sentence in the queue.",
                 )
                 session.current = sentence["id"]
-            else:
+            elif step > 0:
+                session.current = sentence["id"]
+                session.move_to(nxt)
+            else:  # walking back does not grow the trail (no ping-pong between two sentences)
                 session.current = nxt
     except NerlabError as exc:
         session.notice = Notice("error", str(exc))
+
+
+def _back(db: Database, project_id: int, session: LabelSession, here: int) -> bool:
+    """Go back to the sentence this tab came from, if there is one; True when it did."""
+    while session.trail:
+        previous = session.trail.pop()
+        if previous == here:
+            continue
+        row = db.execute("SELECT project_id FROM sentences WHERE id = ?", [previous]).fetchone()
+        if row and row[0] == project_id:
+            session.current = previous
+            return True
+    return False
 
 
 def _undo(db: Database, project_id: int, session: LabelSession, annotator: str) -> None:

@@ -119,11 +119,13 @@ else:
     sid = sentence["id"]
     b1, b2, b3, b4, b5 = st.columns(5)
     b1.button("← Previous", key="label_prev", width="stretch",
+              help="Back to the sentence you came from, else the one before in the queue (↑).",
               on_click=button_handler(session, pid, flt, ANNOTATOR_KEY, "prev", sid))
     b2.button("✓ Accept and next", key="label_accept", type="primary", width="stretch",
               help="Done: this sentence has all its entities (Enter).",
               on_click=button_handler(session, pid, flt, ANNOTATOR_KEY, "accept", sid))
     b3.button("Next →", key="label_next", width="stretch",
+              help="The next sentence in the queue, leaving this one as it is (↓).",
               on_click=button_handler(session, pid, flt, ANNOTATOR_KEY, "next", sid))
     b4.button("↶ Undo", key="label_undo", width="stretch", disabled=not session.undo,
               help="Undo this tab's last change (Ctrl+Z).",

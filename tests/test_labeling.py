@@ -164,12 +164,30 @@ def test_next_prev_and_reopen(db, small):
     labeling.apply_action(db, pid, session, Action("prev", ids[3]), "a", flt)
     labeling.apply_action(db, pid, session, Action("prev", ids[2]), "a", flt)
     assert session.current == ids[1]
+    labeling.apply_action(db, pid, session, Action("prev", ids[1]), "a", flt)
+    assert session.current == ids[0]
     labeling.apply_action(db, pid, session, Action("prev", ids[0]), "a", flt)
     assert session.current == ids[0] and "first sentence" in session.notice.text
     session.seen(projects.get_sentence(db, ids[0]))
     labeling.apply_action(db, pid, session, Action("reopen", ids[0], None, session.versions[ids[0]]), "a", flt)
     assert projects.get_sentence(db, ids[0])["status"] == "unlabelled"
     assert len(projects.sentence_spans(db, ids[0])) == 2  # spans kept
+
+
+def test_previous_goes_back_to_the_sentence_just_accepted(db, small):
+    pid, ids = small
+    tab = LabelSession(current=ids[2])
+    flt = QueueFilter()  # not done yet: an accepted sentence leaves this queue
+    tab.seen(projects.get_sentence(db, ids[2]))
+    labeling.apply_action(db, pid, tab, _edit(tab, ids[2], [], kind="accept"), "a", flt)
+    labeling.apply_action(db, pid, tab, Action("next", ids[3]), "a", flt)
+    assert tab.current == ids[4]
+    labeling.apply_action(db, pid, tab, Action("prev", ids[4]), "a", flt)
+    assert tab.current == ids[3]
+    labeling.apply_action(db, pid, tab, Action("prev", ids[3]), "a", flt)
+    assert tab.current == ids[2]  # out of the queue now, but where this tab came from
+    labeling.apply_action(db, pid, tab, Action("prev", ids[2]), "a", flt)
+    assert tab.current == ids[2] and "first sentence" in tab.notice.text
 
 
 def test_two_tabs_never_overwrite_each_other(db, small):

@@ -116,8 +116,8 @@ def jump_handler(session: labeling.LabelSession, project_id: int, number_key: st
 
     def handle() -> None:
         try:
-            session.current = labeling.by_number(
-                get_db(), project_id, int(st.session_state[number_key])
+            session.move_to(
+                labeling.by_number(get_db(), project_id, int(st.session_state[number_key]))
             )
         except NerlabError as exc:
             session.notice = labeling.Notice("error", str(exc))
