@@ -124,10 +124,13 @@ class TrainSettings:
         max=100_000, step=10))
     eval_after: bool = field(default=True, metadata=_help(
         "When training ends, predict the dev and test splits and score them."))
+    eval_limit: int = field(default=0, metadata=_help(
+        "Predict at most this many sentences per split after training (0 = all of them).",
+        min=0, max=1_000_000, step=10))
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum", "max_length", "seed",
-                     "dev_loss_sentences"):
+                     "dev_loss_sentences", "eval_limit"):
             value = getattr(self, name)
             _check(isinstance(value, int) and not isinstance(value, bool),
                    f"{name.replace('_', ' ')} must be a whole number, got {value!r}.")
@@ -143,6 +146,7 @@ class TrainSettings:
         _check(self.seed >= 0, f"Seed must be ≥ 0, got {self.seed!r}.")
         _check(self.precision in PRECISIONS,
                f"Precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
+        _check(self.eval_limit >= 0, f"Eval limit must be ≥ 0, got {self.eval_limit!r}.")
         _check(self.dev_loss_sentences >= 0,
                f"Dev loss sentences must be ≥ 0, got {self.dev_loss_sentences!r}.")
 

@@ -574,7 +574,7 @@ def _dev_report(model, dev, pad_id, device, budget, autocast, step, total, epoch
     if value is None:
         return
     result.dev_losses.append((step, value))
-    hooks.log(f"Epoch {epoch:g}: dev loss {value:.4f} ({len(dev)} sentences, "
+    hooks.log(f"Epoch {epoch:.2f}: dev loss {value:.4f} ({len(dev)} sentences, "
               f"{time.perf_counter() - started:.1f} s).")
     if hooks.progress:
         hooks.progress(step, total, epoch=epoch, eval_loss=value)
@@ -627,8 +627,13 @@ def load_adapter(folder: str | Path, device: str | None = None, merge: bool = Fa
     folder = Path(folder)
     meta = json.loads((folder / META_FILE).read_text())
     base = meta["config"]["base_model"]
-    model, _tok = models.load_model(base, device=device)
-    tokenizer = models.load_tokenizer(str(folder)) if (folder / "tokenizer_config.json").is_file() else _tok
+    model, tokenizer = models.load_model(base, device=device)
+    if (folder / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
     model = PeftModel.from_pretrained(model, str(folder))
     if merge:
         model = model.merge_and_unload()
@@ -682,6 +687,7 @@ def run(ctx: Any) -> None:
         tpl = templates.get_template(db, project_id, cfg.template)
         db.execute("UPDATE runs SET template_id = ? WHERE id = ?", [tpl.id, ctx.run_id])
         db.conn.commit()
+        ctx.run["template_id"] = tpl.id
     labels = projects.list_labels(db, project_id)
     if not labels:
         raise DataError("The project has no entity types.")
@@ -751,7 +757,8 @@ def run(ctx: Any) -> None:
         model.gradient_checkpointing_disable()
     tokenizer.padding_side = "left"
     ctx.log("Predicting the dev and test splits with the trained adapter.")
-    inference.predict_run(ctx, model, tokenizer, splits=("dev", "test"))
+    inference.predict_run(ctx, model, tokenizer, splits=("dev", "test"),
+                          limit=cfg.train.eval_limit or None)
     if ctx.should_stop():
         return
     if importlib.util.find_spec("core.evaluate") is not None:

@@ -1,0 +1,197 @@
+"""Training on CPU with the bundled SmolLM2: LoRA+ groups, answer-only loss, QLoRA, a full run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from core import jobs, projects
+from core.runconfig import RunConfig, get_preset
+from core.train import Encoded, micro_batches, optimizer_batches, plan_steps
+
+
+def tiny_project(db, n_train: int = 12, n_dev: int = 2, n_test: int = 2, name: str = "tiny") -> dict:
+    """A project of the demo's shortest sentences (fast to train and predict on CPU)."""
+    from core.demo import ensure_demo_project
+
+    demo = ensure_demo_project(db)
+    project = projects.create_project(db, name, labels=["Chemical", "Disease"])
+    for split, n in (("train", n_train), ("dev", n_dev), ("test", n_test)):
+        pool = [e for e in projects.examples(db, demo["id"], split=split) if e.spans]
+        shortest = sorted(pool, key=lambda e: len(e.text))
+        records = [projects.SentenceRecord(e.text, list(e.spans), split=split, labelled=True)
+                   for e in shortest[:n]]
+        projects.add_sentences(db, project["id"], records)
+    return project
+
+
+def quick_config(**overrides) -> RunConfig:
+    settings = dict(max_steps=2, batch_size=2, grad_accum=1, max_length=192,
+                    dev_loss_sentences=1, eval_limit=1)
+    settings.update(overrides)
+    return get_preset("Small model on CPU").config(**settings)
+
+
+# -- pure helpers (fast) ------------------------------------------------------------------------
+
+
+def test_optimizer_batches_are_shuffled_per_epoch_and_cover_everything():
+    a = optimizer_batches(10, 4, seed=1, epoch=0)
+    b = optimizer_batches(10, 4, seed=1, epoch=1)
+    assert sorted(i for batch in a for i in batch) == list(range(10))
+    assert [len(x) for x in a] == [4, 4, 2]
+    assert a != b and a == optimizer_batches(10, 4, seed=1, epoch=0)
+
+
+def test_micro_batches_sort_by_length_within_the_budget():
+    items = [Encoded(list(range(n)), 1) for n in (50, 10, 40, 12, 45)]
+    chunks = micro_batches(items, token_budget=100)
+    assert sorted(len(e.ids) for c in chunks for e in c) == [10, 12, 40, 45, 50]
+    for chunk in chunks:
+        assert max(len(e.ids) for e in chunk) * len(chunk) <= 100 or len(chunk) == 1
+    assert [[len(e.ids) for e in c] for c in chunks] == [[10, 12], [40, 45], [50]]
+
+
+def test_plan_steps_epochs_and_max_steps():
+    cfg = RunConfig().with_overrides(batch_size=4, grad_accum=2, epochs=3.0)
+    assert plan_steps(20, cfg) == (3, 9)
+    assert plan_steps(20, cfg.with_overrides(max_steps=5)) == (3, 5)
+
+
+# -- with the real bundled model ----------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny(db, bundled_model_path):
+    return tiny_project(db)
+
+
+@pytest.mark.slow
+def test_loraplus_groups_carry_lr_times_ratio_and_weight_decay(bundled_model_path):
+    from core.train import build_model, build_optimizer, set_threads
+
+    set_threads()
+    cfg = RunConfig().with_overrides(method="loraplus", lr=1e-4, loraplus_ratio=16.0,
+                                     weight_decay=0.01, rank=4)
+    model, _tok, _dtype = build_model(cfg, "cpu", log=lambda m: None)
+    opt = build_optimizer(model, cfg)
+    ids_b = {id(p) for n, p in model.named_parameters() if "lora_B" in n}
+    ids_a = {id(p) for n, p in model.named_parameters() if "lora_A" in n}
+    assert ids_a and ids_b
+    for group in opt.param_groups:
+        ids = {id(p) for p in group["params"]}
+        if ids & ids_b:
+            assert ids <= ids_b and math.isclose(group["lr"], 1e-4 * 16)
+            assert group["weight_decay"] == 0.01  # came through loraplus_weight_decay
+        elif ids & ids_a:
+            assert ids <= ids_a and math.isclose(group["lr"], 1e-4)
+            assert group["weight_decay"] == 0.01
+    covered = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert ids_a | ids_b <= covered
+
+
+@pytest.mark.slow
+def test_answer_only_loss_equals_the_full_logits_loss(db, tiny):
+    """The loop's loss (logits only at answer positions, length-sorted micro-batches) is the
+    per-token mean that Hugging Face's loss gives with prompt labels masked."""
+    import torch
+
+    from core import templates
+    from core.train import answer_loss_sum, build_model, encode_examples
+
+    cfg = quick_config(dropout=0.0, rank=4)
+    model, tok, _ = build_model(cfg, "cpu", log=lambda m: None)
+    model.eval()
+    tpl = templates.get_template(db, tiny["id"])
+    labels = projects.list_labels(db, tiny["id"])
+    data, stats = encode_examples(tok, tpl, projects.examples(db, tiny["id"], "train")[:3],
+                                  labels, 256)
+    assert stats.encoded == 3 and all(e.n_answer > 1 for e in data)
+    with torch.no_grad():
+        total, count = 0.0, 0
+        for chunk in micro_batches(data, token_budget=300):
+            loss, n = answer_loss_sum(model, chunk, tok.pad_token_id, "cpu")
+            total, count = total + float(loss), count + n
+        longest = max(len(e.ids) for e in data)
+        ids = torch.full((3, longest), tok.pad_token_id)
+        mask = torch.zeros((3, longest), dtype=torch.long)
+        labels_t = torch.full((3, longest), -100)
+        for i, e in enumerate(data):
+            ids[i, : len(e.ids)] = torch.tensor(e.ids)
+            mask[i, : len(e.ids)] = 1
+            labels_t[i, e.n_prompt : len(e.ids)] = torch.tensor(e.ids[e.n_prompt :])
+        reference = model(input_ids=ids, attention_mask=mask, labels=labels_t).loss
+    assert count == sum(e.n_answer for e in data)
+    assert total / count == pytest.approx(float(reference), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_qlora_path_runs_on_cpu_through_bitsandbytes(db, tiny):
+    """QLoRA's code path (NF4 double-quant base, prepare_model_for_kbit_training, LoRA) trains a
+    step on CPU."""
+    from core import templates
+    from core.train import Hooks, build_model, encode_examples, train_loop
+
+    cfg = quick_config(method="qlora", rank=4, max_steps=1, dev_loss_sentences=0)
+    model, tok, dtype = build_model(cfg, "cpu", log=lambda m: None)
+    assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
+    tpl = templates.get_template(db, tiny["id"])
+    labels = projects.list_labels(db, tiny["id"])
+    data, _ = encode_examples(tok, tpl, projects.examples(db, tiny["id"], "train")[:2], labels, 192)
+    rows = []
+    result = train_loop(model, tok, data, [], cfg, "cpu", dtype,
+                        Hooks(log=lambda m: None, progress=lambda *a, **k: rows.append(k)))
+    assert result.steps == 1 and math.isfinite(result.train_loss)
+    assert rows and rows[0]["loss"] == pytest.approx(result.train_loss)
+
+
+@pytest.mark.slow
+def test_loraplus_run_finishes_scores_and_its_adapter_changes_the_output(db, tiny, tmp_path):
+    """A LoRA+ run through the worker: finished, progress rows, adapter in PEFT format with the
+    tokenizer, config and template version; it loads with PeftModel and changes the logits;
+    predictions are stored; merging gives the same outputs."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from core import models
+
+    cfg = quick_config()
+    run_id, started = jobs.submit_training(db, tiny["id"], cfg)
+    assert started
+    run = jobs.wait(db, run_id, timeout_s=600)
+    log = jobs.read_log(run_id)
+    assert run["status"] == "finished", log
+    metrics = jobs.run_metrics(db, run_id)
+    steps = [m for m in metrics if m["loss"] is not None]
+    assert [m["step"] for m in steps] == [1, 2] and all(m["total_steps"] == 2 for m in steps)
+    assert any(m["eval_loss"] is not None for m in metrics)
+    folder = jobs.run_dir(run_id) / "adapter"
+    assert run["artifact_path"] == str(folder)
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json",
+                 "nerlab.json"):
+        assert (folder / name).is_file(), name
+    meta = json.loads((folder / "nerlab.json").read_text())
+    assert meta["config"]["method"] == "loraplus" and meta["template"]["version"] >= 1
+    assert run["template_id"] == meta["template"]["id"]
+    n_pred = db["predictions"].count_where("run_id = ?", [run_id])
+    assert n_pred == 2, log  # eval_limit 1 on dev and on test
+    assert {r["split"] for r in db["evaluations"].rows_where("run_id = ?", [run_id])} == {
+        "dev", "test"}
+
+    base, tok = models.load_model(cfg.base_model)
+    ids = tok("Aspirin causes headache.", return_tensors="pt")
+    with torch.no_grad():
+        before = base(**ids).logits
+        tuned = PeftModel.from_pretrained(base, str(folder))
+        after = tuned(**ids).logits
+    assert not torch.allclose(before, after, atol=1e-4)
+
+    from core.train import merge_run
+
+    merged_dir = merge_run(db, run_id, out=tmp_path / "merged", log=lambda m: None)
+    merged = AutoModelForCausalLM.from_pretrained(str(merged_dir))
+    with torch.no_grad():
+        assert torch.allclose(merged(**ids).logits, after, atol=1e-3)
