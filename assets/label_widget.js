@@ -14,6 +14,8 @@
 const TYPING_TAGS = new Set(["INPUT", "TEXTAREA", "SELECT"]);
 const CONTROL_TAGS = new Set(["BUTTON", "A", "SUMMARY"]);
 const LOCK_MS = 8000;
+const NAV_KEYS = new Set(["ArrowRight", "ArrowLeft", "ArrowDown", "ArrowUp", "PageDown", "PageUp",
+  "Enter", "Delete", "Backspace", "Escape", "Home", "End"]);
 
 export default function (component) {
   const { data, parentElement: root, setTriggerValue } = component;
@@ -22,7 +24,9 @@ export default function (component) {
   }
   const previous = root.__nerlab;
   if (previous) previous.dispose();
-  const memory = previous ? previous.memory : { seq: 0, pending: 0, pendingAt: 0, lastSent: null };
+  const memory = previous
+    ? previous.memory
+    : { seq: 0, pending: 0, pendingAt: 0, lastSent: null, typeahead: [] };
   const ack = data.ack || 0;
   memory.seq = Math.max(memory.seq, ack);
   if (memory.pending && ack >= memory.pending) memory.pending = 0;
@@ -314,7 +318,9 @@ export default function (component) {
 
   function flash(message) {
     metaEl.textContent = message;
-    setTimeout(drawHead, 2500);
+    setTimeout(() => {
+      if (root.__nerlab && root.__nerlab.dispose === dispose) drawHead();
+    }, 2500);
   }
 
   // ------------------------------------------------------------------ mouse
@@ -444,25 +450,26 @@ export default function (component) {
         return; // a focused button keeps its own Enter / Space
       }
     }
-    const key = e.key;
     const ctrl = e.ctrlKey || e.metaKey;
-    const handled = () => {
-      e.preventDefault();
-      e.stopPropagation();
-    };
-    if (ctrl && !e.altKey && key.toLowerCase() === "z" && !e.shiftKey) {
-      handled();
-      if (!locked()) send("undo");
+    const isUndo = ctrl && !e.altKey && !e.shiftKey && e.key.toLowerCase() === "z";
+    if (!isUndo && (ctrl || e.altKey)) return;
+    const label = e.key.length === 1 ? byKey.get(e.key.toLowerCase()) : undefined;
+    if (!isUndo && !NAV_KEYS.has(e.key) && !label) return;
+    e.preventDefault();
+    e.stopPropagation();
+    const stroke = { key: isUndo ? "Undo" : e.key, shiftKey: e.shiftKey };
+    if (locked()) {
+      // Type-ahead: keys pressed while the next sentence loads are replayed on it.
+      if (memory.typeahead.length < 50) memory.typeahead.push(stroke);
       return;
     }
-    if (ctrl || e.altKey) return;
+    handleKey(stroke);
+  }
+
+  function handleKey(stroke) {
+    const key = stroke.key;
     const n = tokens.length;
-    const navKeys = ["ArrowRight", "ArrowLeft", "ArrowDown", "ArrowUp", "PageDown", "PageUp",
-      "Enter", "Delete", "Backspace", "Escape", "Home", "End"];
     const label = key.length === 1 ? byKey.get(key.toLowerCase()) : undefined;
-    if (!navKeys.includes(key) && !label) return;
-    handled();
-    if (locked()) return;
     switch (key) {
       case "ArrowRight":
       case "ArrowLeft": {
@@ -472,7 +479,7 @@ export default function (component) {
           cursor = step > 0 ? 0 : n - 1;
           anchor = null;
         } else {
-          if (!e.shiftKey) anchor = null;
+          if (!stroke.shiftKey) anchor = null;
           else if (anchor === null || anchor === undefined) anchor = cursor;
           cursor = Math.min(n - 1, Math.max(0, cursor + step));
         }
@@ -507,8 +514,11 @@ export default function (component) {
         anchor = cursor = picked = null;
         render();
         return;
+      case "Undo":
+        send("undo");
+        return;
       default:
-        applyLabel(label.name);
+        if (label) applyLabel(label.name);
     }
   }
 
@@ -542,5 +552,7 @@ export default function (component) {
   drawHead();
   drawLegend();
   render();
+  while (memory.typeahead.length && !locked()) handleKey(memory.typeahead.shift());
+  if (!locked() && memory.pending) memory.typeahead.length = 0; // lock timed out: drop stale keys
   return dispose;
 }
