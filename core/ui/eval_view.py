@@ -1,0 +1,188 @@
+"""Drawing helpers shared by the Evaluate and Compare pages (Streamlit lives here, not in pages'
+logic): highlighted sentences, the run picker, and the headline scores."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+import streamlit as st
+
+from core import evaluate
+from core.spans import Span
+
+_FALLBACK = "#dddddd"
+
+
+def colours(labels: Sequence[dict]) -> dict[str, str]:
+    """Entity type name → its colour (from the project's label rows)."""
+    return {row["name"]: row["color"] for row in labels}
+
+
+def spans_html(text: str, spans: Sequence[Span], palette: dict[str, str],
+               marks: dict[tuple[int, int, str], str] | None = None) -> str:
+    """The sentence as HTML with each span highlighted in its type's colour and tagged.
+
+    Args:
+        marks: optional style per span, ``"ok"`` (solid) or ``"bad"`` (red dashed outline).
+    """
+    out, pos = [], 0
+    for s in sorted(spans):
+        if s.start < pos:
+            continue
+        out.append(html.escape(text[pos:s.start]))
+        colour = palette.get(s.label, _FALLBACK)
+        style = f"background:{colour};padding:1px 3px;border-radius:4px;"
+        if marks and marks.get((s.start, s.end, s.label)) == "bad":
+            style += "outline:2px dashed #d62828;"
+        out.append(
+            f'<span style="{style}">{html.escape(text[s.start:s.end])}'
+            f'<sup style="font-size:0.65em;margin-left:3px;opacity:0.75">{html.escape(s.label)}'
+            "</sup></span>"
+        )
+        pos = s.end
+    out.append(html.escape(text[pos:]))
+    return "".join(out)
+
+
+def gold_pred_html(text: str, gold: Sequence[Span], rows: Sequence[tuple[str, Sequence[Span]]],
+                   palette: dict[str, str]) -> str:
+    """Gold on the first line, then one line per prediction; wrong spans get a dashed outline."""
+    gold_set = set(gold)
+    lines = [f'<div style="margin:2px 0"><b style="display:inline-block;width:7.5em">gold</b>'
+             f"{spans_html(text, gold, palette)}</div>"]
+    for name, spans in rows:
+        marks = {(s.start, s.end, s.label): "ok" if s in gold_set else "bad" for s in spans}
+        lines.append(
+            f'<div style="margin:2px 0"><b style="display:inline-block;width:7.5em">'
+            f"{html.escape(name)}</b>{spans_html(text, spans, palette, marks)}</div>"
+        )
+    return "".join(lines)
+
+
+def show_html(markup: str) -> None:
+    st.markdown(f'<div style="line-height:1.9">{markup}</div>', unsafe_allow_html=True)
+
+
+def headline(metrics: dict) -> None:
+    """Micro/macro F1 with the bootstrap interval, P/R, and the parse counts, as st.metric."""
+    ci = metrics.get("ci") or {}
+    interval = (f"95% CI {ci['f1_low']:.3f}–{ci['f1_high']:.3f}"
+                if ci.get("f1_low") is not None else "no interval")
+    cols = st.columns(6)
+    cols[0].metric("Micro-F1", f"{metrics['micro']['f1']:.3f}", help=(
+        f"{interval} (bootstrap over sentences, {ci.get('samples', 0)} resamples). Every entity "
+        "counts once, so frequent types dominate."))
+    cols[1].metric("Macro-F1", f"{metrics['macro']['f1']:.3f}",
+                   help="Mean of the per-type F1: rare types count as much as frequent ones.")
+    cols[2].metric("Weighted-F1", f"{metrics['weighted']['f1']:.3f}",
+                   help="Per-type F1 weighted by each type's number of gold entities.")
+    cols[3].metric("Precision", f"{metrics['micro']['precision']:.3f}",
+                   help="Share of predicted entities that are right (type and boundaries).")
+    cols[4].metric("Recall", f"{metrics['micro']['recall']:.3f}",
+                   help="Share of gold entities found (type and boundaries).")
+    p = metrics["parse"]
+    cols[5].metric("Unparsable", f"{p['unparsable']} / {metrics['n_sentences']}", help=(
+        f"Answers that could not be read at all ({p['partial']} more were read in part). "
+        f"Hallucinated entities (not in the sentence): {metrics['hallucinated']}; unknown "
+        f"types: {metrics['unknown_types']}."))
+    st.caption(f"{interval} · {metrics['n_sentences']} sentences · {metrics['n_gold']} gold and "
+               f"{metrics['n_pred']} predicted entities · {metrics['mode']} scoring")
+
+
+def per_class_frame(metrics: dict):
+    """Per-type table (precision, recall, F1, support, predicted) for st.dataframe."""
+    import pandas as pd
+
+    rows = [{"type": name, **{k: row[k] for k in ("precision", "recall", "f1", "support", "predicted")}}
+            for name, row in metrics["per_class"].items()]
+    for avg in ("micro", "macro", "weighted"):
+        rows.append({"type": f"{avg} avg", **{k: metrics[avg][k] for k in ("precision", "recall", "f1")},
+                     "support": metrics[avg]["support"], "predicted": metrics["n_pred"]})
+    return pd.DataFrame(rows)
+
+
+def label_link(sentence_id: int, project_id: int) -> str:
+    """Markdown link to the Label page on this sentence (it reads ``?sentence=`` and ``?project=``)."""
+    return f"[✏️ Fix gold label](Label?sentence={int(sentence_id)}&project={int(project_id)})"
+
+
+def error_label(kind: str) -> str:
+    return evaluate.ERROR_KIND_NAMES.get(kind, kind)
+
+
+def baseline_form(db, project: dict) -> None:
+    """An expander to start a baseline run (zero-shot, few-shot, CRF) like any other run."""
+    from core import baselines, config, jobs, templates
+
+    with st.expander("Start a baseline run", expanded=False):
+        st.caption(
+            "Baselines are what fine-tuning has to beat: the base model without examples "
+            "(zero-shot), with a few examples in the prompt (few-shot), and a classic CRF trained "
+            "on the same labelled training sentences. They run in the background like training "
+            "runs (one run at a time) and are scored on dev and test."
+        )
+        with st.form("eval_baseline_form"):
+            kind = st.selectbox("Kind", baselines.KINDS, format_func=baselines.KIND_TITLES.get,
+                                key="eval_bl_kind")
+            c1, c2, c3 = st.columns(3)
+            shots = c1.number_input("Examples per prompt (few-shot)", 1, 20, 5, key="eval_bl_shots")
+            selection = c2.selectbox(
+                "Which examples (few-shot)", ("fixed", "retrieved"), key="eval_bl_selection",
+                help="fixed: the same short examples covering every type for each sentence; "
+                "retrieved: the most similar labelled training sentences (the template's retrieval).")
+            limit = c3.number_input("At most N sentences per split (0 = all)", 0, 100_000, 0,
+                                    key="eval_bl_limit",
+                                    help="A quick look on CPU: the bundled model answers ~1 sentence/s.")
+            base = st.text_input("Base model (zero-/few-shot)", config.BUNDLED_MODEL, key="eval_bl_base")
+            submitted = st.form_submit_button("Start baseline", type="primary")
+        if submitted:
+            try:
+                cfg: dict = {"limit": int(limit)} if limit else {}
+                if kind != "crf":
+                    cfg["base_model"] = base.strip()
+                if kind == "few-shot":
+                    cfg.update(shots=int(shots), selection=selection)
+                cfg = baselines.settings(kind, cfg)
+                template_id = templates.get_template(db, project["id"]).id if kind != "crf" else None
+                run_id = jobs.create_run(db, project["id"], kind, cfg,
+                                         base_model=cfg.get("base_model", ""), template_id=template_id)
+                started = jobs.launch(db, run_id)
+                st.success(f"Run #{run_id} ({kind}) " + ("started." if started else
+                           "queued: it starts when the active run ends."))
+            except Exception as exc:  # noqa: BLE001 - shown to the user
+                from core.ui import show_error
+
+                show_error(exc)
+    active_runs(db, project)
+
+
+def active_runs(db, project: dict) -> None:
+    """Progress of the project's queued and running runs, refreshed every few seconds."""
+    from core import jobs
+
+    def active() -> list[dict]:
+        return [r for r in jobs.list_runs(db, project["id"]) if r["status"] in ("queued", "running")]
+
+    if not active():
+        return
+
+    @st.fragment(run_every="3s")
+    def _poll() -> None:
+        from core.db import get_db
+
+        fresh = get_db()
+        jobs.refresh(fresh)
+        rows = [r for r in jobs.list_runs(fresh, project["id"]) if r["status"] in ("queued", "running")]
+        if not rows:
+            st.rerun()
+        for r in rows:
+            last = r.get("last_metrics") or {}
+            total = last.get("total_steps")
+            text = f"#{r['id']} {r['name']} ({r['kind']}): {r['status']}"
+            if total:
+                st.progress(min(1.0, last["step"] / total), text=f"{text} · {last['step']}/{total}")
+            else:
+                st.caption(text)
+
+    _poll()

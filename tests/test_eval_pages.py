@@ -1,0 +1,162 @@
+"""AppTest of the Evaluate and Compare pages on a database with real stored predictions
+(two CRF baselines trained on the demo project, and their scores)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import baselines, evaluate
+from core.db import now
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Ctx:
+    """What a baseline needs of the worker's RunContext."""
+
+    def __init__(self, db, run: dict, run_dir: Path) -> None:
+        self.db, self.run, self.run_dir, self.config = db, run, run_dir, run["config"]
+
+    def log(self, msg: str) -> None:
+        pass
+
+    def heartbeat(self) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+    def progress(self, *args, **kwargs) -> None:
+        pass
+
+    def set_artifact(self, path) -> None:
+        self.db.execute("UPDATE runs SET artifact_path = ? WHERE id = ?", [str(path), self.run["id"]])
+
+
+def crf_run(db, project_id: int, name: str, cfg: dict, home: Path) -> int:
+    run_id = db["runs"].insert({
+        "project_id": project_id, "name": name, "kind": "crf", "config": json.dumps(cfg),
+        "status": "finished", "created_at": now(), "finished_at": now(),
+    }).last_pk
+    folder = home / "runs" / str(run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    baselines.run(Ctx(db, dict(db["runs"].get(run_id), config=cfg), folder))
+    return run_id
+
+
+@pytest.fixture
+def seeded(db, demo, home):
+    a = crf_run(db, demo["id"], "crf-strong", {"max_iterations": 60, "splits": ["test"]}, home)
+    b = crf_run(db, demo["id"], "crf-weak", {"max_iterations": 3, "c1": 2.0, "splits": ["test"]}, home)
+    return demo, a, b
+
+
+def _page(name: str) -> AppTest:
+    return AppTest.from_file(str(ROOT / "pages" / name), default_timeout=60)
+
+
+def test_evaluate_page_shows_scores_and_errors(seeded, db):
+    demo, a, b = seeded
+    at = _page("5_Evaluate.py")
+    at.session_state["eval_run"] = a
+    at.run()
+    assert not at.exception, at.exception
+    m = evaluate.stored_metrics(db, a, "test")
+    labels = [x.label for x in at.metric]
+    assert "Micro-F1" in labels and "Macro-F1" in labels
+    micro = next(x for x in at.metric if x.label == "Micro-F1")
+    assert micro.value == f"{m['micro']['f1']:.3f}"
+    assert any("95% CI" in c.value for c in at.caption)
+    # The error list: filter to missed Disease entities only.
+    at.multiselect(key="eval_kinds").set_value(["missed"]).run()
+    at.selectbox(key="eval_type").set_value("Disease").run()
+    assert not at.exception
+    heads = [md.value for md in at.markdown if md.value.startswith(":red[")]
+    assert heads and all(h.startswith(":red[missed]") and "(Disease)" in h for h in heads)
+    expected = evaluate.error_list(evaluate.load_scored(db, a, "test"), ["missed"], "Disease")
+    assert any(f"{len(expected)} error(s)" in c.value for c in at.caption)
+
+
+def test_evaluate_page_switches_runs_and_mode(seeded):
+    demo, a, b = seeded
+    at = _page("5_Evaluate.py")
+    at.run()
+    at.selectbox(key="eval_run").set_value(b).run()
+    at.radio(key="eval_mode").set_value("strict").run()
+    assert not at.exception
+    assert any("strict scoring" in c.value for c in at.caption)
+
+
+def test_evaluate_page_rescores_after_a_gold_fix(seeded, db):
+    from core import projects
+
+    demo, a, _ = seeded
+    before = evaluate.stored_metrics(db, a, "test")
+    sentence = projects.examples(db, demo["id"], split="test")[0]
+    import time
+
+    time.sleep(1.1)  # timestamps have second resolution
+    projects.save_annotation(db, sentence.id, [], annotator="test")
+    at = _page("5_Evaluate.py")
+    at.session_state["eval_run"] = a
+    at.run()
+    assert not at.exception
+    after = evaluate.stored_metrics(db, a, "test")
+    assert after["n_gold"] == before["n_gold"] - len(sentence.spans)
+
+
+def test_evaluate_page_without_runs(db, demo):
+    at = _page("5_Evaluate.py")
+    at.run()
+    assert not at.exception
+    assert any("No run has predictions" in i.value for i in at.info)
+
+
+def test_compare_page_side_by_side(seeded, db):
+    demo, a, b = seeded
+    at = _page("6_Compare.py")
+    at.session_state["compare_runs"] = [a, b]
+    at.run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert list(table.columns)[:1] == ["metric"]
+    ma = evaluate.stored_metrics(db, a, "test")["micro"]["f1"]
+    row = table[table["metric"] == "micro F1"].iloc[0]
+    assert row.iloc[1] == pytest.approx(ma, abs=1e-9)
+    # Only sentences where the runs disagree.
+    at.radio(key="compare_filter").set_value("runs disagree").run()
+    assert not at.exception
+    rows, _ = evaluate.side_by_side(db, [a, b], "test")
+    n = sum(r["disagree"] for r in rows)
+    assert any(f"{n} of {len(rows)} sentence(s)" in c.value for c in at.caption)
+
+
+def test_compare_page_try_box_creates_a_request(seeded, db, monkeypatch):
+    demo, a, b = seeded
+    at = _page("6_Compare.py")
+    at.session_state["compare_runs"] = [a, b]
+    at.run()
+    at.text_input(key="compare_try_text").set_value("Lithium caused hypotension .")
+    at.button(key="compare_try_go").click().run()
+    assert not at.exception, at.exception
+    rows = list(db["try_requests"].rows)
+    assert len(rows) == 1 and json.loads(rows[0]["run_ids"]) == [a, b]
+    # The request is answered by its own process (CRF runs: quick); wait for it.
+    import time
+
+    from core import inference
+
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        req = inference.get_try(db, rows[0]["id"])
+        if req["status"] in ("finished", "failed"):
+            break
+        time.sleep(0.5)
+    assert req["status"] == "finished", req
+    assert set(req["outputs"]) == {str(a), str(b)}
+    at.run()
+    assert not at.exception
