@@ -5,6 +5,76 @@ from __future__ import annotations
 
 # --- Training (loss curves, throughput) ------------------------------------------------------
 
+#: Colours of the training charts.
+TRAIN_COLOURS = {"loss": "#219ebc", "eval_loss": "#fb8500", "tokens_per_s": "#2a9d8f",
+                 "gpu_mem_mb": "#8338ec", "lr": "#6c757d"}
+
+
+def _rows(metrics) -> list[dict]:
+    """Metric rows as dicts, from a list of dicts or a DataFrame."""
+    if hasattr(metrics, "to_dict"):
+        return list(metrics.to_dict("records"))
+    return [dict(r) for r in metrics or []]
+
+
+def _series(rows: list[dict], key: str) -> tuple[list, list]:
+    points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def loss_curves(metrics, title: str = ""):
+    """Train loss per optimiser step (line) and dev loss after each epoch (markers) against step.
+
+    Args:
+        metrics: ``run_metrics`` rows (``step``, ``loss``, ``eval_loss``...) as dicts or a DataFrame.
+    """
+    import plotly.graph_objects as go
+
+    rows = _rows(metrics)
+    fig = go.Figure()
+    x, y = _series(rows, "loss")
+    fig.add_scatter(x=x, y=y, mode="lines+markers" if len(x) < 30 else "lines", name="train loss",
+                    line={"color": TRAIN_COLOURS["loss"]},
+                    hovertemplate="step %{x}: train loss %{y:.4f}<extra></extra>")
+    x, y = _series(rows, "eval_loss")
+    if x:
+        fig.add_scatter(x=x, y=y, mode="lines+markers", name="dev loss",
+                        line={"color": TRAIN_COLOURS["eval_loss"], "dash": "dot"},
+                        marker={"size": 9},
+                        hovertemplate="step %{x}: dev loss %{y:.4f}<extra></extra>")
+    total = max((r.get("total_steps") or 0 for r in rows), default=0)
+    fig.update_layout(
+        title=title or None, height=320, margin={"l": 40, "r": 10, "t": 30 if title else 10, "b": 40},
+        xaxis={"title": "step", "range": [0, max(total, 1) * 1.02] if total else None},
+        yaxis={"title": "loss (answer tokens)", "rangemode": "tozero"},
+        legend={"orientation": "h", "y": 1.12},
+    )
+    return fig
+
+
+def throughput_chart(metrics):
+    """Tokens per second per step, with GPU memory (MB) on a second axis when it was recorded."""
+    import plotly.graph_objects as go
+
+    rows = _rows(metrics)
+    fig = go.Figure()
+    x, y = _series(rows, "tokens_per_s")
+    fig.add_scatter(x=x, y=y, mode="lines+markers" if len(x) < 30 else "lines", name="tokens/s",
+                    line={"color": TRAIN_COLOURS["tokens_per_s"]},
+                    hovertemplate="step %{x}: %{y:.0f} tokens/s<extra></extra>")
+    gx, gy = _series(rows, "gpu_mem_mb")
+    layout = {"height": 260, "margin": {"l": 40, "r": 40, "t": 10, "b": 40},
+              "xaxis": {"title": "step"}, "yaxis": {"title": "tokens/s", "rangemode": "tozero"},
+              "legend": {"orientation": "h", "y": 1.15}}
+    if gx:
+        fig.add_scatter(x=gx, y=[v / 1024 for v in gy], mode="lines", name="peak GPU memory (GB)",
+                        yaxis="y2", line={"color": TRAIN_COLOURS["gpu_mem_mb"], "dash": "dash"},
+                        hovertemplate="step %{x}: %{y:.1f} GB<extra></extra>")
+        layout["yaxis2"] = {"title": "GB", "overlaying": "y", "side": "right", "rangemode": "tozero"}
+    fig.update_layout(**layout)
+    return fig
+
+
 
 # --- Evaluation (per-class bars, confusion heatmap, comparisons) ------------------------------
 

@@ -389,3 +389,49 @@ def submit_training(db: Database, project_id: int, cfg: Any, name: str = "") -> 
     run_id = create_run(db, project_id, "train", cfg.to_dict(), name=name,
                         base_model=cfg.base_model, template_id=tpl.id)
     return run_id, launch(db, run_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# Merging an adapter into its base model (a short background process of its own)
+
+
+def launch_merge(run_id: int) -> int:
+    """Start ``nerlab merge RUN_ID`` in the background (log: ``runs/<id>/merge.log``); return
+    its pid. The merged model lands in ``runs/<id>/merged``."""
+    folder = run_dir(run_id)
+    if merge_state(run_id) == "running":
+        raise NerlabError(f"Run {run_id}'s adapter is already being merged.")
+    env = dict(os.environ)
+    root = str(config.project_root())
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env[config.HOME_ENV] = str(config.home())
+    with open(folder / "merge.log", "wb") as out:
+        proc = subprocess.Popen(  # noqa: S603 - an argument list, never a shell
+            [sys.executable, "-m", "core.cli", "merge", str(int(run_id))],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=root, env=env,
+            start_new_session=True, close_fds=True,
+        )
+    (folder / "merge.pid").write_text(str(proc.pid))
+    return proc.pid
+
+
+def merge_state(run_id: int) -> str:
+    """``"none"``, ``"running"``, ``"done"`` (``runs/<id>/merged`` is complete) or ``"failed"``."""
+    folder = config.runs_dir() / str(run_id)
+    pid_file = folder / "merge.pid"
+    if pid_file.is_file():
+        pid = int(pid_file.read_text().strip() or 0)
+        alive = False
+        with contextlib.suppress(ChildProcessError, OSError):
+            done, _status = os.waitpid(pid, os.WNOHANG)
+            alive = done == 0
+        if not alive:
+            with contextlib.suppress(OSError):
+                os.kill(pid, 0)
+                alive = Path(f"/proc/{pid}/cmdline").is_file() and b"merge" in Path(
+                    f"/proc/{pid}/cmdline").read_bytes()
+        if alive:
+            return "running"
+    if (folder / "merged" / "config.json").is_file():
+        return "done"
+    return "failed" if (folder / "merge.log").is_file() else "none"

@@ -1,0 +1,312 @@
+"""Widgets of the Train page: the settings form generated from the run config, pre-flight
+checks, and the live view of a run (progress, curves, log, stop, merge).
+
+Session-state and widget keys start with ``train_``. Settings live under ``train_f_<setting>``.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+import streamlit as st
+from sqlite_utils import Database
+
+from core import charts, config, jobs
+from core.jobs_cli import format_duration
+from core.runconfig import (
+    DEFAULT_TARGETS,
+    FIELDS,
+    METHOD_LABELS,
+    PRESETS,
+    ConfigError,
+    RunConfig,
+    get_preset,
+)
+
+SOURCE_BUNDLED = "Bundled SmolLM2-135M-Instruct"
+SOURCE_HUB = "Hugging Face id"
+SOURCE_FOLDER = "Local folder"
+MODEL_SOURCES = (SOURCE_BUNDLED, SOURCE_HUB, SOURCE_FOLDER)
+STATUS_ICONS = {"queued": "⏳", "running": "🏃", "finished": "✅", "failed": "❌", "stopped": "⏹️"}
+#: Settings shown in the form (the rest of the config comes from outside it).
+FORM_SETTINGS = (
+    ("Adapter", ("method", "rank", "alpha", "dropout", "loraplus_ratio", "targets")),
+    ("Schedule", ("epochs", "max_steps", "lr", "warmup_ratio", "weight_decay", "max_grad_norm")),
+    ("Batches and memory", ("batch_size", "grad_accum", "max_length", "gradient_checkpointing",
+                            "precision", "seed")),
+    ("After training", ("dev_loss_sentences", "eval_after", "eval_limit")),
+)
+_LABELS = {
+    "method": "Method", "rank": "Rank r", "alpha": "Alpha", "dropout": "LoRA dropout",
+    "loraplus_ratio": "LoRA+ ratio (B/A)", "targets": "Target modules", "epochs": "Epochs",
+    "max_steps": "Max steps (0 = epochs)", "lr": "Learning rate", "warmup_ratio": "Warm-up ratio",
+    "weight_decay": "Weight decay", "max_grad_norm": "Max grad norm", "batch_size": "Batch size",
+    "grad_accum": "Gradient accumulation", "max_length": "Max length (tokens)",
+    "gradient_checkpointing": "Gradient checkpointing", "precision": "Precision", "seed": "Seed",
+    "dev_loss_sentences": "Dev sentences for the dev loss", "eval_after": "Predict and score dev/test",
+    "eval_limit": "Max sentences per split to score (0 = all)",
+}
+
+
+def key(name: str) -> str:
+    """The session-state key of a setting's widget."""
+    return f"train_f_{name}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+
+
+def load_preset(name: str) -> None:
+    """Put a preset's values into the form's widgets."""
+    cfg = get_preset(name).config()
+    for setting, value in cfg.flat().items():
+        if setting in ("base_model", "template", "preset"):
+            continue
+        st.session_state[key(setting)] = list(value) if isinstance(value, tuple) else value
+    st.session_state["train_loaded_preset"] = name
+
+
+def _on_preset_change() -> None:
+    load_preset(st.session_state["train_preset"])
+
+
+def preset_picker(default: str) -> str:
+    """The preset select box; choosing one loads its values into the form."""
+    if "train_preset" not in st.session_state:
+        st.session_state["train_preset"] = default
+    if st.session_state.get("train_loaded_preset") is None:
+        load_preset(st.session_state["train_preset"])
+    name = st.selectbox("Preset", list(PRESETS), key="train_preset", on_change=_on_preset_change,
+                        help="Starting points from the papers; every value stays adjustable below.")
+    st.caption(PRESETS[name].description)
+    return name
+
+
+def base_model_picker() -> str:
+    """Bundled model, Hugging Face id or local folder; returns the base-model string."""
+    source = st.radio("Base model", MODEL_SOURCES, key="train_model_source", horizontal=True,
+                      help=FIELDS["base_model"][1].metadata["help"])
+    if source == SOURCE_HUB:
+        return st.text_input("Hugging Face model id", key="train_model_id",
+                             placeholder="Qwen/Qwen2.5-7B-Instruct").strip()
+    if source == SOURCE_FOLDER:
+        return st.text_input("Model folder (with config.json)", key="train_model_path",
+                             placeholder="/models/Meta-Llama-3-8B-Instruct").strip()
+    return config.BUNDLED_MODEL
+
+
+def _widget(name: str, container: Any) -> None:
+    section, f = FIELDS[name]
+    meta = f.metadata
+    label = _LABELS.get(name, name)
+    k = key(name)
+    help_text = meta.get("help")
+    kind = str(f.type)
+    if name == "method":
+        container.selectbox(label, meta["options"], key=k, help=help_text,
+                            format_func=lambda m: METHOD_LABELS.get(m, m))
+    elif "options" in meta:
+        container.selectbox(label, meta["options"], key=k, help=help_text)
+    elif "bool" in kind:
+        container.checkbox(label, key=k, help=help_text)
+    elif name == "targets":
+        current = list(st.session_state.get(k) or DEFAULT_TARGETS)
+        options = list(dict.fromkeys(list(DEFAULT_TARGETS) + current))
+        container.multiselect(label, options, key=k, help=help_text + " Type to add another.",
+                              accept_new_options=True)
+    elif "int" in kind:
+        container.number_input(label, min_value=int(meta.get("min", 0)),
+                               max_value=int(meta.get("max", 10**9)), step=int(meta.get("step", 1)),
+                               key=k, help=help_text)
+    else:
+        kwargs: dict[str, Any] = {"min_value": float(meta.get("min", 0.0)),
+                                  "max_value": float(meta.get("max", 1e9)), "key": k,
+                                  "help": help_text}
+        if "format" in meta:
+            kwargs["format"] = meta["format"]
+            kwargs["step"] = 1e-5
+        else:
+            kwargs["step"] = float(meta.get("step", 0.01))
+        container.number_input(label, **kwargs)
+
+
+def settings_form_fields() -> None:
+    """The settings, grouped, generated from the dataclass fields (call inside ``st.form``)."""
+    for title, names in FORM_SETTINGS:
+        st.markdown(f"**{title}**")
+        cols = st.columns(3)
+        for i, name in enumerate(names):
+            _widget(name, cols[i % 3])
+
+
+def config_from_state(base_model: str, template: str, preset: str) -> RunConfig:
+    """The run config from the form's values (raises ConfigError naming a bad value)."""
+    values: dict[str, Any] = {}
+    for name, (_section, f) in FIELDS.items():
+        if name in ("base_model", "template", "preset"):
+            continue
+        if key(name) in st.session_state:
+            value = st.session_state[key(name)]
+            if name == "targets":
+                value = tuple(value)
+            elif "int" in str(f.type) and "bool" not in str(f.type):
+                value = int(value)
+            elif "float" in str(f.type):
+                value = float(value)
+            values[name] = value
+    if not base_model:
+        raise ConfigError("Give a Hugging Face model id or a local model folder.")
+    return RunConfig(base_model=base_model, template=template, preset=preset).with_overrides(**values)
+
+
+def show_issues(issues: list) -> None:
+    """Pre-flight findings: errors red, warnings amber, the rest as notes."""
+    for issue in issues:
+        text = f"**{issue.title}.** {issue.msg}"
+        if issue.level == "error":
+            st.error(text, icon="🛑")
+        elif issue.level == "warning":
+            st.warning(text, icon="⚠️")
+        else:
+            st.caption(f"✓ {issue.title}: {issue.msg}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+
+
+def run_label(run: dict) -> str:
+    """``#12 train-12 · running`` for select boxes."""
+    return f"#{run['id']} {run['name']} · {STATUS_ICONS.get(run['status'], '')} {run['status']}"
+
+
+def runs_table(runs: list[dict]) -> list[dict]:
+    """Rows for the run list."""
+    rows = []
+    for r in runs:
+        m = r.get("last_metrics") or {}
+        progress = ""
+        if m.get("total_steps"):
+            progress = f"{m['step']}/{m['total_steps']}"
+        cfg = r["config"] if isinstance(r["config"], dict) else {}
+        rows.append({
+            "id": r["id"],
+            "run": r["name"],
+            "kind": r["kind"],
+            "status": f"{STATUS_ICONS.get(r['status'], '')} {r['status']}",
+            "method": cfg.get("method", ""),
+            "progress": progress,
+            "loss": m.get("loss"),
+            "created": (r["created_at"] or "")[:16].replace("T", " "),
+            "problem": (f"{r['error_kind']}: {r['error_message']}" if r["status"] == "failed" else ""),
+        })
+    return rows
+
+
+def progress_block(run: dict, metrics: list[dict]) -> None:
+    """Progress bar with step / total and ETA, and the latest figures."""
+    steps = [m for m in metrics if m.get("loss") is not None]
+    last = steps[-1] if steps else None
+    evals = [m for m in metrics if m.get("eval_loss") is not None]
+    if last and last.get("total_steps"):
+        frac = min(1.0, last["step"] / last["total_steps"])
+        eta = "" if run["status"] != "running" else f" · ETA {format_duration(last.get('eta_s'))}"
+        st.progress(frac, text=f"Step {last['step']} / {last['total_steps']}{eta}")
+    elif run["status"] == "running":
+        st.progress(0.0, text="Loading the model and preparing the data…")
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Train loss", f"{last['loss']:.4f}" if last else "–")
+    c2.metric("Dev loss", f"{evals[-1]['eval_loss']:.4f}" if evals else "–")
+    c3.metric("Tokens / s", f"{last['tokens_per_s']:.0f}" if last and last.get("tokens_per_s") else "–")
+    gpu = last.get("gpu_mem_mb") if last else None
+    c4.metric("Peak GPU memory", f"{gpu / 1024:.1f} GB" if gpu else "– (CPU)")
+
+
+def run_details(db: Database, run: dict, project: dict) -> None:
+    """Everything about one run: progress, curves, problem, stop, CLI, adapter, log."""
+    metrics = jobs.run_metrics(db, run["id"])
+    status = run["status"]
+    st.markdown(f"#### {STATUS_ICONS.get(status, '')} Run #{run['id']} · {run['name']} · {status}")
+    cfg = run["config"]
+    if run["kind"] == "train":
+        try:
+            st.caption(RunConfig.from_dict(cfg).summary() + f" · base model {run['base_model']}")
+        except ConfigError:
+            pass
+    if status == "queued":
+        busy = jobs.active_run(db)
+        st.info(f"Waiting for run #{busy['id']} to end." if busy and busy["id"] != run["id"]
+                else "Starting…")
+    if status == "failed":
+        kinds = {"oom": "Out of memory", "data": "Bad data", "model": "Model not loadable",
+                 "other": "Error"}
+        st.error(f"**{kinds.get(run['error_kind'], 'Error')}.** {run['error_message']}")
+    if status == "stopped":
+        st.warning("Stopped on request; the adapter saved last is kept." if run["artifact_path"]
+                   else "Stopped before an adapter was saved.")
+    if run["kind"] == "train":
+        progress_block(run, metrics)
+        if metrics:
+            st.plotly_chart(charts.loss_curves(metrics), key=f"train_loss_chart_{run['id']}",
+                            width="stretch")
+            if any(m.get("tokens_per_s") for m in metrics):
+                st.plotly_chart(charts.throughput_chart(metrics), key=f"train_tps_chart_{run['id']}",
+                                width="stretch")
+    if status in ("queued", "running"):
+        if st.button("Stop this run", key=f"train_stop_{run['id']}", type="secondary",
+                     help="Ends the run cleanly after the current step; the adapter is saved."):
+            st.toast(jobs.request_stop(db, run["id"]))
+    if run["kind"] == "train":
+        st.markdown("**The same run from the command line**")
+        try:
+            st.code(jobs.cli_command(run, project["name"]) + " --wait", language="bash")
+        except ConfigError:
+            pass
+    if run["artifact_path"]:
+        adapter_block(run)
+    if status == "finished" and run["kind"] == "train":
+        st.markdown(f"📊 [See this run's scores on the Evaluate page]"
+                    f"(Evaluate?run={run['id']}&project={project['id']})")
+    st.markdown("**Log**")
+    log = jobs.read_log(run["id"], 80) or run.get("log_tail") or "(no log yet)"
+    st.code(log, language=None, height=300)
+
+
+def adapter_block(run: dict) -> None:
+    """Where the adapter is, and merging it into the base model."""
+    st.markdown(f"**Adapter** (PEFT format, with tokenizer, config and template version): "
+                f"`{run['artifact_path']}`")
+    state = jobs.merge_state(run["id"])
+    merged = config.runs_dir() / str(run["id"]) / "merged"
+    if state == "done":
+        st.success(f"Merged model saved: `{merged}` (load it with `from_pretrained`).")
+    elif state == "running":
+        st.info("Merging the adapter into the base model…")
+    elif state == "failed":
+        log = (config.runs_dir() / str(run["id"]) / "merge.log").read_text(errors="replace")
+        st.error("Merging failed: " + (log.strip().splitlines() or ["see merge.log"])[-1])
+    if state != "running" and st.button(
+        "Merge adapter into the base model" if state != "done" else "Merge again",
+        key=f"train_merge_{run['id']}",
+        help="Saves a standalone model (base + adapter) next to the adapter; for 8B models this "
+        "needs ~16 GB of RAM and a few minutes.",
+    ):
+        try:
+            jobs.launch_merge(run["id"])
+            st.toast("Merging started.")
+        except Exception as exc:  # noqa: BLE001 - shown to the user
+            st.error(str(exc))
+    st.caption("Or from a shell: " + shlex.join(["nerlab", "merge", str(run["id"])]))
+
+
+def config_rows(cfg: dict) -> list[dict]:
+    """The stored config as setting/value rows."""
+    try:
+        flat = RunConfig.from_dict(cfg).flat()
+    except ConfigError:
+        return [{"setting": k, "value": str(v)} for k, v in cfg.items()]
+    return [{"setting": k, "value": ", ".join(v) if isinstance(v, tuple) else str(v)}
+            for k, v in flat.items()]
+

@@ -1,0 +1,123 @@
+"""Train: pick a base model and a preset, adjust, check, start — then watch the run live."""
+
+import pandas as pd
+import streamlit as st
+
+from core import config, jobs, templates
+from core.runconfig import ConfigError, default_preset_for
+from core.train import check_run
+from core.ui import init_page, show_error
+from core.ui import train_view as tv
+
+db, project = init_page("Train", icon="🏋️")
+st.title("Train")
+if project is None:
+    st.stop()
+pid = project["id"]
+
+
+@st.cache_resource(show_spinner="Looking for a GPU…")
+def device() -> tuple[str, bool, str]:
+    """(device, bf16 supported, description), once per server process."""
+    from core import models
+
+    info = models.device_info()
+    return info.device, info.bf16, info.describe()
+
+
+dev_kind, bf16_ok, dev_text = device()
+cuda = dev_kind == "cuda"
+jobs.refresh(db)
+runs = jobs.list_runs(db, pid)
+active = [r for r in runs if r["status"] in ("queued", "running")]
+
+tab_new, tab_runs = st.tabs(["New run", f"Runs ({len(runs)})"])
+
+with tab_new:
+    st.caption(f"Runs on: {dev_text}. A run is a background process: close the browser and it "
+               "goes on; one run at a time, the others wait in a queue.")
+    base_model = tv.base_model_picker()
+    c1, c2 = st.columns([2, 1])
+    with c1:
+        preset = tv.preset_picker(default_preset_for(base_model, cuda))
+    with c2:
+        names = [t["name"] for t in templates.list_templates(db, pid)] or ["default"]
+        template = st.selectbox("Template", names, key="train_template",
+                                help="The instruction template (its latest version is recorded "
+                                "with the run). Edit it on the Template page.")
+    with st.form("train_form", border=True):
+        tv.settings_form_fields()
+        run_name = st.text_input("Run name (optional)", key="train_run_name",
+                                 placeholder="e.g. loraplus-r16-5e-4")
+        try:
+            cfg = tv.config_from_state(base_model, template, preset)
+            issues = check_run(db, pid, cfg, cuda=cuda, bf16_supported=bf16_ok)
+            cfg_error = None
+        except (ConfigError, Exception) as exc:  # noqa: BLE001 - shown to the user
+            cfg, issues, cfg_error = None, [], exc
+        blocked = cfg_error is not None or any(i.level == "error" for i in issues)
+        st.markdown("**Pre-flight checks**")
+        if cfg_error is not None:
+            show_error(cfg_error)
+        tv.show_issues(issues)
+        submitted = st.form_submit_button(
+            "Start training", type="primary", key="train_start", disabled=blocked,
+            help="Checks the settings again and starts the run in the background."
+            + (" Fix the errors above first." if blocked else ""),
+        )
+    if submitted:
+        # The form's values arrive with this rerun: check them again before starting.
+        try:
+            cfg = tv.config_from_state(base_model, template, preset)
+            issues = check_run(db, pid, cfg, cuda=cuda, bf16_supported=bf16_ok)
+            errors = [i for i in issues if i.level == "error"]
+            if errors:
+                st.error("Not started: " + "; ".join(f"{i.title}: {i.msg}" for i in errors))
+            else:
+                run_id, started = jobs.submit_training(db, pid, cfg, name=run_name.strip())
+                st.session_state["train_run"] = run_id
+                if started:
+                    st.success(f"Run #{run_id} started. Follow it on the Runs tab.")
+                else:
+                    st.info(f"Run #{run_id} is queued: it starts when the active run ends.")
+                runs = jobs.list_runs(db, pid)
+        except Exception as exc:  # noqa: BLE001 - shown to the user
+            show_error(exc)
+
+with tab_runs:
+    if not runs:
+        st.info("No runs yet: start one on the New run tab.")
+    else:
+        ids = [r["id"] for r in runs]
+        if st.session_state.get("train_run") not in ids:
+            st.session_state["train_run"] = (active[0] if active else runs[0])["id"]
+        poll = 2 if any(r["status"] in ("queued", "running") for r in runs) else None
+
+        @st.fragment(run_every=poll)
+        def live() -> None:
+            """Re-read the runs every few seconds while one is active (not a loop)."""
+            from core.db import get_db
+
+            fdb = get_db()
+            jobs.refresh(fdb)
+            rows = jobs.list_runs(fdb, pid)
+            by_id = {r["id"]: r for r in rows}
+            st.dataframe(pd.DataFrame(tv.runs_table(rows)), hide_index=True, key="train_runs_df",
+                         width="stretch")
+            run_id = st.selectbox("Run", list(by_id), key="train_run",
+                                  format_func=lambda i: tv.run_label(by_id[i]))
+            run = by_id[run_id]
+            tv.run_details(fdb, run, project)
+            with st.expander("Settings of this run"):
+                st.dataframe(pd.DataFrame(tv.config_rows(run["config"])), hide_index=True)
+            was_active = st.session_state.get("train_was_active", False)
+            now_active = any(r["status"] in ("queued", "running") for r in rows)
+            st.session_state["train_was_active"] = now_active
+            if was_active and not now_active:
+                st.rerun()  # a run ended: redraw the page (stop polling)
+            elif now_active and poll is None:
+                st.rerun()  # a run started from elsewhere: start polling
+
+        live()
+
+st.caption(f"Data directory: {config.home()}")

@@ -1,0 +1,115 @@
+"""The Train page (AppTest): form from the presets, pre-flight checks, start, the live run view."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import jobs, projects
+from core.runconfig import RunConfig, get_preset
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = str(ROOT / "pages/4_Train.py")
+
+
+@pytest.fixture
+def app(home, monkeypatch):
+    from core.db import get_db
+    from core.demo import ensure_demo_project
+
+    ensure_demo_project(get_db())
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    return at
+
+
+def _texts(at) -> str:
+    parts = [e.value for e in (*at.error, *at.warning, *at.info, *at.success, *at.caption,
+                               *at.markdown)]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_page_renders_with_the_small_model_preset(app):
+    at = app.run()
+    assert not at.exception
+    assert at.selectbox(key="train_preset").value == "Small model on CPU"
+    assert at.number_input(key="train_f_rank").value == 16
+    assert at.number_input(key="train_f_lr").value == pytest.approx(5e-4)
+    assert at.multiselect(key="train_f_targets").value == list(RunConfig().lora.targets)
+    assert not at.button(key="train_start").disabled
+    text = _texts(at)
+    assert "Template round-trip" in text and "No runs yet" in text
+
+
+def test_choosing_a_preset_loads_its_values(app):
+    at = app.run()
+    at.selectbox(key="train_preset").set_value("Llama-3 financial NER").run()
+    assert not at.exception
+    assert at.number_input(key="train_f_rank").value == 8
+    assert at.number_input(key="train_f_grad_accum").value == 6
+    assert at.selectbox(key="train_f_precision").value == "bf16"
+    assert "bf16 without CUDA" in _texts(at)  # this machine has no GPU: a note of what runs
+
+
+def test_start_creates_a_run_with_the_form_values(app):
+    at = app.run()
+    at.number_input(key="train_f_rank").set_value(4)
+    at.number_input(key="train_f_max_steps").set_value(3)
+    at.text_input(key="train_run_name").set_value("my-run")
+    with mock.patch("core.jobs.launch", return_value=True) as launch:
+        at.button(key="train_start").click().run()
+    assert not at.exception
+    assert launch.called
+    from core.db import get_db
+
+    db = get_db()
+    run = jobs.get_run(db, launch.call_args.args[1])
+    cfg = RunConfig.from_dict(run["config"])
+    assert (cfg.lora.rank, cfg.train.max_steps, cfg.method, run["name"]) == (4, 3, "loraplus", "my-run")
+    assert run["template_id"] is not None and run["status"] == "queued"
+    assert any("started" in s.value for s in at.success)
+
+
+def test_preflight_errors_disable_start(home, monkeypatch):
+    from core.db import get_db
+
+    db = get_db()
+    project = projects.create_project(db, "empty", labels=["Chemical"])
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.session_state["project_id"] = project["id"]
+    monkeypatch.setenv("NERLAB_NO_DEMO", "1")
+    at.run()
+    assert not at.exception
+    assert at.button(key="train_start").disabled
+    errors = " ".join(e.value for e in at.error)
+    assert "Too few training sentences" in errors and "No dev split" in errors
+
+
+def test_run_view_shows_progress_stop_cli_and_log(app):
+    from core.db import get_db, now
+
+    db = get_db()
+    project = projects.get_project(db, "BC5CDR demo")
+    cfg = get_preset("Small model on CPU").config(max_steps=10)
+    run_id = jobs.create_run(db, project["id"], "train", cfg.to_dict(), base_model=cfg.base_model)
+    db.execute("UPDATE runs SET status = 'running', pid = 4242, heartbeat_at = ?, started_at = ?"
+               " WHERE id = ?", [now(), now(), run_id])
+    for step, loss in ((1, 1.2), (2, 0.9), (3, 0.7)):
+        db.execute("INSERT INTO run_metrics (run_id, step, total_steps, epoch, loss, lr,"
+                   " tokens_per_s, eta_s, created_at) VALUES (?, ?, 10, 0.1, ?, 5e-4, 120, 60, ?)",
+                   [run_id, step, loss, now()])
+    db.conn.commit()
+    jobs.log_path(run_id).write_text("[12:00:00] Training 300 sentences\n")
+    with mock.patch("core.jobs.pid_alive", return_value=True):
+        at = app.run()
+        assert not at.exception
+        assert at.selectbox(key="train_run").value == run_id
+        code = " ".join(c.value for c in at.code)
+        assert "nerlab train 'BC5CDR demo'" in code and "--max-steps 10" in code
+        assert "Training 300 sentences" in code
+        assert any(m.label == "Train loss" and m.value == "0.7000" for m in at.metric)
+        with mock.patch("core.jobs.request_stop", return_value="stopping") as stop:
+            at.button(key=f"train_stop_{run_id}").click().run()
+        assert stop.call_args.args[1] == run_id
