@@ -69,6 +69,7 @@ with tab_sentences:
         ],
         hide_index=True,
         width="stretch",
+        column_order=["#", "Open", "Sentence", "Entities", "Split", "Status", "Annotator", "Saved"],
         column_config={
             "#": st.column_config.NumberColumn(width="small"),
             "Sentence": st.column_config.TextColumn(width="large"),
@@ -198,8 +199,11 @@ with tab_import:
     fmt_options = ["auto", *io.IMPORT_FORMATS]
     fmt = i1.selectbox(
         "Format", fmt_options, key="data_import_format",
-        format_func=lambda f: f"from the file name ({guessed or '?'})" if f == "auto" else f,
+        format_func=lambda f: "from the file name" if f == "auto" else f,
     )
+    if upload is not None and fmt == "auto":
+        i1.caption(f"{upload.name}: read as **{guessed}**." if guessed
+                   else f"Cannot tell the format of {upload.name} from its name: choose it.")
     target = i2.selectbox(
         "Split", ["file", *config.SPLITS], key="data_import_split",
         format_func=lambda s: "as in the file (else train)" if s == "file" else s,

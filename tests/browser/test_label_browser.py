@@ -156,3 +156,31 @@ def test_two_tabs_do_not_overwrite_each_other(browser_page, app_server, app_home
                   what="tab A's version in tab B")
     finally:
         page_b.context.close()
+
+
+def test_data_page_upload_and_download(browser_page, app_server, app_home):
+    page = browser_page
+    page.goto(f"{app_server}/Data", wait_until="domcontentloaded")
+    page.get_by_role("tab", name="Import").click()
+    page.locator('input[type="file"]').set_input_files(
+        files=[{"name": "more.txt", "mimeType": "text/plain",
+                "buffer": b"Cisplatin caused nephrotoxicity in rats .\nNo new words here at all .\n"}]
+    )
+    page.get_by_text("more.txt: read as").wait_for(timeout=20_000)
+    page.get_by_role("button", name="Import", exact=True).click()
+    page.get_by_text("more.txt: 2 sentence(s) added.").wait_for(timeout=20_000)
+    row = _db(app_home).execute(
+        "SELECT status, split, source FROM sentences WHERE text = 'Cisplatin caused nephrotoxicity in rats .'"
+    ).fetchone()
+    assert tuple(row) == ("unlabelled", "train", "more.txt")
+
+    page.get_by_role("tab", name="Export").click()
+    page.get_by_text("sentence(s) will be exported").wait_for(timeout=20_000)
+    with page.expect_download(timeout=30_000) as info:
+        page.get_by_role("button", name="Download").click()
+    download = info.value
+    assert download.suggested_filename == "BC5CDR_demo.conll"
+    content = Path(download.path()).read_text(encoding="utf-8")
+    db = _db(app_home)
+    labelled = db.execute("SELECT COUNT(*) FROM sentences WHERE status = 'labelled'").fetchone()[0]
+    assert len([b for b in content.split("\n\n") if b.strip()]) == labelled
