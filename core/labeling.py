@@ -475,6 +475,10 @@ def apply_action(
             status = {"edit": sentence["status"], "accept": "labelled", "reopen": "unlabelled"}[
                 action.type
             ]
+            unchanged = sorted(spans) == _saved_spans(db, sentence["id"]) and status == sentence["status"]
+            if action.type == "edit" and unchanged:
+                session.current = sentence["id"]  # nothing to save (e.g. a span dragged back)
+                return
             if not _save(db, session, sentence, spans, status, annotator, action.version):
                 session.current = sentence["id"]
                 return

@@ -139,6 +139,15 @@ def test_edit_saves_at_once_with_annotator_and_keeps_status(db, small):
     assert session.undo and session.undo[-1].spans == []
 
 
+def test_an_edit_that_changes_nothing_is_not_saved(db, small):
+    pid, ids = small
+    tab = LabelSession()
+    tab.seen(projects.get_sentence(db, ids[0]))
+    spans = projects.sentence_spans(db, ids[0])
+    labeling.apply_action(db, pid, tab, _edit(tab, ids[0], reversed(spans)), "a", QueueFilter())
+    assert projects.get_sentence(db, ids[0])["version"] == 0 and not tab.undo and tab.notice is None
+
+
 def test_accept_marks_done_and_opens_next_in_queue(db, small):
     pid, ids = small
     session = LabelSession()
