@@ -292,7 +292,21 @@ export default function (component) {
       flash("Select one or more words first (mouse, or ← → and Shift).");
       return;
     }
-    addSpan(tokens[range[0]][0], tokens[range[1]][1], name);
+    const start = tokens[range[0]][0];
+    const end = tokens[range[1]][1];
+    if (range[0] === range[1]) {
+      // One word inside an existing span: change that span's type (as clicking it would).
+      const host = spans.find((s) => s.start <= start && s.end >= end);
+      if (host) {
+        if (host.label !== name) {
+          host.label = name;
+          render();
+          send("edit");
+        }
+        return;
+      }
+    }
+    addSpan(start, end, name);
     cursor = range[1];
     anchor = null;
     render();

@@ -133,6 +133,34 @@ def test_keyboard_alone_labels_three_sentences(browser_page, app_server, app_hom
         assert spans == [Span(first[0], second[1], "Disease")], (row["text"], spans)
 
 
+def test_keyboard_changes_type_resizes_removes_and_undoes(browser_page, app_server, app_home):
+    page = browser_page
+    sid = _unlabelled_ids(app_home)[12]
+    _open(page, app_server, sid)
+    toks = tokenize(projects.get_sentence(_db(app_home), sid)["text"])
+
+    def saved() -> list[Span]:
+        return projects.sentence_spans(_db(app_home), sid)
+
+    def expect(spans: list[Span], what: str) -> None:
+        _wait_for(lambda: saved() == spans, what=what)
+
+    for key in ("ArrowRight", "Shift+ArrowRight", "1"):
+        page.keyboard.press(key)
+    expect([Span(toks[0][0], toks[1][1], "Chemical")], "a two-word Chemical span")
+    page.keyboard.press("ArrowLeft")  # one word inside the span: its key changes the type
+    page.keyboard.press("2")
+    expect([Span(toks[0][0], toks[1][1], "Disease")], "the type change")
+    for key in ("Shift+ArrowRight", "Shift+ArrowRight", "2"):  # reselect three words: resize
+        page.keyboard.press(key)
+    expect([Span(toks[0][0], toks[2][1], "Disease")], "the resized span")
+    page.keyboard.press("Delete")
+    expect([], "the removal")
+    page.keyboard.press("Control+z")
+    expect([Span(toks[0][0], toks[2][1], "Disease")], "the undo")
+    assert page.locator(f"{WIDGET} mark.nl-span").first.get_attribute("data-label") == "Disease"
+
+
 def test_two_tabs_do_not_overwrite_each_other(browser_page, app_server, app_home):
     page_a = browser_page
     page_b = page_a.context.browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
