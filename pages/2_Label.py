@@ -47,11 +47,6 @@ flt = labeling.QueueFilter(
 
 # --- Which sentence ----------------------------------------------------------------------------
 filter_key = (pid, status, split, entity, search.strip())
-if session.filter_key != filter_key:
-    if session.filter_key is not None or session.current is None:
-        session.current = labeling.first(db, pid, flt)
-    session.filter_key = filter_key
-
 link = st.query_params.get("sentence")
 if link and link != session.link_handled:
     session.link_handled = link
@@ -63,10 +58,18 @@ if link and link != session.link_handled:
         st.warning(f"The link asks for sentence id {link!r}, which does not exist.")
     elif linked["project_id"] != pid:
         session.current = linked["id"]
+        session.filter_key = None  # the project changes: keep this sentence, not the queue's first
         st.query_params["project"] = str(linked["project_id"])
         st.rerun()
     else:
         session.current = linked["id"]
+        session.filter_key = filter_key
+
+# A changed filter (or project) opens the first sentence of the new queue.
+if session.filter_key != filter_key:
+    if session.filter_key is not None or session.current is None:
+        session.current = labeling.first(db, pid, flt)
+    session.filter_key = filter_key
 
 sentence = None
 if session.current is not None:

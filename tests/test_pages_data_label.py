@@ -116,11 +116,21 @@ def test_deep_link_to_another_project_switches_project(home):
     db = _db()
     at = _run(LABEL)  # creates the demo project
     other = projects.create_project(db, "Other", labels=["X"])
-    projects.add_sentences(db, other["id"], [projects.SentenceRecord("Only one sentence here .", labelled=False)])
-    sid = db.execute("SELECT id FROM sentences WHERE project_id = ?", [other["id"]]).fetchone()[0]
+    projects.add_sentences(db, other["id"], [
+        projects.SentenceRecord("First sentence here .", labelled=False),
+        projects.SentenceRecord("Second sentence , already done .", labelled=True),
+    ])
+    sid = db.execute("SELECT id FROM sentences WHERE project_id = ? ORDER BY position DESC",
+                     [other["id"]]).fetchone()[0]
     at = _run(LABEL, sentence=str(sid))
-    assert _widget(at)["sentence_id"] == sid
+    assert _widget(at)["sentence_id"] == sid  # although it is not in the "not done" queue
     assert at.session_state["project_id"] == other["id"]
+    assert "project" not in at.query_params
+    # The same tab follows a later link too, without the filters pulling it back.
+    demo_sid = db.execute("SELECT id FROM sentences WHERE split = 'dev' LIMIT 1").fetchone()[0]
+    at.query_params["sentence"] = str(demo_sid)
+    at.run()
+    assert _widget(at)["sentence_id"] == demo_sid
 
 
 def test_conflict_with_another_tab_is_shown_not_overwritten(home):
