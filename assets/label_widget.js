@@ -51,7 +51,7 @@ export default function (component) {
   // What is drawn: the saved spans, or this tab's newer unacknowledged edit of the same sentence.
   let spans = data.spans.map((s) => ({ start: s.start, end: s.end, label: s.label }));
   const last = memory.lastSent;
-  if (last && last.sentenceId === data.sentence_id && last.seq > ack && last.version === data.version) {
+  if (last && last.sentenceId === data.sentence_id && last.seq > ack) {
     spans = last.spans.map((s) => ({ ...s }));
   }
   let cursor = sameSentence ? memory.cursor : null; // token index of the keyboard cursor
