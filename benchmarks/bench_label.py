@@ -5,7 +5,8 @@ with 10,000 sentences, about 60% of them labelled, then measures:
 
 * the page's core calls (progress, queue count/rank/first, widget data) timed directly;
 * the whole page script under Streamlit's AppTest (one rerun = what a click or a saved span costs
-  on the server), for the default queue, a text-search filter, and an "accept" click.
+  on the server), for the default queue, a text-search filter, and an "accept" click;
+* for comparison, one rerun of the Data page.
 
 Run: ``.venv/bin/python benchmarks/bench_label.py [--sentences 10000] [--repeat 20]``.
 """
@@ -135,6 +136,12 @@ def main() -> None:
 
         med, worst = _timed(accept, args.repeat)
         print(f"AppTest 'accept and next' (save + next sentence): median {med * 1000:.0f} ms, max {worst * 1000:.0f} ms")
+
+        data_page = AppTest.from_file(str(ROOT / "pages" / "1_Data.py"), default_timeout=120)
+        data_page.run()
+        assert not data_page.exception, data_page.exception
+        med, worst = _timed(data_page.run, max(3, args.repeat // 4))
+        print(f"AppTest Data page rerun (table page of 50, entity types, splits): median {med * 1000:.0f} ms, max {worst * 1000:.0f} ms")
 
 
 if __name__ == "__main__":
