@@ -137,6 +137,8 @@ with tab_types:
     with right:
         if labels:
             by_id = {row["id"]: row for row in labels}
+            if st.session_state.get("data_edit_choice") not in by_id:
+                st.session_state["data_edit_choice"] = labels[0]["id"]  # deleted, or new project
             chosen = st.selectbox(
                 "Change or delete", list(by_id), format_func=lambda i: by_id[i]["name"],
                 key="data_edit_choice",

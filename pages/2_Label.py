@@ -86,6 +86,7 @@ if sentence is None:
 # --- Progress ----------------------------------------------------------------------------------
 prog = labeling.progress(db, pid)
 st.progress(prog.fraction, text=prog.caption())
+st.caption(prog.details())
 queue_total = labeling.count(db, pid, flt)
 
 if sentence is None:
@@ -142,6 +143,8 @@ else:
     session.link_handled = str(sid)
 
 
+if st.session_state.get("label_jump", 1) > max(prog.total, 1):
+    st.session_state["label_jump"] = 1  # another, smaller project is open now
 j1, j2, _ = st.columns([1, 0.6, 3], vertical_alignment="bottom")
 j1.number_input(
     "Jump to sentence number", min_value=1, max_value=max(prog.total, 1), step=1,

@@ -83,6 +83,9 @@ def test_progress_counts(db, small):
     assert prog.splits["test"] == {"sentences": 1, "labelled": 0}
     assert prog.per_label == {"Drug": {"spans": 2, "sentences": 2}, "Disease": {"spans": 1, "sentences": 1}}
     assert prog.caption() == "2 / 5 sentences labelled (40%)"
+    assert prog.details() == (
+        "train 1/3 · dev 1/1 · test 0/1 — Drug 2 spans in 2 sentences · Disease 1 span in 1 sentence"
+    )
     assert labeling.progress(db, projects.create_project(db, "E")["id"]).fraction == 0.0
 
 

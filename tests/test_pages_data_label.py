@@ -56,6 +56,20 @@ def test_label_page_opens_the_first_sentence_to_label(home):
     assert [lab["name"] for lab in data["labels"]] == ["Chemical", "Disease"]
     assert at.query_params["sentence"] == [str(first)] or at.query_params["sentence"] == str(first)
     assert "507 / 547 sentences labelled" in at.get("progress")[0].proto.text
+    details = at.caption[0].value
+    assert details.startswith("train 300/340 · dev 60/60 · test 147/147 — Chemical ")
+
+
+def test_switching_project_in_the_sidebar_opens_its_queue(home):
+    at = _run(LABEL)
+    at.number_input(key="label_jump").set_value(500).run()
+    db = _db()
+    small = projects.create_project(db, "Tiny", labels=["A"])
+    projects.add_sentences(db, small["id"], [projects.SentenceRecord("Just one .", labelled=False)])
+    at.run()  # the sidebar now offers the new project
+    at.selectbox(key="project_id").set_value(small["id"]).run()
+    assert not at.exception, at.exception
+    assert _widget(at)["text"] == "Just one ."
 
 
 def test_label_page_filters(home):
@@ -225,6 +239,7 @@ def test_data_page_entity_types_add_rename_delete(home):
     assert "Condition" in projects.label_by_name(db, pid)
     at.button(key="data_delete").click().run()
     at.button(key="data_delete_yes").click().run()
+    assert not at.exception, at.exception
     assert "Condition" not in projects.label_by_name(db, pid)
     assert any(f"and {spans} span(s)" in s.value for s in at.success)
 
