@@ -557,7 +557,7 @@ class ParseResult:
         }
 
 
-_FENCE_RE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n?(.*?)(?:```|$)", re.DOTALL)
+_FENCE_RE = re.compile(r"(?:^|\n)[ \t]*```[A-Za-z0-9_-]*[ \t]*\n?(.*?)(?:```|$)", re.DOTALL)
 
 
 def _strip_fences(raw: str) -> str:
@@ -900,24 +900,85 @@ def _parse_json_output(raw: str, text: str, label_names: Sequence[str]) -> Parse
 _TAG_OPEN_RE = re.compile(r"\[\s*([^\[\]:\n\"{}]{1,40}?)\s*:[ \t]?")
 
 
+def _align_inline(
+    body: str, start: int, text: str, label_names: Sequence[str], canon: dict[str, str],
+    budget: int = 200_000,
+) -> tuple[list[Span], list[str], bool, int] | None:
+    """Align a tagged output with the sentence it should copy.
+
+    A depth-first search over (output position, sentence position): at a tag opener every
+    closing bracket whose content matches the sentence is tried, nearest first, then the
+    bracket as a literal character; runs of whitespace match each other. This finds the
+    entities even when they contain brackets (``[Chemical: [3H]thymidine]``).
+
+    Returns ``(spans, unknown types, truncated, sentence position reached)`` for the first
+    alignment that copies the whole sentence, else for the one that gets furthest before the
+    output ends (a truncated answer), or None when the output is not a copy of the sentence.
+    """
+    n, m = len(body), len(text)
+    Path = tuple | None  # noqa: N806 - (parent path, item) linked list, shared between branches
+    stack: list[tuple[int, int, Path]] = [(start, 0, None)]
+    dead: set[tuple[int, int]] = set()
+    best: tuple[int, Path, bool] | None = None
+    found: tuple[int, Path, bool] | None = None
+    while stack and budget > 0:
+        i, j, path = stack.pop()
+        if (i, j) in dead:
+            continue
+        dead.add((i, j))
+        budget -= 1
+        if j >= m:
+            found = (j, path, False)
+            break
+        if i >= n:
+            if best is None or j > best[0]:
+                best = (j, path, False)
+            continue
+        children: list[tuple[int, int, Path]] = []
+        opener = _TAG_OPEN_RE.match(body, i)
+        if opener:
+            kind = opener.group(1).strip()
+            label = _resolve_type(kind, label_names, canon)
+            close = body.find("]", opener.end())
+            while close != -1:
+                content = body[opener.end() : close]
+                if content and text.startswith(content, j):
+                    item = Span(j, j + len(content), label) if label else kind
+                    children.append((close + 1, j + len(content), (path, item)))
+                close = body.find("]", close + 1)
+            tail = body[opener.end() :]
+            if "]" not in tail and text.startswith(tail, j) and (best is None or j >= best[0]):
+                best = (j, path, True)  # the output stops inside this tag
+        if body[i] == text[j]:
+            children.append((i + 1, j + 1, path))
+        elif body[i].isspace() and text[j].isspace():
+            i2, j2 = i, j
+            while i2 < n and body[i2].isspace():
+                i2 += 1
+            while j2 < m and text[j2].isspace():
+                j2 += 1
+            children.append((i2, j2, path))
+        stack.extend(reversed(children))
+    result = found or best
+    if result is None:
+        return None
+    j, path, cut = result
+    spans: list[Span] = []
+    unknown: list[str] = []
+    while path is not None:
+        path, item = path
+        if isinstance(item, Span):
+            spans.append(item)
+        elif item not in unknown:
+            unknown.insert(0, item)
+    return sorted(spans), unknown, cut, j
+
+
 def _parse_inline_output(raw: str, text: str, label_names: Sequence[str]) -> ParseResult:
     body = _strip_fences(raw)
     canon = _canonical_types(label_names)
-    spans: list[Span] = []
-    unknown: list[str] = []
-    truncated = False
-    i = j = 0
-    n, m = len(body), len(text)
-    aligned = True
-    tags_seen = 0
-
-    def continues(i2: int, j2: int) -> bool:
-        if i2 >= n or j2 >= m:
-            return True
-        if body[i2] == text[j2] or (body[i2].isspace() and text[j2].isspace()):
-            return True
-        return bool(_TAG_OPEN_RE.match(body, i2))
-
+    n = len(body)
+    i = 0
     # Skip a preamble such as "Answer:" when the sentence itself starts later in the output.
     if text and not body.startswith(text[:1]) and not _TAG_OPEN_RE.match(body):
         stripped = body.lstrip()
@@ -927,54 +988,15 @@ def _parse_inline_output(raw: str, text: str, label_names: Sequence[str]) -> Par
                 i += len(prefix)
                 while i < n and body[i] in " \t\n":
                     i += 1
-    while i < n and j < m:
-        opener = _TAG_OPEN_RE.match(body, i)
-        if opener:
-            kind = opener.group(1).strip()
-            label = _resolve_type(kind, label_names, canon)
-            close = body.find("]", opener.end())
-            matched = False
-            while close != -1:
-                content = body[opener.end() : close]
-                if content and text.startswith(content, j) and continues(close + 1, j + len(content)):
-                    tags_seen += 1
-                    if label is None:
-                        if kind not in unknown:
-                            unknown.append(kind)
-                    else:
-                        spans.append(Span(j, j + len(content), label))
-                    i, j = close + 1, j + len(content)
-                    matched = True
-                    break
-                close = body.find("]", close + 1)
-            if matched:
-                continue
-            tail = body[opener.end() :]
-            if close == -1 and "]" not in tail and text.startswith(tail, j):
-                truncated = True  # the output stops inside the last tag
-                tags_seen += 1
-                break
-        if body[i] == text[j]:
-            i += 1
-            j += 1
-        elif body[i].isspace() and text[j].isspace():
-            while i < n and body[i].isspace():
-                i += 1
-            while j < m and text[j].isspace():
-                j += 1
-        else:
-            aligned = False
-            break
-    if aligned:
-        if i >= n and j < m and not truncated:
-            if j == 0:
-                return ParseResult([], "unparsable", [], [])
-            # The output ends before the sentence does: a truncated answer, unless only
-            # punctuation is missing.
-            truncated = any(c.isalnum() for c in text[j:])
-        if tags_seen == 0 and j == 0:
+    aligned = _align_inline(body, i, text, label_names, canon)
+    if aligned is not None:
+        spans, unknown, cut, j = aligned
+        if j == 0 and not spans and not unknown and not cut:
             return ParseResult([], "unparsable", [], [])
-        return ParseResult(sorted(spans), "partial" if truncated else "ok", [], unknown)
+        # An output that ends before the sentence does is truncated, unless only punctuation
+        # is missing.
+        truncated = cut or any(c.isalnum() for c in text[j:])
+        return ParseResult(spans, "partial" if truncated else "ok", [], unknown)
 
     # The model changed the sentence: read its tags and find their entities by search.
     entities: list[tuple[str, str]] = []
@@ -1015,6 +1037,9 @@ def _similar(a: str, b: str) -> bool:
     return difflib.SequenceMatcher(None, a[: 4 * len(b)], b, autojunk=False).ratio() >= 0.8
 
 
+_EOS_RE = re.compile(r"<\|im_end\|>|<\|eot_id\|>|<\|endoftext\|>|</s>")
+
+
 def parse_output(
     tpl: PromptTemplate, raw: str, text: str, label_names: Sequence[str]
 ) -> ParseResult:
@@ -1030,7 +1055,7 @@ def parse_output(
     try:
         if not isinstance(raw, str) or not raw.strip():
             return ParseResult([], "unparsable", [], [])
-        raw = raw.replace("<|im_end|>", "").replace("</s>", "").replace("<|eot_id|>", "")
+        raw = _EOS_RE.split(raw, maxsplit=1)[0]  # what a model says after its EOS is noise
         names = list(label_names)
         if tpl.output_format == "inline_tags":
             return _parse_inline_output(raw, text, names)
@@ -1076,8 +1101,13 @@ def _explain(tpl: PromptTemplate, text: str, expected: list[Span], got: list[Spa
         if mention != mention.strip():
             reasons.append(f"{where} begins or ends with whitespace")
             continue
+        if tpl.output_format == "inline_tags" and mention.endswith("]"):
+            reasons.append(
+                f"{where} ends with ']', which the tag format reads as the end of the tag"
+            )
+            continue
         if tpl.output_format == "inline_tags" and any(c in mention for c in "[]"):
-            reasons.append(f"{where} contains a bracket, which the tag format cannot delimit")
+            reasons.append(f"{where} contains a bracket, which the tag format cannot delimit here")
             continue
         count = text.count(mention)
         if count > 1:
