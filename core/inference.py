@@ -79,6 +79,17 @@ def _encode(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
     return [tokenizer(p, add_special_tokens=special)["input_ids"] for p in prompts]
 
 
+def _common_prefix(ids: Sequence[Sequence[int]]) -> int:
+    """Length of the token prefix every sequence shares (each keeps at least one own token)."""
+    first = ids[0]
+    n = min(len(x) for x in ids) - 1
+    for k in range(max(n, 0)):
+        t = first[k]
+        if any(x[k] != t for x in ids):
+            return k
+    return max(n, 0)
+
+
 def generate(
     model: Any,
     tokenizer: Any,
@@ -86,6 +97,7 @@ def generate(
     max_new_tokens: Sequence[int] | int,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Callable[[int, int], None] | None = None,
+    prefix_cache: bool = True,
 ) -> list[str]:
     """Greedy answers to many prompts, batched; returned in the prompts' order.
 
@@ -96,12 +108,13 @@ def generate(
         max_new_tokens: one budget for all prompts, or one per prompt.
         batch_size: prompts per forward pass.
         progress: called with ``(done, total)`` after each batch.
+        prefix_cache: compute the key/value cache of the instruction the prompts share once and
+            reuse it for every batch (falls back to plain ``generate`` for models that refuse).
 
     Returns:
         The decoded new text of each prompt, cut at end-of-sequence, special tokens removed.
     """
     import torch
-    from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
     n = len(prompts)
     if n == 0:
@@ -112,61 +125,156 @@ def generate(
     ids = _encode(tokenizer, prompts)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = _eos_ids(model, tokenizer)
-    device = next(model.parameters()).device
     # Longest first: a batch that does not fit in memory fails at once, not at the end.
     order = sorted(range(n), key=lambda i: (len(ids[i]), caps[i]), reverse=True)
     out: list[str] = [""] * n
-
-    class _RowBudget(StoppingCriteria):
-        """Stops each row at its own budget (generate already stops rows at EOS)."""
-
-        def __init__(self, start: int, budgets: list[int]) -> None:
-            self.start = start
-            self.budgets = torch.tensor(budgets, device=device)
-
-        def __call__(self, input_ids, scores, **kwargs):  # noqa: ANN001 - transformers' API
-            return (input_ids.shape[1] - self.start) >= self.budgets
-
     was_training = model.training
     model.eval()
-    done = 0
+    shared = None
     try:
-        for b in range(0, n, max(1, batch_size)):
-            rows = order[b : b + batch_size]
-            width = max(len(ids[i]) for i in rows)
-            input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for r, i in enumerate(rows):
-                seq = ids[i]
-                input_ids[r, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-                mask[r, width - len(seq):] = 1
-            budget = [caps[i] for i in rows]
-            gen_config = GenerationConfig(
-                max_new_tokens=max(budget), do_sample=False, num_beams=1, use_cache=True,
-                pad_token_id=pad_id, eos_token_id=eos or None,
-            )
-            with torch.inference_mode():
-                generated = model.generate(
-                    input_ids=input_ids.to(device),
-                    attention_mask=mask.to(device),
-                    generation_config=gen_config,
-                    stopping_criteria=StoppingCriteriaList([_RowBudget(width, budget)]),
-                )
-            new = generated[:, width:].tolist()
-            for r, i in enumerate(rows):
-                tokens = new[r][: caps[i]]
-                for k, t in enumerate(tokens):
-                    if t in eos:
-                        tokens = tokens[:k]
-                        break
-                out[i] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-            done += len(rows)
-            if progress is not None:
-                progress(done, n)
+        with torch.inference_mode():
+            if prefix_cache and n > 1:
+                shared = _prefix(model, ids)
+            done = 0
+            for b in range(0, n, max(1, batch_size)):
+                rows = order[b : b + batch_size]
+                budget = [caps[i] for i in rows]
+                new = None
+                if shared is not None:
+                    try:
+                        new = _greedy(model, [ids[i] for i in rows], budget, eos, pad_id, shared)
+                    except Exception:  # noqa: BLE001 - architectures the manual loop cannot drive
+                        shared = None
+                if new is None:
+                    new = _generate_hf(model, [ids[i] for i in rows], budget, eos, pad_id)
+                for r, i in enumerate(rows):
+                    tokens = new[r][: caps[i]]
+                    for k, t in enumerate(tokens):
+                        if t in eos:
+                            tokens = tokens[:k]
+                            break
+                    out[i] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+                done += len(rows)
+                if progress is not None:
+                    progress(done, n)
     finally:
         if was_training:
             model.train()
     return out
+
+
+def _device(model: Any):
+    return next(model.parameters()).device
+
+
+def _prefix(model: Any, ids: Sequence[Sequence[int]]) -> tuple[int, Any] | None:
+    """``(length, cache)`` of the prompts' shared prefix, or None when it is too short to pay."""
+    import torch
+
+    length = _common_prefix(ids)
+    if length < 8:
+        return None
+    try:
+        out = model(input_ids=torch.tensor([list(ids[0][:length])], device=_device(model)),
+                    use_cache=True, logits_to_keep=1)
+    except Exception:  # noqa: BLE001 - no cache support: plain generate
+        return None
+    cache = getattr(out, "past_key_values", None)
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        return None
+    return length, cache
+
+
+def _greedy(model: Any, rows: Sequence[Sequence[int]], budget: Sequence[int], eos: Sequence[int],
+            pad_id: int, shared: tuple[int, Any]) -> list[list[int]]:
+    """Greedy decoding of one batch on top of the shared prefix's cache.
+
+    The suffixes (what differs between prompts) are left-padded after the prefix; rows leave
+    the batch (and its cache) as soon as they reach EOS or their budget.
+    """
+    import copy
+
+    import torch
+
+    device = _device(model)
+    plen, prefix_cache = shared
+    suffixes = [list(r[plen:]) for r in rows]
+    width = max(len(s) for s in suffixes)
+    batch = len(rows)
+    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((batch, plen + width), dtype=torch.long)
+    mask[:, :plen] = 1
+    for r, s in enumerate(suffixes):
+        input_ids[r, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[r, plen + width - len(s):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, plen:]
+    cache = copy.deepcopy(prefix_cache)
+    cache.batch_repeat_interleave(batch)
+    input_ids, mask, positions = input_ids.to(device), mask.to(device), positions.to(device)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                past_key_values=cache, use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    results: list[list[int]] = [[] for _ in rows]
+    alive = list(range(batch))  # original row of each batch position
+    eos_set = set(eos)
+    last_pos = positions[:, -1:]
+    logits = out.logits[:, -1, :]
+    while alive:
+        nxt = logits.argmax(-1).tolist()
+        keep = []
+        for k, row in enumerate(alive):
+            results[row].append(nxt[k])
+            if nxt[k] not in eos_set and len(results[row]) < budget[row]:
+                keep.append(k)
+        if not keep:
+            break
+        tokens = torch.tensor([[nxt[k]] for k in keep], dtype=torch.long, device=device)
+        if len(keep) != len(alive):
+            index = torch.tensor(keep, dtype=torch.long, device=device)
+            cache.batch_select_indices(index)
+            mask, last_pos = mask[index], last_pos[index]
+            alive = [alive[k] for k in keep]
+        mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=device)], dim=1)
+        last_pos = last_pos + 1
+        out = model(input_ids=tokens, attention_mask=mask, position_ids=last_pos,
+                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        logits = out.logits[:, -1, :]
+    return results
+
+
+def _generate_hf(model: Any, rows: Sequence[Sequence[int]], budget: Sequence[int],
+                 eos: Sequence[int], pad_id: int) -> list[list[int]]:
+    """One left-padded batch through ``model.generate`` (greedy, KV cache, per-row budgets)."""
+    import torch
+    from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+    device = _device(model)
+    width = max(len(s) for s in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, seq in enumerate(rows):
+        input_ids[r, width - len(seq):] = torch.tensor(list(seq), dtype=torch.long)
+        mask[r, width - len(seq):] = 1
+
+    class _RowBudget(StoppingCriteria):
+        """Stops each row at its own budget (generate already stops rows at EOS)."""
+
+        def __init__(self) -> None:
+            self.budgets = torch.tensor(list(budget), device=device)
+
+        def __call__(self, input_ids, scores, **kwargs):  # noqa: ANN001 - transformers' API
+            return (input_ids.shape[1] - width) >= self.budgets
+
+    gen_config = GenerationConfig(
+        max_new_tokens=max(budget), do_sample=False, num_beams=1, use_cache=True,
+        pad_token_id=pad_id, eos_token_id=list(eos) or None,
+    )
+    generated = model.generate(
+        input_ids=input_ids.to(device), attention_mask=mask.to(device),
+        generation_config=gen_config, stopping_criteria=StoppingCriteriaList([_RowBudget()]),
+    )
+    return generated[:, width:].tolist()
 
 
 def generate_one_by_one(model: Any, tokenizer: Any, prompts: Sequence[str],
