@@ -178,6 +178,11 @@ class PromptTemplate:
         )
 
 
+def placeholders_in(text: str) -> list[str]:
+    """The placeholders ``text`` uses (known or not), in order of first use."""
+    return list(dict.fromkeys(name for name, _ in _placeholders(text)))
+
+
 def validation_errors(instruction: str, system: str = "", n_examples: int = 0) -> list[str]:
     """Everything wrong with an instruction and system message, as user-facing sentences.
 
@@ -216,8 +221,8 @@ def validation_errors(instruction: str, system: str = "", n_examples: int = 0) -
     return problems
 
 
-DEFAULT_SYSTEM = "You are a careful annotator who finds named entities in text."
-DEFAULT_INSTRUCTION = """Find the entities of these types in the sentence:
+DEFAULT_SYSTEM = "You find named entities in text."
+DEFAULT_INSTRUCTION = """Find the entities of these types in the sentence.
 {guidelines}
 {format}
 {examples}
@@ -256,7 +261,8 @@ def _from_row(row: dict) -> PromptTemplate:
     )
 
 
-def _same_content(a: PromptTemplate, b: PromptTemplate) -> bool:
+def same_content(a: PromptTemplate, b: PromptTemplate) -> bool:
+    """Whether two templates would give the model the same prompts (names and versions aside)."""
     return (a.instruction, a.output_format, a.system, a.n_examples, a.retrieval) == (
         b.instruction, b.output_format, b.system, b.n_examples, b.retrieval
     )
@@ -311,7 +317,7 @@ def save_template(db: Database, project_id: int, tpl: PromptTemplate) -> PromptT
         )
         if rows:
             latest = _from_row(rows[0])
-            if _same_content(latest, tpl):
+            if same_content(latest, tpl):
                 return latest
         version = rows[0]["version"] + 1 if rows else 1
         cursor = db.execute(
@@ -377,20 +383,19 @@ def label_names(labels: Iterable[dict | str]) -> list[str]:
 
 
 def format_description(output_format: str) -> str:
-    """What ``{format}`` becomes: how to write the answer in this output format."""
+    """What ``{format}`` becomes: how to write the answer in this output format (kept short:
+    every token here is paid for in every training step and every prediction)."""
     if output_format == "json_list":
         return (
-            'Answer with a JSON list of {"type": ..., "text": ...} objects, one per entity, in the '
-            "order they appear, with the text exactly as written. Answer [] if there are none."
+            'Answer with a JSON list of {"type": ..., "text": ...} objects in sentence order, '
+            "text copied exactly; [] if none."
         )
     if output_format == "inline_tags":
-        return (
-            "Answer by copying the sentence exactly, with each entity written as [Type: entity]."
-        )
+        return "Answer with the sentence copied exactly, each entity written as [Type: entity]."
     if output_format == "json_dict":
         return (
-            "Answer with a JSON object that maps each type to the list of its entities, in the "
-            "order they appear, with the text exactly as written. Answer {} if there are none."
+            "Answer with a JSON object mapping each type to its entities in sentence order, "
+            "text copied exactly; {} if none."
         )
     raise TemplateError(f"Output format {output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}.")
 
@@ -522,6 +527,53 @@ def encode_chat(tokenizer: Any, prompt: str, target: str = "") -> tuple[list[int
     prompt_ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     target_ids = list(tokenizer(target, add_special_tokens=False)["input_ids"]) if target else []
     return prompt_ids, target_ids
+
+
+@dataclass(frozen=True)
+class PromptLength:
+    """Token counts of one example's prompt and target (answer + end-of-sequence)."""
+
+    example_id: int
+    prompt_tokens: int
+    answer_tokens: int
+
+    @property
+    def total(self) -> int:
+        return self.prompt_tokens + self.answer_tokens
+
+
+def prompt_lengths(
+    tokenizer: Any,
+    tpl: PromptTemplate,
+    examples: Sequence[Example],
+    labels: Iterable[dict | str],
+    shots: Sequence[Sequence[Example]] | None = None,
+) -> list[PromptLength]:
+    """Token counts of every example's training pair, as :func:`build_chat` and
+    :func:`encode_chat` make it (``shots[i]`` are example i's retrieved examples).
+
+    Without a tokenizer the counts are characters, not tokens.
+    """
+    labels = _label_rows(labels)
+    prompts, targets = [], []
+    for i, ex in enumerate(examples):
+        prompt, target = build_chat(
+            tokenizer, tpl, ex.text, labels, shots[i] if shots else (),
+            answer=render_answer(tpl, ex.text, ex.spans),
+        )
+        prompts.append(prompt)
+        targets.append(target)
+    if tokenizer is None:
+        return [
+            PromptLength(ex.id, len(p), len(t)) for ex, p, t in zip(examples, prompts, targets, strict=True)
+        ]
+    out: list[PromptLength] = []
+    for start in range(0, len(prompts), 256):
+        p_ids = tokenizer(prompts[start : start + 256], add_special_tokens=False)["input_ids"]
+        t_ids = tokenizer(targets[start : start + 256], add_special_tokens=False)["input_ids"]
+        for ex, p, t in zip(examples[start : start + 256], p_ids, t_ids, strict=True):
+            out.append(PromptLength(ex.id, len(p), len(t)))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
