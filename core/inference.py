@@ -603,21 +603,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def load_run_model(run: dict) -> tuple[Any, Any]:
-    """The model a run predicts with: its base model, plus its adapter for a training run."""
+def load_run_model(db: Database, run: dict) -> tuple[Any, Any]:
+    """The model a run predicts with: its base model, plus its saved adapter for a training run."""
     from core import models
 
+    if run["kind"] == "train":
+        from core import train
+
+        model, tokenizer = train.load_adapter(train.adapter_path(db, run["id"]))
+        tokenizer.padding_side = "left"
+        return model, tokenizer
     cfg = run.get("config") or {}
     base = run.get("base_model") or cfg.get("base_model") or config.BUNDLED_MODEL
-    quant = "nf4" if cfg.get("method") == "qlora" and models.cuda_available() else None
-    model, tokenizer = models.load_model(base, quantization=quant)
-    if run["kind"] == "train":
-        path = run.get("artifact_path")
-        if not path or not os.path.isdir(path):
-            raise NerlabError(f"Run {run['id']} has no saved adapter to load.")
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, path)
+    model, tokenizer = models.load_model(base)
     model.eval()
     return model, tokenizer
 
@@ -643,7 +641,7 @@ def answer_try(db: Database, request_id: int) -> dict:
                 spans = baselines.crf_predict_text(run, text)
                 result = {"spans": [s.to_dict() for s in spans], "raw": "", "status": "ok"}
             elif run["kind"] in TRY_KINDS:
-                model, tokenizer = load_run_model(run)
+                model, tokenizer = load_run_model(db, run)
                 plan = plan_for_run(db, run)
                 row = predict_examples(model, tokenizer, plan, [example], batch_size=1)[0]
                 result = {"spans": [s.to_dict() for s in row["spans"]], "raw": row["raw_output"],
