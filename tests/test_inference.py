@@ -103,3 +103,9 @@ def test_predict_run_stores_parsed_predictions(db, demo, smol, tmp_path):
     result = evaluate.evaluate_run(db, run_id)
     assert set(result) == {"dev", "test"}
     assert ctx.beats >= 2
+
+
+def test_common_prefix_leaves_every_prompt_a_token():
+    assert inference._common_prefix([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == 2
+    assert inference._common_prefix([[1, 2, 3], [1, 2, 3]]) == 2
+    assert inference._common_prefix([[7], [7, 8]]) == 0
