@@ -33,9 +33,9 @@ KIND_TITLES = {
 #: Settings each kind reads from the run's config, with their defaults.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "zero-shot": {"base_model": config.BUNDLED_MODEL, "splits": ["dev", "test"], "limit": 0,
-                  "eval_batch_size": 16},
+                  "eval_batch_size": 16, "max_new_tokens": 0},
     "few-shot": {"base_model": config.BUNDLED_MODEL, "shots": 5, "selection": "fixed",
-                 "splits": ["dev", "test"], "limit": 0, "eval_batch_size": 16},
+                 "splits": ["dev", "test"], "limit": 0, "eval_batch_size": 16, "max_new_tokens": 0},
     "crf": {"c1": 0.1, "c2": 0.05, "max_iterations": 100, "splits": ["dev", "test"], "limit": 0},
 }
 CRF_FILE = "crf.model"

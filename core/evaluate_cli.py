@@ -117,6 +117,8 @@ def baseline_config(args: argparse.Namespace) -> dict:
         cfg["splits"] = [s.strip() for s in args.splits.split(",") if s.strip()]
     if args.limit:
         cfg["limit"] = args.limit
+    if args.kind != "crf" and args.max_new_tokens:
+        cfg["max_new_tokens"] = args.max_new_tokens
     return baselines.settings(args.kind, cfg)
 
 
@@ -179,6 +181,8 @@ def register(subparsers) -> None:
                    help="few-shot: the same examples for every sentence, or the most similar ones")
     p.add_argument("--splits", help="comma-separated splits to predict (default dev,test)")
     p.add_argument("--limit", type=int, default=0, help="predict at most N sentences per split")
+    p.add_argument("--max-new-tokens", type=int, default=0,
+                   help="zero-/few-shot: cap every answer at N tokens (default: from the sentence)")
     p.add_argument("--run-name", default="", help="a name for the run")
     p.add_argument("--wait", action="store_true", help="wait for the run and print its scores")
     p.set_defaults(func=cmd_baseline)

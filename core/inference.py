@@ -447,12 +447,18 @@ def _check_stop(ctx: Any) -> None:
 def predict_examples(
     model: Any, tokenizer: Any, plan: PromptPlan, examples: Sequence[Example],
     batch_size: int = DEFAULT_BATCH_SIZE, progress: Callable[[int, int], None] | None = None,
+    max_new_tokens: int | None = None,
 ) -> list[dict]:
-    """Generate and parse answers for examples; returns prediction rows for :func:`store_predictions`."""
+    """Generate and parse answers for examples; returns prediction rows for :func:`store_predictions`.
+
+    ``max_new_tokens`` lowers every sentence's budget (a quick look; answers may be cut short).
+    """
     from core import templates
 
     prompts = [plan.prompt(tokenizer, ex.id, ex.text) for ex in examples]
     caps = [token_budget(tokenizer, ex.text, plan.template.output_format) for ex in examples]
+    if max_new_tokens:
+        caps = [min(c, int(max_new_tokens)) for c in caps]
     raws = generate(model, tokenizer, prompts, caps, batch_size=batch_size, progress=progress)
     rows = []
     for ex, raw in zip(examples, raws, strict=True):
@@ -484,6 +490,7 @@ def predict_run(
     Args:
         ctx: the worker's RunContext (``db``, ``run``, ``config``, ``log``...).
         limit: predict at most this many sentences per split (``config["limit"]`` too).
+            ``config["max_new_tokens"]`` caps the answers' length (default: from the sentence).
         report_progress: write progress rows (default: for every kind but ``train``, whose
             progress rows are its loss curve).
     """
@@ -511,7 +518,8 @@ def predict_run(
         for c in range(0, len(items), CHUNK):
             _check_stop(ctx)
             chunk = items[c : c + CHUNK]
-            rows = predict_examples(model, tokenizer, plan, chunk, batch_size=batch_size)
+            rows = predict_examples(model, tokenizer, plan, chunk, batch_size=batch_size,
+                                    max_new_tokens=cfg.get("max_new_tokens"))
             store_predictions(db, run["id"], split, rows)
             done += len(chunk)
             rate = done / max(time.perf_counter() - started, 1e-9)

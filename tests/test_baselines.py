@@ -90,7 +90,7 @@ def test_llm_baselines_store_real_predictions(db, demo, tmp_path, bundled_model_
     import torch
 
     torch.set_num_threads(2)
-    ctx = make_run(db, demo["id"], kind, {**cfg, "splits": ["test"], "limit": 3}, tmp_path)
+    ctx = make_run(db, demo["id"], kind, {**cfg, "splits": ["test"], "limit": 3, "max_new_tokens": 24}, tmp_path)
     baselines.run(ctx)
     rows = list(db["predictions"].rows_where("run_id = ?", [ctx.run["id"]]))
     assert len(rows) == 3

@@ -87,7 +87,7 @@ def test_predict_run_stores_parsed_predictions(db, demo, smol, tmp_path):
             raise AssertionError("train runs must not write progress rows while predicting")
 
     tpl = templates.get_template(db, demo["id"])
-    cfg = {"limit": 2}
+    cfg = {"limit": 2, "max_new_tokens": 24}
     run_id = db["runs"].insert({
         "project_id": demo["id"], "kind": "train", "config": json.dumps(cfg), "status": "running",
         "template_id": tpl.id, "created_at": now(),
