@@ -1,0 +1,257 @@
+"""Training throughput: NERLab's trainer vs a plain Hugging Face Trainer + peft script.
+
+Both train the same model (the bundled SmolLM2-135M by default) with the same LoRA+ adapter
+(peft's ``create_loraplus_optimizer``), the same hyper-parameters, on the same token ids (the demo
+project's BC5CDR training sentences rendered with the default template, loss on the answer
+tokens only), for the same number of optimiser steps. Each runs in its own process so that its
+peak memory is its own. Printed: tokens per second (real, non-padding tokens of prompt + answer
+per second of training), seconds per step, peak memory (resident set size on CPU, peak allocated
+on CUDA), the final training loss, and the ratio NERLab / HF.
+
+    .venv/bin/python benchmarks/bench_train.py                      # CPU defaults (a few minutes)
+    .venv/bin/python benchmarks/bench_train.py --examples 64 --batch-size 8 --grad-accum 1  # GPU
+    .venv/bin/python benchmarks/bench_train.py --json results.json
+
+The HF baseline is what a straightforward script does: ``DataCollatorForSeq2Seq`` padding each
+batch of a shuffled (mixed-length) data set, labels -100 on the prompt, full-vocabulary logits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def prepare_data(args: argparse.Namespace) -> list[dict]:
+    """The demo's first training sentences as (ids, n_prompt) through NERLab's template."""
+    from core import models, projects, templates
+    from core.db import get_db
+    from core.demo import ensure_demo_project
+    from core.train import encode_examples
+
+    db = get_db()
+    project = ensure_demo_project(db)
+    tpl = templates.get_template(db, project["id"])
+    labels = projects.list_labels(db, project["id"])
+    train = projects.examples(db, project["id"], split="train")[: args.examples]
+    tokenizer = models.load_tokenizer(args.base_model, padding_side="right")
+    encoded, stats = encode_examples(tokenizer, tpl, train, labels, args.max_length)
+    return [{"ids": e.ids, "n_prompt": e.n_prompt} for e in encoded]
+
+
+def run_config(args: argparse.Namespace):
+    from core.runconfig import get_preset
+
+    return get_preset("Small model on CPU").config(
+        base_model=args.base_model, method="loraplus", rank=args.rank, alpha=2.0 * args.rank,
+        dropout=args.dropout, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
+        max_length=args.max_length, epochs=float(args.epochs), max_steps=0, warmup_ratio=0.1,
+        dev_loss_sentences=0, precision="auto", gradient_checkpointing=False,
+    )
+
+
+def _peak_memory_mb(device: str) -> float:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+
+
+def bench_nerlab(args: argparse.Namespace, data: list[dict]) -> dict:
+    """NERLab's loop: answer-only logits, length-sorted micro-batches inside mixed batches."""
+    from core import models
+    from core.train import Encoded, Hooks, build_model, set_threads, train_loop
+
+    set_threads()
+    cfg = run_config(args)
+    device = models.device_info().device
+    model, tokenizer, dtype = build_model(cfg, device, log=lambda m: None)
+    encoded = [Encoded(d["ids"], d["n_prompt"]) for d in data]
+    steps: list[float] = []
+    result = train_loop(model, tokenizer, encoded, [], cfg, device, dtype,
+                        Hooks(log=lambda m: None, progress=lambda *a, **k: steps.append(k["loss"])))
+    return {
+        "impl": "nerlab", "device": device, "dtype": dtype, "steps": result.steps,
+        "seconds": result.seconds, "tokens": result.tokens, "tokens_per_s": result.tokens_per_s,
+        "s_per_step": result.seconds / max(result.steps, 1), "final_loss": result.train_loss,
+        "peak_mem_mb": _peak_memory_mb(device),
+    }
+
+
+def bench_hf(args: argparse.Namespace, data: list[dict]) -> dict:
+    """A plain Trainer + peft script with the same model, adapter, optimiser and schedule."""
+    import math
+
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from peft.optimizers import create_loraplus_optimizer
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    from core import models
+    from core.train import set_threads
+
+    set_threads()
+    cfg = run_config(args)
+    info = models.device_info()
+    device = info.device
+    bf16 = device == "cuda" and info.bf16
+    path = models.resolve(args.base_model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.bfloat16 if bf16 else torch.float32).to(device)
+    model.config.use_cache = False
+    torch.manual_seed(cfg.train.seed)
+    model = get_peft_model(model, LoraConfig(
+        r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.targets), bias="none", task_type="CAUSAL_LM"))
+    rows = [{"input_ids": d["ids"], "attention_mask": [1] * len(d["ids"]),
+             "labels": [-100] * d["n_prompt"] + d["ids"][d["n_prompt"]:]} for d in data]
+    dataset = Dataset.from_list(rows)
+    per_step = cfg.train.batch_size * cfg.train.grad_accum
+    total = math.ceil(cfg.train.epochs * math.ceil(len(rows) / per_step))
+    optimizer = create_loraplus_optimizer(
+        model, torch.optim.AdamW, lr=cfg.train.lr, loraplus_lr_ratio=cfg.lora.loraplus_ratio,
+        loraplus_weight_decay=cfg.train.weight_decay)
+    losses: list[float] = []
+
+    class Losses(TrainerCallback):
+        def on_log(self, _args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+    training_args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix="nerlab-bench-hf-"),
+        per_device_train_batch_size=cfg.train.batch_size,
+        gradient_accumulation_steps=cfg.train.grad_accum,
+        num_train_epochs=cfg.train.epochs,
+        learning_rate=cfg.train.lr,
+        lr_scheduler_type="linear",
+        warmup_steps=int(round(cfg.train.warmup_ratio * total)),
+        max_grad_norm=cfg.train.max_grad_norm,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        bf16=bf16,
+        use_cpu=device == "cpu",
+        seed=cfg.train.seed,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model, args=training_args, train_dataset=dataset,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        optimizers=(optimizer, None), callbacks=[Losses()],
+    )
+    tokens = sum(len(d["ids"]) for d in data) * cfg.train.epochs
+    started = time.perf_counter()
+    out = trainer.train()
+    seconds = time.perf_counter() - started
+    return {
+        "impl": "hf", "device": device, "dtype": "bfloat16" if bf16 else "float32",
+        "steps": out.global_step, "seconds": seconds, "tokens": tokens,
+        "tokens_per_s": tokens / seconds, "s_per_step": seconds / max(out.global_step, 1),
+        "final_loss": losses[-1] if losses else None, "peak_mem_mb": _peak_memory_mb(device),
+    }
+
+
+def child(args: argparse.Namespace) -> None:
+    data = json.loads(Path(args.data).read_text())
+    result = (bench_nerlab if args.impl == "nerlab" else bench_hf)(args, data)
+    Path(args.out).write_text(json.dumps(result))
+
+
+def _forward(args: argparse.Namespace) -> list[str]:
+    return ["--base-model", args.base_model, "--examples", str(args.examples),
+            "--batch-size", str(args.batch_size), "--grad-accum", str(args.grad_accum),
+            "--max-length", str(args.max_length), "--epochs", str(args.epochs),
+            "--rank", str(args.rank), "--lr", str(args.lr), "--dropout", str(args.dropout)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base-model", default="SmolLM2-135M-Instruct (bundled)")
+    parser.add_argument("--examples", type=int, default=16, help="training sentences")
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--grad-accum", type=int, default=2)
+    parser.add_argument("--max-length", type=int, default=384)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--dropout", type=float, default=0.05)
+    parser.add_argument("--repeats", type=int, default=1, help="alternate the two this many times")
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--impl", choices=("nerlab", "hf"), help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.impl:
+        child(args)
+        return 0
+
+    home = os.environ.get("NERLAB_HOME") or tempfile.mkdtemp(prefix="nerlab-bench-")
+    os.environ["NERLAB_HOME"] = home
+    data = prepare_data(args)
+    work = Path(tempfile.mkdtemp(prefix="nerlab-bench-data-"))
+    (work / "data.json").write_text(json.dumps(data))
+    n_tokens = sum(len(d["ids"]) for d in data)
+    n_answer = sum(len(d["ids"]) - d["n_prompt"] for d in data)
+    print(f"{len(data)} sentences, {n_tokens} tokens ({n_answer} answer tokens); "
+          f"batch {args.batch_size} × accumulation {args.grad_accum}, max length "
+          f"{args.max_length}, {args.epochs} epoch(s), LoRA+ r={args.rank}, dropout {args.dropout}")
+    results: list[dict] = []
+    for repeat in range(args.repeats):
+        for impl in ("nerlab", "hf") if repeat % 2 == 0 else ("hf", "nerlab"):
+            out = work / f"{impl}-{repeat}.json"
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--impl", impl,
+                   "--data", str(work / "data.json"), "--out", str(out), *_forward(args)]
+            subprocess.run(cmd, check=True, env=os.environ.copy())
+            result = json.loads(out.read_text())
+            results.append(result)
+            print(f"  {impl:7} {result['tokens_per_s']:8.1f} tokens/s  {result['s_per_step']:7.2f} s/step  "
+                  f"peak {result['peak_mem_mb']:8.0f} MB  loss {result['final_loss']:.4f}  "
+                  f"({result['device']}, {result['dtype']})", flush=True)
+
+    def best(impl: str) -> dict:
+        rows = [r for r in results if r["impl"] == impl]
+        return max(rows, key=lambda r: r["tokens_per_s"])
+
+    ours, hf = best("nerlab"), best("hf")
+    ratio = ours["tokens_per_s"] / hf["tokens_per_s"]
+    memory = ours["peak_mem_mb"] / hf["peak_mem_mb"]
+    print()
+    print(f"{'':10}{'tokens/s':>12}{'s/step':>10}{'peak MB':>10}{'final loss':>12}")
+    for name, r in (("NERLab", ours), ("HF+peft", hf)):
+        print(f"{name:10}{r['tokens_per_s']:12.1f}{r['s_per_step']:10.2f}{r['peak_mem_mb']:10.0f}"
+              f"{r['final_loss']:12.4f}")
+    print(f"ratio NERLab / HF: {ratio:.2f}× tokens/s, {memory:.2f}× peak memory "
+          f"({'CPU resident set' if ours['device'] == 'cpu' else 'CUDA peak allocated'})")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": results, "ratio_tokens_per_s": ratio,
+                                               "ratio_peak_memory": memory}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
