@@ -145,7 +145,7 @@ def editor(tpl: PromptTemplate) -> tuple[PromptTemplate | None, list[str]]:
         except templates.TemplateError as exc:
             errors = [str(exc)]
     if "examples" in templates.placeholders_in(values["instruction"]) and not values["n_examples"]:
-        st.info("The instruction has {examples} but 0 retrieved examples: it will be left empty.")
+        st.caption("{examples} stays empty until *Retrieved examples* is above 0.")
     return edited, errors
 
 
@@ -159,7 +159,7 @@ def save_controls(db: Database, project: dict, tpl: PromptTemplate, edited: Prom
     for message in errors:
         st.error(message)
     dirty = is_dirty(tpl, edited)
-    c1, c2, c3 = st.columns([1, 1, 2])
+    c1, c2, c3 = st.columns([2, 1.1, 1.9])
     if c1.button("Save as new version", key="template_save", type="primary",
                  disabled=bool(errors) or not dirty,
                  help="Saves the edit as the next version; runs keep the version they used."):
@@ -170,7 +170,8 @@ def save_controls(db: Database, project: dict, tpl: PromptTemplate, edited: Prom
             st.session_state.pop("template_version", None)
         st.session_state.pop("template_loaded", None)
         st.rerun()
-    if c2.button("Discard changes", key="template_discard", disabled=not dirty):
+    if c2.button("Discard", key="template_discard", disabled=not dirty,
+                 help="Reload the selected version into the editor."):
         st.session_state.pop("template_loaded", None)
         st.rerun()
     if dirty and not errors:
