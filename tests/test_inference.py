@@ -109,3 +109,24 @@ def test_common_prefix_leaves_every_prompt_a_token():
     assert inference._common_prefix([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == 2
     assert inference._common_prefix([[1, 2, 3], [1, 2, 3]]) == 2
     assert inference._common_prefix([[7], [7, 8]]) == 0
+
+
+@pytest.mark.parametrize("selection", ["fixed", "retrieved"])
+def test_few_shot_plans_put_examples_in_the_prompt(db, demo, bundled_model_path, selection):
+    from core import models
+
+    tokenizer = models.load_tokenizer(str(bundled_model_path))
+    tpl = templates.get_template(db, demo["id"])
+    run = {"id": 0, "project_id": demo["id"], "kind": "few-shot", "template_id": tpl.id,
+           "config": {"shots": 2, "selection": selection}}
+    plan = inference.plan_for_run(db, run)
+    test = projects.examples(db, demo["id"], split="test")[0]
+    shots = plan.shots_for(test.id, test.text)
+    assert len(shots) == 2 and all(s.split == "train" and s.id != test.id for s in shots)
+    prompt = plan.prompt(tokenizer, test.id, test.text)
+    for shot in shots:
+        assert shot.text in prompt
+    assert prompt.rstrip().endswith("assistant")
+    if selection == "fixed":  # the same examples for every sentence: part of the shared prefix
+        other = projects.examples(db, demo["id"], split="test")[1]
+        assert plan.shots_for(other.id, other.text) == shots
