@@ -766,6 +766,8 @@ def _read_json(s: str, pos: int) -> tuple[Any, bool, bool]:
         value = reader.value()
     except _Truncated:
         return None, True, True
+    except (ValueError, RecursionError):  # nested too deeply: not an answer
+        return None, False, True
     return value, reader.truncated, reader.malformed
 
 

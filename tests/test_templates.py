@@ -305,3 +305,12 @@ def test_round_trip_passes_on_the_demo_project(demo, db):
     for fmt in OUTPUT_FORMATS:
         failures = round_trip(default_template(fmt), examples, names)
         assert len(failures) <= 0.02 * len(examples), [f.reason for f in failures[:5]]
+
+
+def test_a_looping_truncated_list_keeps_its_entities():
+    raw = "[" + '{"type": "Chemical", "text": "aspirin"}, ' * 300 + '{"type": "Chem'
+    result = parse_output(default_template(), raw, TEXT, NAMES)
+    assert result.status == "partial"
+    assert result.spans == [Span(0, 7, "Chemical"), Span(12, 19, "Chemical"), Span(41, 48, "Chemical")]
+    deep = parse_output(default_template(), "[" * 80 + '{"type": "Chemical", "text": "pain"}', TEXT, NAMES)
+    assert deep.status in ("partial", "unparsable")
