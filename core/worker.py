@@ -116,9 +116,15 @@ class _Heartbeat(threading.Thread):
         self.done = threading.Event()
 
     def run(self) -> None:
-        db = get_db()
+        db_file = config.db_path()
+        db = get_db(db_file)
         try:
             while not self.done.wait(self.every_s):
+                if not db_file.exists():
+                    # The data directory was deleted (e.g. a test's temporary folder): nobody can
+                    # see this run any more, and saving would recreate the folder; just end.
+                    print(f"The database {db_file} is gone: exiting.", flush=True)
+                    os._exit(3)
                 try:
                     db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", [now(), self.ctx.run_id])
                     db.conn.commit()
