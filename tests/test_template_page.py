@@ -121,3 +121,83 @@ def test_page_without_projects_says_what_to_do(home, monkeypatch):
     at = AppTest.from_file(PAGE, default_timeout=60).run()
     assert not at.exception
     assert any("Create a project" in i.value for i in at.info)
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_live_edit_and_save_in_a_real_browser(tmp_path, shared_models_dir):
+    """Chromium against `streamlit run`: switching the output format changes the previewed
+    target at once; a typo in a placeholder shows the error; saving makes version 2."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    chromium = "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip(f"{chromium} is missing (apt-get install chromium)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    from core.db import get_db
+    from core.demo import ensure_demo_project
+
+    home = tmp_path / "home"
+    demo = ensure_demo_project(get_db(home / "nerlab.db"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "NERLAB_HOME": str(home), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    env.pop("NERLAB_NO_DEMO", None)
+    log = open(tmp_path / "streamlit.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "streamlit.log").read_text()
+                time.sleep(0.3)
+        with playwright.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, headless=True,
+                                         args=["--headless", "--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.set_default_timeout(90_000)
+            page.goto(f"{url}/Template")
+            page.get_by_text("Prompt tokens").wait_for()
+            page.get_by_text("<|im_start|>assistant").first.wait_for()
+            page.get_by_text('[{"type": "Chemical", "text": "Selegiline"}').first.wait_for()
+
+            page.get_by_text("Inline tags: [TYPE: entity]").click()
+            page.get_by_text("[Chemical: Selegiline] - induced").first.wait_for()
+
+            box = page.get_by_role("textbox", name="Instruction")
+            box.fill("Types: {labels}\nSentence: {sentense}")
+            box.press("Control+Enter")
+            page.get_by_text("Unknown placeholder {sentense}").wait_for()
+            page.get_by_role("button", name="Save as new version", disabled=True).first.wait_for()
+
+            box.fill("Types: {labels}\n{format}\nSentence: {sentence}")
+            box.press("Control+Enter")
+            page.get_by_text("Unknown placeholder").wait_for(state="detached")
+            # Streamlit may briefly keep the stale (disabled) button while it reruns.
+            page.get_by_role("button", name="Save as new version", disabled=False).first.click()
+            page.get_by_text("Saved 'default' v2.").wait_for()
+            browser.close()
+        saved = templates.get_template(get_db(home / "nerlab.db"), demo["id"])
+        assert (saved.version, saved.output_format) == (2, "inline_tags")
+        assert saved.instruction == "Types: {labels}\n{format}\nSentence: {sentence}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
