@@ -518,15 +518,21 @@ def predict_run(
         for c in range(0, len(items), CHUNK):
             _check_stop(ctx)
             chunk = items[c : c + CHUNK]
+
+            def batch_done(k: int, _n: int, before: int = done) -> None:
+                now_done = before + k
+                rate = now_done / max(time.perf_counter() - started, 1e-9)
+                if report_progress:
+                    ctx.progress(now_done, total, eta_s=(total - now_done) / rate if rate else None)
+                else:
+                    ctx.heartbeat()
+                _check_stop(ctx)  # between batches: a stop does not wait for the whole chunk
+
             rows = predict_examples(model, tokenizer, plan, chunk, batch_size=batch_size,
-                                    max_new_tokens=cfg.get("max_new_tokens"))
+                                    max_new_tokens=cfg.get("max_new_tokens"), progress=batch_done)
             store_predictions(db, run["id"], split, rows)
             done += len(chunk)
             rate = done / max(time.perf_counter() - started, 1e-9)
-            if report_progress:
-                ctx.progress(done, total, eta_s=(total - done) / rate if rate else None)
-            else:
-                ctx.heartbeat()
             failed = sum(r["parse_status"] == "unparsable" for r in rows)
             ctx.log(f"  {split}: {min(c + CHUNK, len(items))}/{len(items)} sentences "
                     f"({rate:.2f} sentences/s; {failed} unparsable in this chunk)")
