@@ -116,7 +116,8 @@ for err in found[(page - 1) * PAGE : page * PAGE]:
         head.markdown(f":red[{what}] — " + "; ".join(detail))
         link.markdown(ev.label_link(err["sentence_id"], pid))
         ev.show_html(ev.gold_pred_html(err["text"], err["gold_spans"],
-                                       [("predicted", err["pred_spans"])], palette))
+                                       [("predicted", err["pred_spans"])], palette,
+                                       focus=[gold, pred]))
         it = raw_by_id.get(err["sentence_id"])
         if it is not None and it.parse_status != "ok":
             st.caption(f"Model answer ({it.parse_status}): `{it.raw_output[:300]}`")

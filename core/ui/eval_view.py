@@ -24,7 +24,8 @@ def spans_html(text: str, spans: Sequence[Span], palette: dict[str, str],
     """The sentence as HTML with each span highlighted in its type's colour and tagged.
 
     Args:
-        marks: optional style per span, ``"ok"`` (solid) or ``"bad"`` (red dashed outline).
+        marks: optional style per span: ``"bad"`` (red dashed outline) and/or ``"focus"``
+            (a dark frame: the span an error is about).
     """
     out, pos = [], 0
     for s in sorted(spans):
@@ -33,8 +34,11 @@ def spans_html(text: str, spans: Sequence[Span], palette: dict[str, str],
         out.append(html.escape(text[pos:s.start]))
         colour = palette.get(s.label, _FALLBACK)
         style = f"background:{colour};padding:1px 3px;border-radius:4px;"
-        if marks and marks.get((s.start, s.end, s.label)) == "bad":
+        mark = (marks or {}).get((s.start, s.end, s.label), "")
+        if "bad" in mark:
             style += "outline:2px dashed #d62828;"
+        if "focus" in mark:
+            style += "box-shadow:0 0 0 3px #1d3557;font-weight:600;"
         out.append(
             f'<span style="{style}">{html.escape(text[s.start:s.end])}'
             f'<sup style="font-size:0.65em;margin-left:3px;opacity:0.75">{html.escape(s.label)}'
@@ -46,13 +50,19 @@ def spans_html(text: str, spans: Sequence[Span], palette: dict[str, str],
 
 
 def gold_pred_html(text: str, gold: Sequence[Span], rows: Sequence[tuple[str, Sequence[Span]]],
-                   palette: dict[str, str]) -> str:
-    """Gold on the first line, then one line per prediction; wrong spans get a dashed outline."""
+                   palette: dict[str, str], focus: Sequence[dict | None] = ()) -> str:
+    """Gold on the first line, then one line per prediction; wrong spans get a dashed outline,
+    and the spans in ``focus`` (dicts with start, end, label) a dark frame."""
     gold_set = set(gold)
+    focused = {(f["start"], f["end"], f["label"]) for f in focus if f}
+    gold_marks = {k: "focus" for k in focused}
     lines = [f'<div style="margin:2px 0"><b style="display:inline-block;width:7.5em">gold</b>'
-             f"{spans_html(text, gold, palette)}</div>"]
+             f"{spans_html(text, gold, palette, gold_marks)}</div>"]
     for name, spans in rows:
-        marks = {(s.start, s.end, s.label): "ok" if s in gold_set else "bad" for s in spans}
+        marks = {}
+        for s in spans:
+            key = (s.start, s.end, s.label)
+            marks[key] = ("ok" if s in gold_set else "bad") + (" focus" if key in focused else "")
         lines.append(
             f'<div style="margin:2px 0"><b style="display:inline-block;width:7.5em">'
             f"{html.escape(name)}</b>{spans_html(text, spans, palette, marks)}</div>"
