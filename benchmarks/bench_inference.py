@@ -29,6 +29,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the cores to use)")
     parser.add_argument("--one-by-one-n", type=int, default=0,
                         help="time one-by-one on only the first N prompts (0 = all n)")
+    parser.add_argument("--compare-plain", action="store_true",
+                        help="also time batched generation without the shared-prefix cache")
     args = parser.parse_args()
 
     os.environ.setdefault("NERLAB_HOME", tempfile.mkdtemp(prefix="nerlab-bench-"))
@@ -56,14 +58,28 @@ def main() -> int:
 
     inference.generate(model, tokenizer, prompts[:2], 4, batch_size=2)  # warm-up
 
+    # One-by-one on the first half, batched on everything, one-by-one on the second half: load
+    # from other processes that drifts during the run weighs on both sides alike.
     k = args.one_by_one_n or len(prompts)
+    half = k // 2
     t0 = time.perf_counter()
-    single = inference.generate_one_by_one(model, tokenizer, prompts[:k], budgets[:k])
+    single = inference.generate_one_by_one(model, tokenizer, prompts[:half], budgets[:half])
     single_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     batched = inference.generate(model, tokenizer, prompts, budgets, batch_size=args.batch_size)
     batched_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    single += inference.generate_one_by_one(model, tokenizer, prompts[half:k], budgets[half:k])
+    single_s += time.perf_counter() - t0
+
+    plain_s = None
+    if args.compare_plain:
+        t0 = time.perf_counter()
+        inference.generate(model, tokenizer, prompts, budgets, batch_size=args.batch_size,
+                           prefix_cache=False)
+        plain_s = time.perf_counter() - t0
 
     def new_tokens(texts: list[str]) -> int:
         return sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
@@ -85,11 +101,15 @@ def main() -> int:
                     "seconds": round(batched_s, 1), "sentences_per_s": round(batched_rate, 3),
                     "new_tokens_per_s": round(new_tokens(batched) / batched_s, 1)},
         "speedup": round(batched_rate / single_rate, 2),
+        "batched_without_prefix_cache_sentences_per_s": (
+            round(len(prompts) / plain_s, 3) if plain_s else None),
         "identical_answers": f"{same}/{k}",
     }
     print(f"one-by-one: {single_rate:.3f} sentences/s ({k} sentences in {single_s:.1f} s)")
     print(f"batched (batch {args.batch_size}): {batched_rate:.3f} sentences/s "
           f"({len(prompts)} sentences in {batched_s:.1f} s)")
+    if plain_s:
+        print(f"batched without the shared-prefix cache: {len(prompts) / plain_s:.3f} sentences/s")
     print(f"speed-up: {result['speedup']}×; identical answers {same}/{k}")
     print(json.dumps(result, indent=2))
     return 0
