@@ -195,3 +195,22 @@ def test_loraplus_run_finishes_scores_and_its_adapter_changes_the_output(db, tin
     merged = AutoModelForCausalLM.from_pretrained(str(merged_dir))
     with torch.no_grad():
         assert torch.allclose(merged(**ids).logits, after, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_dora_adds_magnitude_vectors_and_trains_a_step(db, tiny):
+    from core import templates
+    from core.train import Hooks, build_model, encode_examples, train_loop
+
+    cfg = quick_config(method="dora", rank=2, max_steps=1, dev_loss_sentences=0, batch_size=1)
+    model, tok, dtype = build_model(cfg, "cpu", log=lambda m: None)
+    magnitudes = [n for n, p in model.named_parameters() if "magnitude" in n and p.requires_grad]
+    assert magnitudes
+    tpl = templates.get_template(db, tiny["id"])
+    data, _ = encode_examples(tok, tpl, projects.examples(db, tiny["id"], "train")[:1],
+                              projects.list_labels(db, tiny["id"]), 192)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if n in magnitudes[:3]}
+    result = train_loop(model, tok, data, [], cfg, "cpu", dtype, Hooks(log=lambda m: None))
+    assert result.steps == 1
+    after = dict(model.named_parameters())
+    assert any(not after[n].detach().equal(v) for n, v in before.items())
