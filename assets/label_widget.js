@@ -13,7 +13,8 @@
 
 const TYPING_TAGS = new Set(["INPUT", "TEXTAREA", "SELECT"]);
 const CONTROL_TAGS = new Set(["BUTTON", "A", "SUMMARY"]);
-const LOCK_MS = 8000;
+//: After this long without an answer the widget says so (Esc stops waiting).
+const SLOW_MS = 10000;
 const NAV_KEYS = new Set(["ArrowRight", "ArrowLeft", "ArrowDown", "ArrowUp", "PageDown", "PageUp",
   "Enter", "Delete", "Backspace", "Escape", "Home", "End"]);
 
@@ -43,16 +44,28 @@ export default function (component) {
   const boxEl = $(".nl-root");
 
   const text = data.text;
-  const tokens = data.tokens || [];
+  // Python counts offsets in code points, JavaScript strings in UTF-16 units: they differ after
+  // an emoji or another character outside the Basic Multilingual Plane. Convert both ways.
+  const unitOf = []; // code-point offset -> UTF-16 offset
+  let units = 0;
+  for (const ch of text) {
+    unitOf.push(units);
+    units += ch.length;
+  }
+  unitOf.push(units);
+  const pointOf = new Map(unitOf.map((u, p) => [u, p])); // UTF-16 offset -> code-point offset
+  const toUnits = (p) => (p < unitOf.length ? unitOf[p] : text.length);
+  const toPoints = (u) => (pointOf.has(u) ? pointOf.get(u) : unitOf.length - 1);
+  const tokens = (data.tokens || []).map(([s, e]) => [toUnits(s), toUnits(e)]);
   const labels = data.labels || [];
   const byName = new Map(labels.map((l) => [l.name, l]));
   const byKey = new Map(labels.filter((l) => l.hotkey).map((l) => [l.hotkey.toLowerCase(), l]));
 
   // What is drawn: the saved spans, or this tab's newer unacknowledged edit of the same sentence.
-  let spans = data.spans.map((s) => ({ start: s.start, end: s.end, label: s.label }));
+  let spans = data.spans.map((s) => ({ start: toUnits(s.start), end: toUnits(s.end), label: s.label }));
   const last = memory.lastSent;
   if (last && last.sentenceId === data.sentence_id && last.seq > ack) {
-    spans = last.spans.map((s) => ({ ...s }));
+    spans = last.spans.map((s) => ({ start: toUnits(s.start), end: toUnits(s.end), label: s.label }));
   }
   let cursor = sameSentence ? memory.cursor : null; // token index of the keyboard cursor
   let anchor = sameSentence ? memory.anchor : null; // other end of the token selection
@@ -65,7 +78,8 @@ export default function (component) {
   });
 
   const sortSpans = () => spans.sort((a, b) => a.start - b.start || a.end - b.end);
-  const locked = () => memory.pending && Date.now() - memory.pendingAt < LOCK_MS;
+  // While the sentence is being replaced (accept, next, previous, undo) keys wait for it.
+  const locked = () => memory.pending !== 0;
   const selRange = () => {
     if (cursor === null || cursor === undefined) return null;
     const a = anchor === null || anchor === undefined ? cursor : anchor;
@@ -83,7 +97,7 @@ export default function (component) {
       type,
       sentence_id: data.sentence_id,
       version: data.version,
-      spans: spans.map(({ start, end, label }) => ({ start, end, label })),
+      spans: spans.map(({ start, end, label }) => ({ start: toPoints(start), end: toPoints(end), label })),
       seq: memory.seq,
     };
     memory.lastSent = {
@@ -95,7 +109,14 @@ export default function (component) {
     if (type !== "edit") {
       memory.pending = memory.seq;
       memory.pendingAt = Date.now();
+      const waitingFor = memory.seq;
+      setTimeout(() => {
+        if (memory.pending === waitingFor && busyEl.isConnected) {
+          busyEl.textContent = "still waiting for the server… (Esc stops waiting)";
+        }
+      }, SLOW_MS);
     }
+    busyEl.textContent = "saving…";
     busyEl.hidden = false;
     remember();
     setTriggerValue("action", payload);
@@ -473,6 +494,13 @@ export default function (component) {
     e.stopPropagation();
     const stroke = { key: isUndo ? "Undo" : e.key, shiftKey: e.shiftKey };
     if (locked()) {
+      if (stroke.key === "Escape") {
+        // Stop waiting for an answer that does not come (the keys typed meanwhile are dropped).
+        memory.pending = 0;
+        memory.typeahead.length = 0;
+        busyEl.hidden = true;
+        return;
+      }
       // Type-ahead: keys pressed while the next sentence loads are replayed on it.
       if (memory.typeahead.length < 50) memory.typeahead.push(stroke);
       return;
@@ -567,6 +595,5 @@ export default function (component) {
   drawLegend();
   render();
   while (memory.typeahead.length && !locked()) handleKey(memory.typeahead.shift());
-  if (!locked() && memory.pending) memory.typeahead.length = 0; // lock timed out: drop stale keys
   return dispose;
 }

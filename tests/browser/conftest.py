@@ -123,7 +123,7 @@ def _browser() -> Iterator[object]:
 def browser_page(_browser) -> Iterator[object]:
     """A fresh Playwright page (own context: no cookies or storage shared between tests)."""
     context = _browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(30_000)
+    context.set_default_timeout(60_000)  # CI machines can be slow and shared
     page = context.new_page()
     try:
         yield page

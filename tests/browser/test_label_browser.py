@@ -34,7 +34,7 @@ def _unlabelled_ids(home: Path) -> list[int]:
     return [r[0] for r in rows]
 
 
-def _wait_for(check: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> object:
+def _wait_for(check: Callable[[], object], timeout: float = 60.0, what: str = "condition") -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
@@ -161,6 +161,29 @@ def test_keyboard_changes_type_resizes_removes_and_undoes(browser_page, app_serv
     assert page.locator(f"{WIDGET} mark.nl-span").first.get_attribute("data-label") == "Disease"
 
 
+def test_offsets_after_an_emoji_are_python_offsets(browser_page, app_server, app_home):
+    """JavaScript counts UTF-16 units; what is saved must be Python's code-point offsets."""
+    db = _db(app_home)
+    pid = projects.get_project(db, "BC5CDR demo")["id"]
+    text = "😀 🧪 Aspirin eased the 頭痛 ."
+    projects.add_sentences(db, pid, [projects.SentenceRecord(text, labelled=False)])
+    sid = db.execute("SELECT id FROM sentences WHERE text = ?", [text]).fetchone()[0]
+    page = browser_page
+    _open(page, app_server, sid)
+    words = [t for t in tokenize(text)]
+    aspirin = next(i for i, (s, e) in enumerate(words) if text[s:e] == "Aspirin")
+    page.keyboard.press("ArrowRight")
+    for _ in range(aspirin):
+        page.keyboard.press("ArrowRight")
+    page.keyboard.press("1")
+    start = text.index("Aspirin")
+    _wait_for(lambda: projects.sentence_spans(_db(app_home), sid) == [Span(start, start + 7, "Chemical")],
+              what="the span at Python offsets")
+    page.reload(wait_until="domcontentloaded")
+    page.wait_for_selector(f"{WIDGET} mark.nl-span", timeout=60_000)
+    assert page.locator(f"{WIDGET} mark.nl-span").first.inner_text().startswith("Aspirin")
+
+
 def test_two_tabs_do_not_overwrite_each_other(browser_page, app_server, app_home):
     page_a = browser_page
     page_b = page_a.context.browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
@@ -177,7 +200,7 @@ def test_two_tabs_do_not_overwrite_each_other(browser_page, app_server, app_home
         page_b.keyboard.press("End")
         page_b.keyboard.press("Shift+ArrowLeft")
         page_b.keyboard.press("2")
-        page_b.get_by_text("Not saved").wait_for(timeout=20_000)
+        page_b.get_by_text("Not saved").wait_for(timeout=60_000)
         assert projects.sentence_spans(_db(app_home), sid) == saved
         marks = page_b.locator(f"{WIDGET} mark.nl-span")
         _wait_for(lambda: [m.get_attribute("data-label") for m in marks.all()] == ["Chemical"],
@@ -194,17 +217,17 @@ def test_data_page_upload_and_download(browser_page, app_server, app_home):
         files=[{"name": "more.txt", "mimeType": "text/plain",
                 "buffer": b"Cisplatin caused nephrotoxicity in rats .\nNo new words here at all .\n"}]
     )
-    page.get_by_text("more.txt: read as").wait_for(timeout=20_000)
+    page.get_by_text("more.txt: read as").wait_for(timeout=60_000)
     page.get_by_role("button", name="Import", exact=True).click()
-    page.get_by_text("more.txt: 2 sentence(s) added.").wait_for(timeout=20_000)
+    page.get_by_text("more.txt: 2 sentence(s) added.").wait_for(timeout=60_000)
     row = _db(app_home).execute(
         "SELECT status, split, source FROM sentences WHERE text = 'Cisplatin caused nephrotoxicity in rats .'"
     ).fetchone()
     assert tuple(row) == ("unlabelled", "train", "more.txt")
 
     page.get_by_role("tab", name="Export").click()
-    page.get_by_text("sentence(s) will be exported").wait_for(timeout=20_000)
-    with page.expect_download(timeout=30_000) as info:
+    page.get_by_text("sentence(s) will be exported").wait_for(timeout=60_000)
+    with page.expect_download(timeout=90_000) as info:
         page.get_by_role("button", name="Download").click()
     download = info.value
     assert download.suggested_filename == "BC5CDR_demo.conll"
