@@ -113,6 +113,7 @@ class ExampleRetriever:
         else:
             self._encoder = _MiniLM()
             self._matrix = self._encoder.encode([ex.text for ex in self.examples])
+            self._row_of = {ex.text: i for i, ex in enumerate(self.examples)}
 
     # -- TF-IDF --------------------------------------------------------------------------------
 
@@ -147,6 +148,22 @@ class ExampleRetriever:
     def _tfidf_scores(self, texts: Sequence[str]):
         """Cosine similarities, one row per text and one column per example (dense numpy)."""
         return (self._vectors([Counter(_terms(t)) for t in texts]) @ self._matrix).toarray()
+
+    def _embed(self, texts: Sequence[str]):
+        """MiniLM vectors of ``texts``; training sentences reuse the vectors computed at build
+        time, so retrieving for the training set itself encodes nothing twice."""
+        import torch
+
+        known = [self._row_of.get(t) for t in texts]
+        missing = [i for i, row in enumerate(known) if row is None]
+        fresh = self._encoder.encode([texts[i] for i in missing]) if missing else None
+        out = torch.empty((len(texts), self._matrix.shape[1]), dtype=self._matrix.dtype)
+        for i, row in enumerate(known):
+            if row is not None:
+                out[i] = self._matrix[row]
+        for n, i in enumerate(missing):
+            out[i] = fresh[n]
+        return out
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -195,7 +212,7 @@ class ExampleRetriever:
                     for t, row, x in zip(texts[i : i + 256], chunk, exclude_ids[i : i + 256], strict=True)
                 ]
             return out
-        sims = (self._encoder.encode(list(texts)) @ self._matrix.T).numpy()
+        sims = (self._embed(texts) @ self._matrix.T).numpy()
         return [
             self._rank(t, row, k, x) for t, row, x in zip(texts, sims, exclude_ids, strict=True)
         ]

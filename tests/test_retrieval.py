@@ -73,3 +73,13 @@ def test_minilm_retrieval_uses_the_bundled_encoder():
     assert {e.id for e in got} == {1, 4}
     assert r.top_k("Patients on lithium developed a tremor.", 2, exclude_id=1)[0].id == 4
     assert [e.id for e in r.top_k("Rats given haloperidol became cataleptic.", 1)] == [3]
+
+
+@pytest.mark.slow
+def test_minilm_reuses_training_vectors_and_matches_fresh_encoding():
+    r = ExampleRetriever(TRAIN, method="minilm")
+    texts = [TRAIN[0].text, "Rats given haloperidol became cataleptic."]
+    cached = r._embed(texts)
+    fresh = r._encoder.encode(texts)
+    assert (cached - fresh).abs().max().item() < 1e-5
+    assert r.top_k_batch(texts, 2, [TRAIN[0].id, None]) == [r.top_k(t, 2, x) for t, x in zip(texts, [TRAIN[0].id, None], strict=True)]
