@@ -140,6 +140,9 @@ def test_deep_link_to_another_project_switches_project(home):
     assert _widget(at)["sentence_id"] == sid  # although it is not in the "not done" queue
     assert at.session_state["project_id"] == other["id"]
     assert "project" not in at.query_params
+    # The Evaluate page's links carry both ids.
+    at = _run(LABEL, sentence=str(sid), project=str(other["id"]))
+    assert _widget(at)["sentence_id"] == sid and at.session_state["project_id"] == other["id"]
     # The same tab follows a later link too, without the filters pulling it back.
     demo_sid = db.execute("SELECT id FROM sentences WHERE split = 'dev' LIMIT 1").fetchone()[0]
     at.query_params["sentence"] = str(demo_sid)
