@@ -246,21 +246,53 @@ def optimizer_batches(n: int, batch: int, seed: int, epoch: int) -> list[list[in
     return [order[i : i + batch] for i in range(0, n, batch)]
 
 
-def micro_batches(items: Sequence[Encoded], token_budget: int) -> list[list[Encoded]]:
-    """Sort one optimiser batch by length and cut it into micro-batches whose padded size
-    (sentences × longest) stays within ``token_budget``: little padding, bounded memory."""
+def micro_batches(items: Sequence[Encoded], token_budget: int, prefix: int = 0) -> list[list[Encoded]]:
+    """Sort one optimiser batch by length and cut it into micro-batches whose padded size stays
+    within ``token_budget``: little padding, bounded memory. With a shared ``prefix`` (computed
+    once per micro-batch) a micro-batch costs ``prefix + sentences × (longest - prefix)``."""
     ordered = sorted(items, key=lambda e: len(e.ids))
     chunks: list[list[Encoded]] = []
     current: list[Encoded] = []
     for item in ordered:
         longest = max(len(item.ids), max((len(c.ids) for c in current), default=0))
-        if current and longest * (len(current) + 1) > token_budget:
+        if current and prefix + (longest - prefix) * (len(current) + 1) > token_budget:
             chunks.append(current)
             current = []
         current.append(item)
     if current:
         chunks.append(current)
     return chunks
+
+
+#: A common prompt prefix shorter than this is not worth a separate forward pass.
+MIN_SHARED_PREFIX = 16
+
+
+def share_prefix_enabled() -> bool:
+    """Prefix sharing is on unless ``NERLAB_SHARE_PREFIX=0`` (for comparisons and debugging)."""
+    return os.environ.get("NERLAB_SHARE_PREFIX", "1") != "0"
+
+
+def shared_prefix(data: Sequence[Encoded]) -> int:
+    """Length of the token prefix every example shares (the chat template's system message and
+    the instruction before the sentence), kept short of every answer: ``0`` when too short.
+
+    It is computed once per micro-batch and its keys/values are reused by every sentence of the
+    micro-batch, with gradients flowing through the shared computation (the loss is unchanged).
+    """
+    if not data:
+        return 0
+    first = data[0].ids
+    length = min(min(e.n_prompt for e in data) - 1, len(first))
+    for e in data[1:]:
+        ids = e.ids
+        i = 0
+        while i < length and ids[i] == first[i]:
+            i += 1
+        length = i
+        if length < MIN_SHARED_PREFIX:
+            return 0
+    return length if length >= MIN_SHARED_PREFIX else 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,11 +410,13 @@ def _lm_parts(model: Any) -> tuple[Any, Any, float | None]:
 
 
 def answer_loss_sum(model: Any, chunk: Sequence[Encoded], pad_id: int, device: str,
-                    autocast_dtype: Any = None) -> tuple[Any, int]:
+                    autocast_dtype: Any = None, prefix: int = 0) -> tuple[Any, int]:
     """Sum of the cross-entropy over the answer tokens of a micro-batch, and their count.
 
     The hidden states are projected onto the vocabulary only at the positions that predict an
-    answer token (never at prompt or padding positions).
+    answer token (never at prompt or padding positions). With ``prefix`` > 0 (the length of the
+    token prefix all of ``chunk`` shares, shorter than every prompt), the prefix is run once and
+    its key/value cache repeated for the sentences: same loss and gradients, less compute.
     """
     import contextlib
 
@@ -390,22 +424,31 @@ def answer_loss_sum(model: Any, chunk: Sequence[Encoded], pad_id: int, device: s
     import torch.nn.functional as F
 
     longest = max(len(e.ids) for e in chunk)
-    ids = torch.full((len(chunk), longest), pad_id, dtype=torch.long)
+    width = longest - prefix
+    ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(chunk), longest), dtype=torch.long)
     rows, cols, targets = [], [], []
     for i, e in enumerate(chunk):
-        ids[i, : len(e.ids)] = torch.tensor(e.ids)
+        ids[i, : len(e.ids) - prefix] = torch.tensor(e.ids[prefix:])
         mask[i, : len(e.ids)] = 1
         for pos in range(e.n_prompt, len(e.ids)):
             rows.append(i)
-            cols.append(pos - 1)
+            cols.append(pos - 1 - prefix)
             targets.append(e.ids[pos])
     ids, mask = ids.to(device), mask.to(device)
     decoder, head, softcap = _lm_parts(model)
     ctx = (torch.autocast(device_type=device, dtype=autocast_dtype) if autocast_dtype is not None
            else contextlib.nullcontext())
     with ctx:
-        hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        if prefix:
+            shared = torch.tensor([chunk[0].ids[:prefix]], device=device)
+            cache = decoder(input_ids=shared, use_cache=True).past_key_values
+            if len(chunk) > 1:
+                cache.batch_repeat_interleave(len(chunk))
+            hidden = decoder(input_ids=ids, attention_mask=mask, past_key_values=cache,
+                             use_cache=True).last_hidden_state
+        else:
+            hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         picked = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
         logits = head(picked).float()
     if softcap:
@@ -443,7 +486,7 @@ class Hooks:
 
 
 def dev_loss(model: Any, data: Sequence[Encoded], pad_id: int, device: str, token_budget: int,
-             autocast_dtype: Any = None) -> float | None:
+             autocast_dtype: Any = None, prefix: int | None = None) -> float | None:
     """Per-token mean loss on the answers of ``data`` (no gradients, dropout off)."""
     import torch
 
@@ -453,8 +496,10 @@ def dev_loss(model: Any, data: Sequence[Encoded], pad_id: int, device: str, toke
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
-        for chunk in micro_batches(data, token_budget):
-            loss, n = answer_loss_sum(model, chunk, pad_id, device, autocast_dtype)
+        if prefix is None:
+            prefix = shared_prefix(data)
+        for chunk in micro_batches(data, token_budget, prefix):
+            loss, n = answer_loss_sum(model, chunk, pad_id, device, autocast_dtype, prefix)
             total += float(loss)
             count += n
     if was_training:
@@ -494,7 +539,9 @@ def train_loop(
     t = cfg.train
     per_epoch, total = plan_steps(len(train), cfg)
     per_step = t.batch_size * t.grad_accum
-    budget = t.batch_size * t.max_length
+    # Memory per forward pass stays within what batch_size sentences of the longest length take.
+    budget = t.batch_size * min(t.max_length, max(len(e.ids) for e in train))
+    prefix = 0 if t.gradient_checkpointing or not share_prefix_enabled() else shared_prefix(train)
     warmup = int(round(t.warmup_ratio * total))
     optimizer = build_optimizer(model, cfg)
     scheduler = _linear_schedule(optimizer, warmup, total)
@@ -506,7 +553,9 @@ def train_loop(
         torch.cuda.reset_peak_memory_stats()
     result = TrainResult(total_steps=total)
     hooks.log(f"Training {len(train)} sentences, {per_epoch} steps per epoch, {total} steps "
-              f"(batch {t.batch_size} × accumulation {t.grad_accum}, warm-up {warmup}).")
+              f"(batch {t.batch_size} × accumulation {t.grad_accum}, warm-up {warmup}); "
+              + (f"the {prefix}-token prompt prefix they share is computed once per micro-batch."
+                 if prefix else "no shared prompt prefix."))
     model.train()
     started = time.perf_counter()
     step, epoch = 0, 0
@@ -520,8 +569,8 @@ def train_loop(
             items = [train[j] for j in batch]
             n_answer = sum(e.n_answer for e in items)
             loss_total = 0.0
-            for chunk in micro_batches(items, budget):
-                loss_sum, _n = answer_loss_sum(model, chunk, pad_id, device, autocast)
+            for chunk in micro_batches(items, budget, prefix):
+                loss_sum, _n = answer_loss_sum(model, chunk, pad_id, device, autocast, prefix)
                 (loss_sum / n_answer).backward()
                 loss_total += float(loss_sum.detach())
             if t.max_grad_norm:
@@ -570,7 +619,8 @@ def train_loop(
 
 def _dev_report(model, dev, pad_id, device, budget, autocast, step, total, epoch, result, hooks):
     started = time.perf_counter()
-    value = dev_loss(model, dev, pad_id, device, budget, autocast)
+    value = dev_loss(model, dev, pad_id, device, budget, autocast,
+                     None if share_prefix_enabled() else 0)
     if value is None:
         return
     result.dev_losses.append((step, value))

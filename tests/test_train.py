@@ -48,6 +48,9 @@ def test_optimizer_batches_are_shuffled_per_epoch_and_cover_everything():
 def test_micro_batches_sort_by_length_within_the_budget():
     items = [Encoded(list(range(n)), 1) for n in (50, 10, 40, 12, 45)]
     chunks = micro_batches(items, token_budget=100)
+    same = [Encoded(list(range(40)), 35) for _ in range(5)]
+    assert len(micro_batches(same, token_budget=100)) == 3  # 2 + 2 + 1 sentences of 40 tokens
+    assert len(micro_batches(same, token_budget=100, prefix=30)) == 1  # 30 shared + 5 × 10
     assert sorted(len(e.ids) for c in chunks for e in c) == [10, 12, 40, 45, 50]
     for chunk in chunks:
         assert max(len(e.ids) for e in chunk) * len(chunk) <= 100 or len(chunk) == 1
@@ -94,26 +97,41 @@ def test_loraplus_groups_carry_lr_times_ratio_and_weight_decay(bundled_model_pat
 
 @pytest.mark.slow
 def test_answer_only_loss_equals_the_full_logits_loss(db, tiny):
-    """The loop's loss (logits only at answer positions, length-sorted micro-batches) is the
-    per-token mean that Hugging Face's loss gives with prompt labels masked."""
+    """The loop's loss (logits only at answer positions, length-sorted micro-batches, the shared
+    prompt prefix computed once) is the per-token mean that Hugging Face's loss gives with prompt
+    labels masked, and the shared prefix leaves the gradients unchanged."""
     import torch
 
     from core import templates
-    from core.train import answer_loss_sum, build_model, encode_examples
+    from core.train import answer_loss_sum, build_model, encode_examples, shared_prefix
 
     cfg = quick_config(dropout=0.0, rank=4)
     model, tok, _ = build_model(cfg, "cpu", log=lambda m: None)
-    model.eval()
+    with torch.no_grad():  # LoRA B starts at zero: move it so the adapter matters
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
     tpl = templates.get_template(db, tiny["id"])
     labels = projects.list_labels(db, tiny["id"])
     data, stats = encode_examples(tok, tpl, projects.examples(db, tiny["id"], "train")[:3],
                                   labels, 256)
     assert stats.encoded == 3 and all(e.n_answer > 1 for e in data)
-    with torch.no_grad():
+    prefix = shared_prefix(data)
+    assert 16 <= prefix < min(e.n_prompt for e in data)
+
+    def loss_and_grads(prefix_len: int):
+        model.zero_grad()
         total, count = 0.0, 0
-        for chunk in micro_batches(data, token_budget=300):
-            loss, n = answer_loss_sum(model, chunk, tok.pad_token_id, "cpu")
-            total, count = total + float(loss), count + n
+        for chunk in micro_batches(data, token_budget=600, prefix=prefix_len):
+            loss, n = answer_loss_sum(model, chunk, tok.pad_token_id, "cpu", prefix=prefix_len)
+            (loss / 100).backward()
+            total, count = total + float(loss.detach()), count + n
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return total / count, count, grads
+
+    shared_loss, count, shared_grads = loss_and_grads(prefix)
+    plain_loss, _, plain_grads = loss_and_grads(0)
+    with torch.no_grad():
         longest = max(len(e.ids) for e in data)
         ids = torch.full((3, longest), tok.pad_token_id)
         mask = torch.zeros((3, longest), dtype=torch.long)
@@ -124,7 +142,11 @@ def test_answer_only_loss_equals_the_full_logits_loss(db, tiny):
             labels_t[i, e.n_prompt : len(e.ids)] = torch.tensor(e.ids[e.n_prompt :])
         reference = model(input_ids=ids, attention_mask=mask, labels=labels_t).loss
     assert count == sum(e.n_answer for e in data)
-    assert total / count == pytest.approx(float(reference), rel=1e-4)
+    assert plain_loss == pytest.approx(float(reference), rel=1e-4)
+    assert shared_loss == pytest.approx(float(reference), rel=1e-4)
+    assert shared_grads.keys() == plain_grads.keys() and shared_grads
+    for name, grad in plain_grads.items():
+        assert torch.allclose(shared_grads[name], grad, rtol=1e-3, atol=1e-6), name
 
 
 @pytest.mark.slow
