@@ -358,10 +358,18 @@ def round_trip_check(db: Database, project: dict, tpl: PromptTemplate) -> None:
             st.dataframe(
                 [
                     {"sentence": positions.get(f.sentence_id), "why": f.reason, "text": f.text,
-                     "answer": f.answer}
+                     "answer": f.answer,
+                     "open": f"Label?sentence={f.sentence_id}&project={project['id']}"}
                     for f in failures
                 ],
                 hide_index=True, width="stretch",
+                column_order=["sentence", "open", "why", "text", "answer"],
+                column_config={
+                    "open": st.column_config.LinkColumn(
+                        "Open", display_text="label ↗", width="small",
+                        help="Open this sentence on the Label page"),
+                    "why": st.column_config.TextColumn(width="large"),
+                },
             )
 
 
