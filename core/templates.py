@@ -150,7 +150,10 @@ class PromptTemplate:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PromptTemplate:
-        """Build a template from a dict (e.g. a TOML/JSON file); unknown keys are an error."""
+        """Build a template from a dict (e.g. a TOML/JSON file); unknown keys are an error.
+
+        ``name`` and ``instruction`` are required; ``output_format`` defaults to ``json_list``.
+        """
         if not isinstance(data, dict):
             raise TemplateError(f"A template description must be a table/object, not {type(data).__name__}.")
         known = {f for f in cls.__dataclass_fields__}
@@ -159,7 +162,7 @@ class PromptTemplate:
             raise TemplateError(
                 f"Unknown template field(s): {', '.join(unknown)}. Known: {', '.join(sorted(known))}."
             )
-        missing = [k for k in ("name", "instruction", "output_format") if k not in data]
+        missing = [k for k in ("name", "instruction") if k not in data]
         if missing:
             raise TemplateError(f"The template description lacks: {', '.join(missing)}.")
         try:
@@ -169,7 +172,7 @@ class PromptTemplate:
         return cls(
             name=str(data["name"]),
             instruction=str(data["instruction"]),
-            output_format=str(data["output_format"]),
+            output_format=str(data.get("output_format") or "json_list"),
             system=str(data.get("system") or ""),
             n_examples=n_examples,
             version=int(data.get("version") or 0),
