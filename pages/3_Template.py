@@ -43,6 +43,8 @@ with right:
     fingerprint = tv.data_fingerprint(db, project["id"])
     tv.sentence_preview(shown, data, tokenizer, project, fingerprint)
     tv.length_summary(shown, data, tokenizer, model, project, fingerprint)
+    with st.expander("Try the parser on a model output"):
+        tv.parser_tryout(shown, data)
 
 st.divider()
 c1, c2 = st.columns([3, 2], gap="large")

@@ -116,6 +116,19 @@ def test_new_template_and_unknown_model(page):
     assert at.code[0].value.rstrip().endswith("Answer:")
 
 
+@pytest.mark.slow
+def test_parser_tryout_reads_a_broken_output(page):
+    at, db, p = page
+    at.run()
+    at.text_area(key="template_try_output").set_value(
+        "```json\n[{'type': 'chemical', 'text': 'Lithium'}, {'type': 'Drug', 'text': 'x'}, {'type': 'Disease', 'text': 'trem"
+    ).run()
+    assert not at.exception
+    warning = next(w.value for w in at.warning if "Parse status" in w.value)
+    assert "partial" in warning and "1 span(s) read" in warning and "unknown types: Drug" in warning
+    assert any("Lithium" in m.value and "parsed" in m.value for m in at.markdown)
+
+
 def test_page_without_projects_says_what_to_do(home, monkeypatch):
     monkeypatch.setenv("NERLAB_NO_DEMO", "1")
     at = AppTest.from_file(PAGE, default_timeout=60).run()

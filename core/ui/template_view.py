@@ -380,3 +380,27 @@ def versions_table(db: Database, project: dict, name: str) -> None:
           "saved": r["created_at"], "runs": r["runs"]} for r in rows],
         hide_index=True, width="stretch",
     )
+
+
+def parser_tryout(tpl: PromptTemplate, data: PreviewData) -> None:
+    """Paste a model output and see the spans the parser reads from it, with what went wrong."""
+    from core.ui.eval_view import colours, gold_pred_html, show_html
+
+    if not data.examples:
+        return
+    by_id = {e.id: e for e in data.examples}
+    ex = by_id.get(st.session_state.get("template_sentence"), data.examples[0])
+    st.caption("Paste what a model answered for the sentence above (any format, even broken) to "
+               "see how it is read.")
+    raw = st.text_area("Model output", key="template_try_output", height=90,
+                       placeholder=templates.render_answer(tpl, ex.text, ex.spans))
+    if not raw.strip():
+        return
+    names = [r["name"] for r in data.labels]
+    result = templates.parse_output(tpl, raw, ex.text, names)
+    verdict = {"ok": st.success, "partial": st.warning, "unparsable": st.error}[result.status]
+    verdict(f"Parse status: {result.status} · {len(result.spans)} span(s) read"
+            + (f" · not in the sentence: {', '.join(map(repr, result.hallucinated))}"
+               if result.hallucinated else "")
+            + (f" · unknown types: {', '.join(result.unknown_types)}" if result.unknown_types else ""))
+    show_html(gold_pred_html(ex.text, ex.spans, [("parsed", result.spans)], colours(data.labels)))
