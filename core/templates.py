@@ -366,6 +366,29 @@ def list_versions(db: Database, project_id: int, name: str) -> list[dict]:
     ]
 
 
+def describe(tpl: PromptTemplate) -> list[str]:
+    """The template as lines of text (settings, system message, instruction) for diffs."""
+    return [
+        f"output format: {tpl.output_format}",
+        f"retrieved examples: {tpl.n_examples} ({tpl.retrieval})",
+        "system:",
+        *(tpl.system.splitlines() or [""]),
+        "instruction:",
+        *tpl.instruction.splitlines(),
+    ]
+
+
+def diff(old: PromptTemplate, new: PromptTemplate) -> str:
+    """A unified diff from ``old`` to ``new`` ("" when they give the same prompts)."""
+    import difflib
+
+    if same_content(old, new):
+        return ""
+    return "\n".join(
+        difflib.unified_diff(describe(old), describe(new), old.label, new.label, lineterm="", n=2)
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Rendering
 

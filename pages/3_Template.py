@@ -53,4 +53,4 @@ with c1:
     tv.round_trip_check(db, project, edited or tpl)
 with c2:
     st.subheader(f"Versions of {tpl.name!r}")
-    tv.versions_table(db, project, tpl.name)
+    tv.versions_table(db, project, tpl)

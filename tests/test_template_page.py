@@ -81,10 +81,17 @@ def test_errors_block_saving_and_saves_make_versions(page):
     assert at.selectbox(key="template_version").value == 2
     assert at.button(key="template_save").disabled  # nothing to save now
 
-    # Going back to v1 loads it into the editor; saving it again makes v3.
+    diff = next(c.value for c in at.code if c.value.startswith("--- default v1"))
+    assert "+Types: {labels}" in diff and "-retrieved examples: 0 (tfidf)" in diff
+
+    # Going back to v1 loads it into the editor; saving it brings it back as v3.
     at.selectbox(key="template_version").set_value(1).run()
     assert at.text_area(key="template_instruction").value == templates.DEFAULT_INSTRUCTION
-    assert at.button(key="template_save").disabled
+    assert not at.button(key="template_save").disabled
+    at.button(key="template_save").click().run()
+    latest = templates.get_template(db, p["id"])
+    assert latest.version == 3 and latest.instruction == templates.DEFAULT_INSTRUCTION
+    assert at.selectbox(key="template_version").value == 3
 
 
 @pytest.mark.slow

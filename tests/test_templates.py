@@ -14,6 +14,7 @@ from core.templates import (
     TemplateError,
     build_chat,
     default_template,
+    diff,
     encode_chat,
     get_template,
     get_template_by_id,
@@ -314,3 +315,12 @@ def test_a_looping_truncated_list_keeps_its_entities():
     assert result.spans == [Span(0, 7, "Chemical"), Span(12, 19, "Chemical"), Span(41, 48, "Chemical")]
     deep = parse_output(default_template(), "[" * 80 + '{"type": "Chemical", "text": "pain"}', TEXT, NAMES)
     assert deep.status in ("partial", "unparsable")
+
+
+def test_diff_shows_what_changed_for_the_model():
+    v1 = default_template()
+    v2 = PromptTemplate("default", v1.instruction.replace("Find", "List"), "inline_tags", v1.system, version=2)
+    text = diff(v1, v2)
+    assert "-output format: json_list" in text and "+output format: inline_tags" in text
+    assert "+List the entities" in text
+    assert diff(v1, PromptTemplate(**{**v1.to_dict(), "version": 7})) == ""

@@ -159,15 +159,19 @@ def save_controls(db: Database, project: dict, tpl: PromptTemplate, edited: Prom
     for message in errors:
         st.error(message)
     dirty = is_dirty(tpl, edited)
+    latest = templates.get_template(db, project["id"], tpl.name)
+    old = tpl.version != latest.version
     c1, c2, c3 = st.columns([2, 1.1, 1.9])
     if c1.button("Save as new version", key="template_save", type="primary",
-                 disabled=bool(errors) or not dirty,
-                 help="Saves the edit as the next version; runs keep the version they used."):
-        latest = templates.get_template(db, project["id"], tpl.name)
+                 disabled=bool(errors) or not (dirty or old),
+                 help="Saves the editor's content as the next version (also to bring back an older "
+                 "version); runs keep the version they used."):
         saved = templates.save_template(db, project["id"], edited)
-        st.session_state["template_flash"] = f"Saved {saved.name!r} v{saved.version}."
-        if saved.id != latest.id:
-            st.session_state.pop("template_version", None)
+        if saved.id == latest.id:
+            st.session_state["template_flash"] = f"That is the latest version (v{latest.version}) already."
+        else:
+            st.session_state["template_flash"] = f"Saved {saved.name!r} v{saved.version}."
+        st.session_state.pop("template_version", None)
         st.session_state.pop("template_loaded", None)
         st.rerun()
     if c2.button("Discard", key="template_discard", disabled=not dirty,
@@ -176,6 +180,8 @@ def save_controls(db: Database, project: dict, tpl: PromptTemplate, edited: Prom
         st.rerun()
     if dirty and not errors:
         c3.caption("Unsaved changes: the preview shows the edited template.")
+    elif old:
+        c3.caption(f"An older version: saving it makes it v{latest.version + 1}, the latest.")
     with st.expander("Save as a new template"):
         new_name = st.text_input("Name", key="template_new_name", placeholder="e.g. short-tags")
         if st.button("Create", key="template_create", disabled=bool(errors)):
@@ -373,13 +379,19 @@ def round_trip_check(db: Database, project: dict, tpl: PromptTemplate) -> None:
             )
 
 
-def versions_table(db: Database, project: dict, name: str) -> None:
-    rows = templates.list_versions(db, project["id"], name)
+def versions_table(db: Database, project: dict, tpl: PromptTemplate) -> None:
+    """The template's versions, and what the selected one changed from the one before."""
+    rows = templates.list_versions(db, project["id"], tpl.name)
     st.dataframe(
         [{"version": f"v{r['version']}", "output format": FORMAT_TITLES[r["output_format"]],
           "saved": r["created_at"], "runs": r["runs"]} for r in rows],
         hide_index=True, width="stretch",
     )
+    earlier = [r["version"] for r in rows if r["version"] < tpl.version]
+    if earlier:
+        before = templates.get_template(db, project["id"], tpl.name, earlier[0])
+        st.markdown(f"**Changes from v{before.version} to v{tpl.version}**")
+        st.code(templates.diff(before, tpl) or "(no change in what the model sees)", language="diff")
 
 
 def parser_tryout(tpl: PromptTemplate, data: PreviewData) -> None:
