@@ -43,7 +43,7 @@ def test_preview_shows_the_chat_prompt_target_and_token_counts(page):
     assert target == '[{"type": "Chemical", "text": "Lithium"}, {"type": "Disease", "text": "tremor"}]<|im_end|>'
     counts = [int(m.value) for m in at.metric]
     assert counts[0] > 40 and counts[1] > 10 and counts[2] == counts[0] + counts[1]
-    assert any("Over 3 labelled sentences" in c.value for c in at.caption)
+    assert any("Over 3 labelled training sentences" in c.value for c in at.caption)
     assert not at.warning
 
     # The format switch changes the target at once (unsaved: a live preview).

@@ -316,7 +316,7 @@ def length_summary(tpl: PromptTemplate, data: PreviewData, tokenizer: Any, model
     totals = [p + a for _, p, a in rows]
     over = sorted(((p + a, i) for i, p, a in rows if p + a > max_length), reverse=True)
     st.caption(
-        f"Over {len(rows)} labelled sentences: prompt + answer {min(totals)}–{max(totals)} tokens, "
+        f"Over {len(rows)} labelled {'training ' if data.train else ''}sentences: prompt + answer {min(totals)}–{max(totals)} tokens, "
         f"mean {sum(totals) / len(totals):.0f}; {sum(totals):,} tokens per epoch."
     )
     if over:
