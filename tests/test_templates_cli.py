@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from core import projects
 from core.cli import main
 from core.spans import Span
@@ -92,3 +94,19 @@ def test_unknown_project_is_one_line_on_stderr(home):
     r = subprocess.run([sys.executable, "-m", "core.cli", "template", "check", "nope"], cwd=ROOT,
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and r.stderr.startswith("nerlab: No project 'nope'")
+
+
+BC5CDR_TRAIN = Path(os.environ.get("NERLAB_BC5CDR_TRAIN", "/work/shared/data/bc5cdr/train.tsv"))
+
+
+@pytest.mark.skipif(not BC5CDR_TRAIN.is_file(), reason=f"{BC5CDR_TRAIN} is not on this machine")
+def test_check_passes_on_the_whole_bc5cdr_training_file(home, capsys):
+    """The issue's acceptance check: every BC5CDR training sentence round-trips in every format."""
+    assert run(capsys, "init", "bc5cdr")[0] == 0
+    code, out, err = run(capsys, "import", "bc5cdr", str(BC5CDR_TRAIN), "--format", "conll")
+    assert code == 0, err
+    code, out, _ = run(capsys, "template", "check", "bc5cdr", "--all-formats", "--json")
+    report = json.loads(out)
+    summary = {r["output_format"]: (r["checked"], r["failed"]) for r in report["results"]}
+    assert summary == {fmt: (4553, 0) for fmt in ("json_list", "inline_tags", "json_dict")}, summary
+    assert code == 0
