@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
@@ -310,35 +311,67 @@ def save_template(db: Database, project_id: int, tpl: PromptTemplate) -> PromptT
     """Save ``tpl`` as the next version of its name; return it with its version and id.
 
     Saving content identical to the latest version returns that version instead of adding one.
+    When another process saves the same name at the same moment, the save is retried on top of
+    that version.
     """
-    with db.atomic():
-        rows = list(
-            db.query(
-                "SELECT * FROM templates WHERE project_id = ? AND name = ? ORDER BY version DESC LIMIT 1",
-                [project_id, tpl.name],
-            )
+    attempt = 0
+    while True:
+        try:
+            return _save_once(db, project_id, tpl)
+        except sqlite3.IntegrityError:
+            if not db["projects"].count_where("id = ?", [project_id]):
+                raise NotFound(f"No project with id {project_id}.") from None
+            attempt += 1
+            if attempt >= 3:
+                raise
+
+
+def _save_once(db: Database, project_id: int, tpl: PromptTemplate) -> PromptTemplate:
+    """One attempt, in a transaction that takes the write lock before it reads the latest
+    version (a deferred one could not upgrade while another process writes: "database is
+    locked")."""
+    if db.conn.in_transaction:  # the caller's transaction: a savepoint inside it
+        with db.atomic():
+            return _insert_version(db, project_id, tpl)
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        saved = _insert_version(db, project_id, tpl)
+    except BaseException:
+        db.conn.rollback()
+        raise
+    db.conn.commit()
+    return saved
+
+
+def _insert_version(db: Database, project_id: int, tpl: PromptTemplate) -> PromptTemplate:
+    """Insert the next version of ``tpl.name`` unless the latest has the same content."""
+    rows = list(
+        db.query(
+            "SELECT * FROM templates WHERE project_id = ? AND name = ? ORDER BY version DESC LIMIT 1",
+            [project_id, tpl.name],
         )
-        if rows:
-            latest = _from_row(rows[0])
-            if same_content(latest, tpl):
-                return latest
-        version = rows[0]["version"] + 1 if rows else 1
-        cursor = db.execute(
-            "INSERT INTO templates (project_id, name, version, instruction, output_format, settings,"
-            " created_at) VALUES (?,?,?,?,?,?,?)",
-            [
-                project_id,
-                tpl.name,
-                version,
-                tpl.instruction,
-                tpl.output_format,
-                json.dumps(
-                    {"system": tpl.system, "n_examples": tpl.n_examples, "retrieval": tpl.retrieval}
-                ),
-                now(),
-            ],
-        )
-        return replace(tpl, version=version, id=cursor.lastrowid)
+    )
+    if rows:
+        latest = _from_row(rows[0])
+        if same_content(latest, tpl):
+            return latest
+    version = rows[0]["version"] + 1 if rows else 1
+    cursor = db.execute(
+        "INSERT INTO templates (project_id, name, version, instruction, output_format, settings,"
+        " created_at) VALUES (?,?,?,?,?,?,?)",
+        [
+            project_id,
+            tpl.name,
+            version,
+            tpl.instruction,
+            tpl.output_format,
+            json.dumps(
+                {"system": tpl.system, "n_examples": tpl.n_examples, "retrieval": tpl.retrieval}
+            ),
+            now(),
+        ],
+    )
+    return replace(tpl, version=version, id=cursor.lastrowid)
 
 
 def list_templates(db: Database, project_id: int) -> list[dict]:
@@ -980,6 +1013,9 @@ def _parse_json_output(raw: str, text: str, label_names: Sequence[str]) -> Parse
 _TAG_OPEN_RE = re.compile(r"\[\s*([^\[\]:\n\"{}]{1,40}?)\s*:[ \t]?")
 
 
+_AlignPath = Any  # tuple[_AlignPath, Span | str] | None
+
+
 def _align_inline(
     body: str, start: int, text: str, label_names: Sequence[str], canon: dict[str, str],
     budget: int = 200_000,
@@ -996,11 +1032,11 @@ def _align_inline(
     output ends (a truncated answer), or None when the output is not a copy of the sentence.
     """
     n, m = len(body), len(text)
-    Path = tuple | None  # noqa: N806 - (parent path, item) linked list, shared between branches
-    stack: list[tuple[int, int, Path]] = [(start, 0, None)]
+    # A path is a linked list (parent path, span or unknown type name) shared between branches.
+    stack: list[tuple[int, int, _AlignPath]] = [(start, 0, None)]
     dead: set[tuple[int, int]] = set()
-    best: tuple[int, Path, bool] | None = None
-    found: tuple[int, Path, bool] | None = None
+    best: tuple[int, _AlignPath, bool] | None = None
+    found: tuple[int, _AlignPath, bool] | None = None
     while stack and budget > 0:
         i, j, path = stack.pop()
         if (i, j) in dead:
@@ -1014,7 +1050,7 @@ def _align_inline(
             if best is None or j > best[0]:
                 best = (j, path, False)
             continue
-        children: list[tuple[int, int, Path]] = []
+        children: list[tuple[int, int, _AlignPath]] = []
         opener = _TAG_OPEN_RE.match(body, i)
         if opener:
             kind = opener.group(1).strip()
