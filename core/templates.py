@@ -16,9 +16,11 @@ inference, so the two always see the same string.
 
 :func:`parse_output` never raises: it tolerates code fences, text around the JSON, single quotes,
 trailing commas and a truncated last item, maps each entity string back to character offsets (the
-k-th mention of a repeated string to its k-th free occurrence; exact case first, then
-case-insensitive, then whitespace-insensitive), and reports hallucinated entities and unknown
-types separately.
+k-th mention of a repeated string to its k-th free occurrence, whole-word occurrences before those
+inside a longer word, longer mentions placed first so a short one never takes a place inside a
+long one; exact case first, then case-insensitive, then whitespace-insensitive), and reports
+hallucinated entities and unknown types separately. Inline tags are read by aligning the output
+with the sentence, so their offsets are exact even for repeated strings.
 """
 
 from __future__ import annotations
