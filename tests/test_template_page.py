@@ -221,3 +221,24 @@ def test_live_edit_and_save_in_a_real_browser(tmp_path, shared_models_dir):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.mark.slow
+def test_bundled_tokenizer_before_conversion_matches_the_converted_one(tmp_path, monkeypatch, bundled_model_path):
+    """A fresh install previews from the GGUF's tokenizer without converting the model first."""
+    from core import config, models
+    from core.ui import template_view
+
+    monkeypatch.setenv(config.MODELS_ENV, str(tmp_path / "empty-models"))
+    template_view._tokenizer.clear()
+    try:
+        fresh = template_view._tokenizer(config.BUNDLED_MODEL)
+        assert not (models.bundled_model_dir() / "config.json").exists()  # nothing was converted
+    finally:
+        template_view._tokenizer.clear()
+    converted = models.load_tokenizer(str(bundled_model_path))
+    tpl = templates.default_template("inline_tags")
+    args = (tpl, "Lithium causes tremor .", ["Chemical", "Disease"])
+    assert templates.build_chat(fresh, *args, answer="x") == templates.build_chat(converted, *args, answer="x")
+    prompt, target = templates.build_chat(fresh, *args, answer="[Chemical: Lithium] causes tremor .")
+    assert templates.encode_chat(fresh, prompt, target) == templates.encode_chat(converted, prompt, target)

@@ -38,9 +38,19 @@ DEFAULT_MAX_LENGTH = 512
 
 @st.cache_resource(show_spinner="Loading the base model's tokenizer…", max_entries=4)
 def _tokenizer(name: str) -> Any:
-    from core.models import load_tokenizer
+    from core import models
 
-    return load_tokenizer(name)
+    if models.is_bundled(name) and not (models.bundled_model_dir() / "config.json").is_file():
+        # Not converted yet: the GGUF file's own tokenizer (same vocabulary and chat template)
+        # loads in seconds, where converting the whole model takes half a minute or more.
+        from transformers import AutoTokenizer
+
+        gguf = models.bundled_gguf_path()
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+    return models.load_tokenizer(name)
 
 
 def load_tokenizer(name: str) -> tuple[Any, str | None]:
