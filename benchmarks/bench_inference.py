@@ -29,6 +29,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the cores to use)")
     parser.add_argument("--one-by-one-n", type=int, default=0,
                         help="time one-by-one on only the first N prompts (0 = all n)")
+    parser.add_argument("--max-new-tokens", type=int, default=0,
+                        help="cap every budget at N tokens on both sides (0 = from the sentence)")
     parser.add_argument("--compare-plain", action="store_true",
                         help="also time batched generation without the shared-prefix cache")
     args = parser.parse_args()
@@ -54,6 +56,8 @@ def main() -> int:
     examples = projects.examples(db, project["id"], split="test")[: args.n]
     prompts = [templates.build_chat(tokenizer, tpl, e.text, labels)[0] for e in examples]
     budgets = [inference.token_budget(tokenizer, e.text, tpl.output_format) for e in examples]
+    if args.max_new_tokens:
+        budgets = [min(b, args.max_new_tokens) for b in budgets]
     prompt_tokens = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
 
     inference.generate(model, tokenizer, prompts[:2], 4, batch_size=2)  # warm-up
