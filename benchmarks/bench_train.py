@@ -215,6 +215,8 @@ def main() -> int:
 
     home = os.environ.get("NERLAB_HOME") or tempfile.mkdtemp(prefix="nerlab-bench-")
     os.environ["NERLAB_HOME"] = home
+    # As NERLab's worker runs (core.jobs sets it): sleeping, not spinning, OpenMP threads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     data = prepare_data(args)
     work = Path(tempfile.mkdtemp(prefix="nerlab-bench-data-"))
     (work / "data.json").write_text(json.dumps(data))

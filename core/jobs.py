@@ -230,6 +230,9 @@ def _spawn(db: Database, run_id: int) -> int:
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env[config.HOME_ENV] = str(config.home())
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # OpenMP threads that sleep instead of spinning while they wait: measured here on a shared
+    # 2-core machine, a LoRA+ step ran 2-4x faster (30-55 → 123-137 tokens/s) than with spinning.
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     with open(log, "ab") as out:
         proc = subprocess.Popen(  # noqa: S603 - an argument list, never a shell
             worker_command(run_id),
@@ -405,6 +408,7 @@ def launch_merge(run_id: int) -> int:
     root = str(config.project_root())
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env[config.HOME_ENV] = str(config.home())
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     with open(folder / "merge.log", "wb") as out:
         proc = subprocess.Popen(  # noqa: S603 - an argument list, never a shell
             [sys.executable, "-m", "core.cli", "merge", str(int(run_id))],
