@@ -3,7 +3,7 @@
 import streamlit as st
 
 from core import overview, projects
-from core.ui import PROJECT_KEY, init_page, show_error
+from core.ui import init_page, open_project, show_error
 
 db, project = init_page("Home", icon="🏷️")
 
@@ -79,5 +79,4 @@ with st.expander("Create a new project", expanded=not rows):
             except projects.NerlabError as exc:
                 show_error(exc)
             else:
-                st.session_state[PROJECT_KEY] = created["id"]
-                st.rerun()
+                open_project(created["id"])

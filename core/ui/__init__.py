@@ -18,6 +18,14 @@ from core.db import get_db
 #: Session-state keys shared by every page (page-local keys are prefixed with the page's name).
 PROJECT_KEY = "project_id"
 ANNOTATOR_KEY = "annotator"
+_PENDING_PROJECT_KEY = "_open_project"
+
+
+def open_project(project_id: int) -> None:
+    """Make ``project_id`` the open project and rerun (the picker widget is already drawn, so its
+    key cannot be set directly in this run)."""
+    st.session_state[_PENDING_PROJECT_KEY] = project_id
+    st.rerun()
 
 
 def init_page(title: str, icon: str = "🏷️", layout: str = "wide") -> tuple[Database, dict | None]:
@@ -61,6 +69,9 @@ def project_picker(db: Database) -> dict | None:
     wanted = st.query_params.get("project")
     if wanted and wanted.isdigit() and int(wanted) in ids:
         st.session_state[PROJECT_KEY] = int(wanted)
+    pending = st.session_state.pop(_PENDING_PROJECT_KEY, None)
+    if pending in ids:
+        st.session_state[PROJECT_KEY] = pending
     if st.session_state.get(PROJECT_KEY) not in ids:
         st.session_state[PROJECT_KEY] = ids[0]
     st.sidebar.selectbox(
