@@ -49,10 +49,10 @@ setup() {
 
 ensure_chromium() {
   # The browser tests drive Debian's chromium; install it when we can (root with apt-get).
-  if [ -x /usr/bin/chromium ]; then return; fi
+  if [ -x /usr/bin/chromium ] && [ -d /usr/share/fonts/truetype/noto ]; then return; fi
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     log "installing chromium for the browser tests"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-color-emoji >/dev/null
   else
     log "no /usr/bin/chromium: the browser tests will be skipped (apt-get install chromium)"
   fi

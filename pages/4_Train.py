@@ -31,7 +31,7 @@ jobs.refresh(db)
 runs = jobs.list_runs(db, pid)
 active = [r for r in runs if r["status"] in ("queued", "running")]
 
-tab_new, tab_runs = st.tabs(["New run", f"Runs ({len(runs)})"])
+tab_new, tab_runs = st.tabs(["New run", "Runs"], key="train_tabs", on_change="rerun")
 
 with tab_new:
     st.caption(f"Runs on: {dev_text}. A run is a background process: close the browser and it "
