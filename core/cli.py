@@ -168,11 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_model)
 
     import importlib
-    import importlib.util
 
     for module in COMMAND_MODULES:
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module).register(sub)
+        importlib.import_module(module).register(sub)
     return parser
 
 
