@@ -33,6 +33,7 @@ from sqlite_utils import Database
 from core import config, projects
 from core.db import now
 from core.errors import NerlabError, NotFound
+from core.jobs import pid_alive
 from core.spans import Example, Span
 
 #: Prompts generated together; lower it when a GPU runs out of memory.
@@ -585,7 +586,7 @@ def get_try(db: Database, request_id: int) -> dict:
     if not rows:
         raise NotFound(f"No request {request_id}.")
     row = dict(rows[0])
-    if row["status"] in ("queued", "running") and row["pid"] and not _alive(row["pid"]):
+    if row["status"] in ("queued", "running") and row["pid"] and not pid_alive(row["pid"], b"core.inference"):
         db.execute(
             "UPDATE try_requests SET status = 'failed', error_message = ?, finished_at = ?"
             " WHERE id = ? AND status IN ('queued', 'running')",
@@ -597,24 +598,6 @@ def get_try(db: Database, request_id: int) -> dict:
     row["outputs"] = json.loads(row["outputs"] or "{}")
     row["run_ids"] = json.loads(row["run_ids"] or "[]")
     return row
-
-
-def _alive(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError, OSError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):
-        stat = open(f"/proc/{pid}/stat").read()  # noqa: SIM115
-        if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
-            return False
-    return True
 
 
 def load_run_model(db: Database, run: dict) -> tuple[Any, Any]:

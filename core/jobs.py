@@ -156,8 +156,9 @@ def read_log(run_id: int, lines: int = 200) -> str:
 # Processes
 
 
-def pid_alive(pid: int | None) -> bool:
-    """True when a worker process with this pid is alive (not a zombie, not a reused pid)."""
+def pid_alive(pid: int | None, marker: bytes = b"core.worker") -> bool:
+    """True when a process with this pid is alive (not a zombie, not a pid reused by a program
+    whose command line lacks ``marker``)."""
     if not pid:
         return False
     with contextlib.suppress(ChildProcessError, OSError):
@@ -178,7 +179,7 @@ def pid_alive(pid: int | None) -> bool:
                 return False
         with contextlib.suppress(OSError):
             cmdline = (proc / "cmdline").read_bytes()
-            if cmdline and b"core.worker" not in cmdline:
+            if cmdline and marker not in cmdline:
                 return False  # the pid was reused by another program
     return True
 
