@@ -57,12 +57,7 @@ def readme_app(tmp_path_factory) -> Iterator[tuple[str, Path]]:
         helpers._wait_until_up(url, proc, log)
         yield url, home
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        helpers._stop(proc)
         _kill_workers(home)
 
 
