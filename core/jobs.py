@@ -200,9 +200,33 @@ def _launch_lock() -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def worker_command(run_id: int) -> list[str]:
-    """The argument list that runs a run's worker."""
-    return [sys.executable, "-m", "core.worker", str(int(run_id))]
+def worker_command(run_id: int, gpus: int = 1, port: int | None = None) -> list[str]:
+    """The argument list that runs a run's worker: ``python -m core.worker ID``, or for a run on
+    several GPUs the same module under ``accelerate launch`` with one process per GPU."""
+    worker = ["-m", "core.worker", str(int(run_id))]
+    if gpus <= 1:
+        return [sys.executable, *worker]
+    return [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+        "--num_processes", str(int(gpus)), "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "--main_process_port", str(port or free_port()), *worker,
+    ]
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (for the processes of a multi-GPU run to meet on)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_gpus(run: dict) -> int:
+    """How many processes a run's worker starts (``train.gpus`` of a training run, else 1)."""
+    if run.get("kind") != "train":
+        return 1
+    return max(1, int(((run.get("config") or {}).get("train") or {}).get("gpus") or 1))
 
 
 def launch(db: Database, run_id: int) -> bool:
@@ -236,7 +260,7 @@ def _spawn(db: Database, run_id: int) -> int:
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     with open(log, "ab") as out:
         proc = subprocess.Popen(  # noqa: S603 - an argument list, never a shell
-            worker_command(run_id),
+            worker_command(run_id, run_gpus(get_run(db, run_id))),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -330,7 +354,7 @@ def refresh(db: Database, start_queued: bool = True) -> list[int]:
         age = _age_s(row["heartbeat_at"])
         if row["status"] == "running" and age is not None and age > HEARTBEAT_STALE_S:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
             _fail(db, row["id"], "other",
                   f"No heartbeat from the worker (pid {pid}) for {age:.0f} s: it hung and was ended.")
             failed.append(row["id"])

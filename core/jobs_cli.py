@@ -112,7 +112,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     project = projects.get_project(db, args.name)
     cfg = config_from_args(args)
     info = models.device_info()
-    issues = check_run(db, project["id"], cfg, cuda=info.device == "cuda", bf16_supported=info.bf16)
+    issues = check_run(db, project["id"], cfg, cuda=info.device == "cuda", bf16_supported=info.bf16,
+                       gpu_count=info.count)
     errors = [i for i in issues if i.level == "error"]
     for issue in issues:
         if issue.level != "info" or args.wait:

@@ -131,10 +131,13 @@ class DeviceInfo:
     name: str
     bf16: bool
     memory_gb: float | None
+    count: int = 0  # CUDA GPUs visible
 
     def describe(self) -> str:
         if self.device == "cuda":
-            return f"CUDA GPU {self.name} ({self.memory_gb:.0f} GB, bf16 {'yes' if self.bf16 else 'no'})"
+            many = f"{self.count} × " if self.count > 1 else ""
+            return (f"CUDA GPU {many}{self.name} ({self.memory_gb:.0f} GB, "
+                    f"bf16 {'yes' if self.bf16 else 'no'})")
         return f"CPU ({os.cpu_count()} cores, float32)"
 
 
@@ -144,7 +147,8 @@ def device_info() -> DeviceInfo:
 
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        return DeviceInfo("cuda", props.name, torch.cuda.is_bf16_supported(), props.total_memory / 2**30)
+        return DeviceInfo("cuda", props.name, torch.cuda.is_bf16_supported(),
+                          props.total_memory / 2**30, torch.cuda.device_count())
     return DeviceInfo("cpu", "CPU", False, None)
 
 
@@ -206,7 +210,8 @@ def load_model(
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16 if device == "cuda" else torch.float32,
         )
-        kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
+        # The current GPU: each process of a multi-GPU run has set its own (core.distributed).
+        kwargs["device_map"] = {"": torch.cuda.current_device()} if device == "cuda" else {"": "cpu"}
     elif quantization:
         raise ModelError(f"Unknown quantization {quantization!r}; use 'nf4' or none.")
     try:

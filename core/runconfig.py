@@ -114,6 +114,10 @@ class TrainSettings:
     seed: int = field(default=42, metadata=_help(
         "Random seed for the adapter's initialisation and the order of the sentences.", min=0,
         max=2**31 - 1, step=1))
+    gpus: int = field(default=1, metadata=_help(
+        "GPUs to train on, one process each (data parallel, started with accelerate launch). "
+        "Every step is split over them and the effective batch stays batch size × accumulation, "
+        "so N GPUs give the same run about N× faster.", min=1, max=64, step=1))
     gradient_checkpointing: bool = field(default=False, metadata=_help(
         "Recompute activations in the backward pass: much less memory, ~30% slower."))
     precision: str = field(default="auto", metadata=_help(
@@ -129,7 +133,7 @@ class TrainSettings:
         min=0, max=1_000_000, step=10))
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "grad_accum", "max_length", "seed",
+        for name in ("max_steps", "batch_size", "grad_accum", "max_length", "seed", "gpus",
                      "dev_loss_sentences", "eval_limit"):
             value = getattr(self, name)
             _check(isinstance(value, int) and not isinstance(value, bool),
@@ -144,6 +148,7 @@ class TrainSettings:
         _check(self.weight_decay >= 0, f"Weight decay must be ≥ 0, got {self.weight_decay!r}.")
         _check(self.max_grad_norm >= 0, f"Max grad norm must be ≥ 0, got {self.max_grad_norm!r}.")
         _check(self.seed >= 0, f"Seed must be ≥ 0, got {self.seed!r}.")
+        _check(self.gpus >= 1, f"GPUs must be ≥ 1, got {self.gpus!r}.")
         _check(self.precision in PRECISIONS,
                f"Precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
         _check(self.eval_limit >= 0, f"Eval limit must be ≥ 0, got {self.eval_limit!r}.")

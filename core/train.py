@@ -39,6 +39,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from core import config, projects
+from core.distributed import SINGLE, Group, shard
 from core.errors import NerlabError
 from core.runconfig import RunConfig
 from core.spans import Example
@@ -75,12 +76,14 @@ def check_run(
     cuda: bool,
     bf16_supported: bool = True,
     template: Any = None,
+    gpu_count: int | None = None,
 ) -> list[Issue]:
     """What stands between this config and a good run, before anything is started.
 
     Checks: enough labelled training sentences, a labelled dev split (and test split), entity
     types, the template's round-trip (answer → parse → the same spans) on training sentences,
-    CUDA for bf16/QLoRA (or a note of what runs instead), the base model's location, free disk.
+    CUDA for bf16/QLoRA (or a note of what runs instead), the number of GPUs (``gpu_count``
+    visible; 1 when unknown), the base model's location, free disk.
     """
     from core import models, templates
 
@@ -149,6 +152,7 @@ def check_run(
     elif cfg.train.precision == "bf16" and not bf16_supported:
         issues.append(Issue("warning", "bf16 not supported",
                             "This GPU has no bf16: the run uses float32 (more memory)."))
+    issues.extend(_gpu_issues(cfg, cuda, gpu_count if gpu_count is not None else int(cuda)))
     if not models.is_bundled(cfg.base_model):
         path = Path(cfg.base_model).expanduser()
         looks_local = path.exists() or cfg.base_model.startswith((".", "/", "~"))
@@ -163,6 +167,39 @@ def check_run(
         issues.append(Issue("warning", "Disk space", f"Only {free_gb:.1f} GB free in "
                             f"{config.home()}; adapters and merged models need room."))
     return issues
+
+
+def _gpu_issues(cfg: RunConfig, cuda: bool, gpu_count: int) -> list[Issue]:
+    """What the ``gpus`` setting will do on this machine."""
+    import importlib.util
+
+    gpus = cfg.train.gpus
+    per_step = cfg.train.batch_size * cfg.train.grad_accum
+    if gpus <= 1:
+        if cuda and gpu_count > 1:
+            return [Issue("info", "Several GPUs", f"{gpu_count} GPUs are visible and this run uses "
+                          f"one; set GPUs to {gpu_count} to split every step over all of them.")]
+        return []
+    out: list[Issue] = []
+    if importlib.util.find_spec("accelerate") is None:
+        out.append(Issue("error", "Several GPUs", "A run on several GPUs is started with "
+                         "accelerate launch, and accelerate is not installed (pip install accelerate)."))
+    if cuda and gpus > gpu_count:
+        out.append(Issue("error", "Several GPUs", f"{gpus} GPUs asked for, {gpu_count} visible "
+                         "(CUDA_VISIBLE_DEVICES decides which): lower GPUs."))
+    elif cuda:
+        out.append(Issue("info", "Several GPUs", f"{gpus} processes under accelerate launch, one per "
+                         f"GPU; each step's {per_step} sentences are split over them (the same run as "
+                         "on one GPU, faster)."))
+    else:
+        out.append(Issue("warning", "Several processes without a GPU",
+                         f"No CUDA GPU: the {gpus} processes share the {os.cpu_count()} CPU cores "
+                         "(gloo), which is slower than one process; useful only to try the "
+                         "multi-GPU path."))
+    if per_step < gpus:
+        out.append(Issue("warning", "GPUs left idle", f"A step has {per_step} sentences (batch size "
+                         f"× accumulation) for {gpus} GPUs: raise the batch size or accumulation."))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,17 +344,21 @@ def resolve_precision(cfg: RunConfig, device: str, bf16_supported: bool) -> str:
 
 
 def set_threads() -> int:
-    """Use every core on CPU (``NERLAB_THREADS`` overrides); return the number."""
+    """Use every core on CPU, shared between the processes of a multi-process run
+    (``NERLAB_THREADS`` overrides); return the number."""
     import torch
 
-    threads = int(os.environ.get("NERLAB_THREADS") or os.cpu_count() or 1)
+    share = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
+    threads = int(os.environ.get("NERLAB_THREADS") or max(1, (os.cpu_count() or 1) // share))
     torch.set_num_threads(threads)
     return threads
 
 
-def build_model(cfg: RunConfig, device: str | None = None, log: Callable[[str], None] = print):
+def build_model(cfg: RunConfig, device: str | None = None, log: Callable[[str], None] = print,
+                group: Group = SINGLE):
     """Load the base model (4-bit NF4 for QLoRA) and attach a fresh LoRA/DoRA adapter.
 
+    In a multi-process run every process starts from rank 0's adapter weights.
     Returns ``(peft_model, tokenizer, dtype_name)``.
     """
     import torch
@@ -366,6 +407,7 @@ def build_model(cfg: RunConfig, device: str | None = None, log: Callable[[str], 
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora)
+    group.broadcast_params([p for p in model.parameters() if p.requires_grad])
     trainable, total = model.get_nb_trainable_parameters()
     log(f"{cfg.method}: {trainable:,} trainable parameters of {total:,} "
         f"({100 * trainable / max(total, 1):.2f}%).")
@@ -486,8 +528,10 @@ class Hooks:
 
 
 def dev_loss(model: Any, data: Sequence[Encoded], pad_id: int, device: str, token_budget: int,
-             autocast_dtype: Any = None, prefix: int | None = None) -> float | None:
-    """Per-token mean loss on the answers of ``data`` (no gradients, dropout off)."""
+             autocast_dtype: Any = None, prefix: int | None = None,
+             group: Group = SINGLE) -> float | None:
+    """Per-token mean loss on the answers of ``data`` (no gradients, dropout off); in a
+    multi-process run each process scores its share and the sums are added up."""
     import torch
 
     if not data:
@@ -498,10 +542,12 @@ def dev_loss(model: Any, data: Sequence[Encoded], pad_id: int, device: str, toke
     with torch.no_grad():
         if prefix is None:
             prefix = shared_prefix(data)
-        for chunk in micro_batches(data, token_budget, prefix):
+        mine = list(data)[group.rank :: group.world]
+        for chunk in (micro_batches(mine, token_budget, prefix) if mine else []):
             loss, n = answer_loss_sum(model, chunk, pad_id, device, autocast_dtype, prefix)
             total += float(loss)
             count += n
+    total, count = group.sum_floats([total, count], device)
     if was_training:
         model.train()
     return total / max(count, 1)
@@ -524,12 +570,15 @@ def train_loop(
     device: str,
     dtype: str = "float32",
     hooks: Hooks | None = None,
+    group: Group = SINGLE,
 ) -> TrainResult:
     """Train the adapter: mixed random batches, length-sorted micro-batches, answer-only logits.
 
     Reports a progress row per optimiser step, the dev loss after each epoch (and at the end),
     calls ``hooks.save`` after each epoch and when stopping, and stops cleanly between steps
-    when ``hooks.should_stop()`` turns true.
+    when ``hooks.should_stop()`` turns true. With a multi-process ``group`` (several GPUs) each
+    process computes its share of every step and the gradients are summed (see
+    :mod:`core.distributed`): the same optimisation as in one process.
     """
     import torch
 
@@ -548,14 +597,17 @@ def train_loop(
     autocast = torch.bfloat16 if (device == "cuda" and dtype == "bfloat16") else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     params = [p for p in model.parameters() if p.requires_grad]
+    if group.enabled:
+        torch.manual_seed(t.seed + group.rank)  # different dropout masks on each process
     cuda = device == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     result = TrainResult(total_steps=total)
     hooks.log(f"Training {len(train)} sentences, {per_epoch} steps per epoch, {total} steps "
               f"(batch {t.batch_size} × accumulation {t.grad_accum}, warm-up {warmup}); "
-              + (f"the {prefix}-token prompt prefix they share is computed once per micro-batch."
-                 if prefix else "no shared prompt prefix."))
+              + (f"the {prefix}-token prompt prefix they share is computed once per micro-batch"
+                 if prefix else "no shared prompt prefix")
+              + (f"; each step is split over {group.world} processes." if group.enabled else "."))
     model.train()
     started = time.perf_counter()
     step, epoch = 0, 0
@@ -567,12 +619,18 @@ def train_loop(
                 break
             step_started = time.perf_counter()
             items = [train[j] for j in batch]
-            n_answer = sum(e.n_answer for e in items)
+            n_answer = sum(e.n_answer for e in items)  # of the whole step, on every process
             loss_total = 0.0
-            for chunk in micro_batches(items, budget, prefix):
+            mine = shard(items, group, length=lambda e: len(e.ids))
+            for chunk in (micro_batches(mine, budget, prefix) if mine else []):
                 loss_sum, _n = answer_loss_sum(model, chunk, pad_id, device, autocast, prefix)
                 (loss_sum / n_answer).backward()
                 loss_total += float(loss_sum.detach())
+            stop_now = hooks.should_stop()
+            if group.enabled:
+                group.sum_grads(params)
+                loss_total, stops = group.sum_floats([loss_total, float(stop_now)], device)
+                stop_now = stops > 0
             if t.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
             optimizer.step()
@@ -592,7 +650,7 @@ def train_loop(
                     gpu_mem_mb=torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
                     eta_s=elapsed / step * (total - step),
                 )
-            if hooks.should_stop():
+            if stop_now:
                 result.stopped = True
                 break
         else:
@@ -600,7 +658,7 @@ def train_loop(
             result.epochs_done = epoch
             if t.dev_loss_sentences and dev and step < total:
                 _dev_report(model, dev, pad_id, device, budget, autocast, step, total, epoch,
-                            result, hooks)
+                            result, hooks, group)
                 if hooks.save:
                     hooks.save("epoch")
             continue
@@ -611,16 +669,17 @@ def train_loop(
     result.epochs_done = step / per_epoch
     if t.dev_loss_sentences and dev and not result.stopped:
         _dev_report(model, dev, pad_id, device, budget, autocast, step, total,
-                    result.epochs_done, result, hooks)
+                    result.epochs_done, result, hooks, group)
     hooks.log(f"Trained {step} steps in {result.seconds:.1f} s: {result.tokens_per_s:.0f} tokens/s"
               + (f", last loss {last_loss:.4f}" if last_loss is not None else "") + ".")
     return result
 
 
-def _dev_report(model, dev, pad_id, device, budget, autocast, step, total, epoch, result, hooks):
+def _dev_report(model, dev, pad_id, device, budget, autocast, step, total, epoch, result, hooks,
+                group=SINGLE):
     started = time.perf_counter()
     value = dev_loss(model, dev, pad_id, device, budget, autocast,
-                     None if share_prefix_enabled() else 0)
+                     None if share_prefix_enabled() else 0, group)
     if value is None:
         return
     result.dev_losses.append((step, value))
@@ -721,13 +780,16 @@ def run(ctx: Any) -> None:
     """Fine-tune as the run's config says, save the adapter, then predict and score dev/test.
 
     ``ctx`` is a :class:`core.worker.RunContext`. A stop request ends training between steps; the
-    adapter is saved and the run ends "stopped" (the worker decides the status).
+    adapter is saved and the run ends "stopped" (the worker decides the status). In a
+    multi-process run (``ctx.group``, several GPUs) every process trains its share; rank 0 alone
+    saves, reports, and predicts and scores dev/test once the others have left.
     """
     import importlib.util
 
     from core import models, templates
 
     db = ctx.db
+    group: Group = getattr(ctx, "group", SINGLE)
     cfg = RunConfig.from_dict(ctx.config)
     project_id = ctx.run["project_id"]
     threads = set_threads()
@@ -735,8 +797,9 @@ def run(ctx: Any) -> None:
         tpl = templates.get_template_by_id(db, ctx.run["template_id"])
     else:
         tpl = templates.get_template(db, project_id, cfg.template)
-        db.execute("UPDATE runs SET template_id = ? WHERE id = ?", [tpl.id, ctx.run_id])
-        db.conn.commit()
+        if group.main:
+            db.execute("UPDATE runs SET template_id = ? WHERE id = ?", [tpl.id, ctx.run_id])
+            db.conn.commit()
         ctx.run["template_id"] = tpl.id
     labels = projects.list_labels(db, project_id)
     if not labels:
@@ -748,8 +811,11 @@ def run(ctx: Any) -> None:
     ctx.log(f"Template {tpl.name!r} v{tpl.version}; {len(train_ex)} training and {len(dev_ex)} dev "
             f"sentences; {len(labels)} entity types; {threads} CPU threads.")
     info = models.device_info()
-    ctx.log(f"Device: {info.describe()}.")
-    model, tokenizer, dtype = build_model(cfg, info.device, log=ctx.log)
+    ctx.log(f"Device: {info.describe()}"
+            + (f"; {group.world} processes ({group.backend}), one per "
+               + ("GPU" if info.device == "cuda" else "share of the CPU") if group.enabled else "")
+            + ".")
+    model, tokenizer, dtype = build_model(cfg, info.device, log=ctx.log, group=group)
     label_rows = [{"name": r["name"], "description": r.get("description") or ""} for r in labels]
     try:
         shots = shot_picker(tpl, train_ex)
@@ -772,7 +838,7 @@ def run(ctx: Any) -> None:
     meta = {
         "run_id": ctx.run_id, "config": cfg.to_dict(), "template": tpl.to_dict(),
         "labels": [r["name"] for r in labels], "base_model": cfg.base_model,
-        "device": info.device, "dtype": dtype,
+        "device": info.device, "dtype": dtype, "processes": group.world,
     }
 
     def save(reason: str) -> None:
@@ -780,9 +846,15 @@ def run(ctx: Any) -> None:
         ctx.set_artifact(folder)
         ctx.log(f"Adapter saved ({reason}) to {folder}.")
 
-    hooks = Hooks(log=ctx.log, progress=ctx.progress, should_stop=ctx.should_stop, save=save)
-    result = train_loop(model, tokenizer, train_enc, dev_enc, cfg, info.device, dtype, hooks)
+    if group.main:
+        hooks = Hooks(log=ctx.log, progress=ctx.progress, should_stop=ctx.should_stop, save=save)
+    else:
+        hooks = Hooks(log=ctx.log, should_stop=ctx.should_stop)
+    result = train_loop(model, tokenizer, train_enc, dev_enc, cfg, info.device, dtype, hooks,
+                        group)
     result.truncated, result.skipped = stats.truncated, stats.skipped
+    if not group.main:
+        return
     meta["result"] = {
         "steps": result.steps, "total_steps": result.total_steps, "epochs": result.epochs_done,
         "train_loss": result.train_loss, "dev_losses": result.dev_losses,

@@ -8,6 +8,11 @@ saying what to change and the log's tail. Then it starts the next queued run.
 
 Every database write is a short transaction on the worker's own connection, so killing the
 worker at any moment leaves the database intact; :func:`core.jobs.refresh` notices the dead pid.
+
+Under ``accelerate launch`` (a run on several GPUs, see :mod:`core.distributed`) one copy runs per
+GPU. Rank 0 is the worker as described above: it claims the run, beats the heartbeat, writes the
+log, the progress and the status. The other ranks only train; if one of them fails it records the
+failure itself (its launcher then ends the others).
 """
 
 from __future__ import annotations
@@ -20,13 +25,15 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
 
-from core import config, jobs
+from core import config, distributed, jobs
 from core.db import get_db, now
+from core.distributed import SINGLE, Group
 from core.errors import NerlabError
 
 METRIC_COLUMNS = ("epoch", "loss", "eval_loss", "lr", "tokens_per_s", "gpu_mem_mb", "eta_s")
@@ -44,10 +51,14 @@ class RunContext:
         run: the run's row (``config`` parsed).
         run_dir: the run's artefact folder.
         config: the run's settings (a dict).
+        group: this process's place in a multi-GPU run; only rank 0 (``group.main``) logs and
+            writes progress (the other ranks' calls do nothing).
     """
 
-    def __init__(self, db: Database, run: dict, run_dir: Path, config: dict) -> None:
+    def __init__(self, db: Database, run: dict, run_dir: Path, config: dict,
+                 group: Group = SINGLE) -> None:
         self.db = db
+        self.group = group
         self.run = run
         self.run_id: int = int(run["id"])
         self.run_dir = Path(run_dir)
@@ -59,12 +70,16 @@ class RunContext:
 
     def log(self, msg: str) -> None:
         """Write a timestamped line to the run's log (the worker's stdout is the log file)."""
+        if not self.group.main:
+            return
         stamp = time.strftime("%H:%M:%S")
         for line in str(msg).splitlines() or [""]:
             print(f"[{stamp}] {line}", flush=True)
 
     def heartbeat(self) -> None:
         """Record that the worker is alive (also done every few seconds by a side thread)."""
+        if not self.group.main:
+            return
         self.db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", [now(), self.run_id])
         self.db.conn.commit()
 
@@ -84,6 +99,8 @@ class RunContext:
     def progress(self, step: int, total: int | None, **metrics: Any) -> None:
         """Write one progress row (``run_metrics``): step / total plus any of epoch, loss,
         eval_loss, lr, tokens_per_s, gpu_mem_mb, eta_s."""
+        if not self.group.main:
+            return
         row: dict[str, Any] = {"run_id": self.run_id, "step": int(step),
                                "total_steps": int(total) if total else None, "created_at": now()}
         for key in METRIC_COLUMNS:
@@ -99,6 +116,8 @@ class RunContext:
 
     def set_artifact(self, path: str | Path) -> None:
         """Record where the run's main artefact (the adapter folder) is."""
+        if not self.group.main:
+            return
         self.db.execute("UPDATE runs SET artifact_path = ? WHERE id = ?", [str(path), self.run_id])
         self.db.conn.commit()
 
@@ -228,9 +247,11 @@ def _dispatch(ctx: RunContext) -> None:
 def _finish(db: Database, run_id: int, status: str, error_kind: str | None = None,
             message: str | None = None) -> None:
     tail = jobs.read_log(run_id, jobs.LOG_TAIL_LINES)
+    # Only a run still in progress: another process of a multi-GPU run may have recorded its
+    # own failure first (rank 0 then only sees the connection to it drop).
     db.execute(
         "UPDATE runs SET status = ?, error_kind = ?, error_message = ?, log_tail = ?,"
-        " finished_at = ?, heartbeat_at = ? WHERE id = ?",
+        " finished_at = ?, heartbeat_at = ? WHERE id = ? AND status IN ('queued', 'running')",
         [status, error_kind, message, tail, now(), now(), run_id],
     )
     db.conn.commit()
@@ -243,16 +264,21 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m core.worker RUN_ID", file=sys.stderr)
         return 2
     run_id = int(argv[0])
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+    group = distributed.init()
+    logging.basicConfig(level=logging.INFO if group.main else logging.ERROR, stream=sys.stdout,
                         format="[%(asctime)s] %(name)s: %(message)s", datefmt="%H:%M:%S")
     db = get_db()
-    run = _claim(db, run_id)
-    if run is None:
-        print(f"Run {run_id} is not queued (or was stopped); nothing to do.", flush=True)
-        _start_next(db)
+    run = _claim(db, run_id) if group.main else None
+    if not group.broadcast_object(run is not None):
+        if group.main:
+            print(f"Run {run_id} is not queued (or was stopped); nothing to do.", flush=True)
+            _start_next(db)
+        group.close()
         return 0
+    if not group.main:
+        return _follow(db, run_id, group)
     folder = jobs.run_dir(run_id)
-    ctx = RunContext(db, run, folder, run["config"])
+    ctx = RunContext(db, run, folder, run["config"], group)
 
     def on_signal(signum: int, _frame: Any) -> None:
         if ctx.should_stop():  # a second signal: stop now
@@ -267,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     beat = _Heartbeat(ctx, jobs.HEARTBEAT_EVERY_S)
     beat.start()
     ctx.log(f"Run {run_id} ({run['kind']}, {run['name']}) started in process {os.getpid()} "
-            f"on {config.home()}.")
+            f"on {config.home()}" + (f", with {group.world - 1} more process(es) under "
+                                     "accelerate launch." if group.enabled else "."))
     ctx.log("Config: " + json.dumps(run["config"], sort_keys=True))
     status, kind, message = "finished", None, None
     try:
@@ -287,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             ctx.log(f"Failed ({kind}): {message}")
     finally:
         beat.done.set()
+        group.close()
     if status == "stopped":
         ctx.log("Stopped; what was saved is kept.")
     elif status == "finished":
@@ -294,6 +322,46 @@ def main(argv: list[str] | None = None) -> int:
     _finish(db, run_id, status, kind, message)
     _start_next(db)
     return 1 if status == "failed" else 0
+
+
+def _follow(db: Database, run_id: int, group: Group) -> int:
+    """A rank other than 0 in a multi-GPU run: train its share; on failure record it, since the
+    launcher ends rank 0 (which would otherwise report) together with the others."""
+    run = jobs.get_run(db, run_id)
+    ctx = RunContext(db, run, jobs.run_dir(run_id), run["config"], group)
+
+    def on_signal(_signum: int, _frame: Any) -> None:
+        ctx.request_stop()  # rank 0 decides; the stop is agreed on at the next step
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    # Rank 0 already says it all: keep the shared log free of the same warnings N times.
+    warnings.simplefilter("ignore")
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        _dispatch(ctx)
+    except BaseException as exc:  # noqa: BLE001 - recorded, then the process exits non-zero
+        traceback.print_exc(file=sys.stdout)
+        sys.stdout.flush()
+        kind, message = classify_error(exc, run["config"])
+        gpu = f" (GPU {group.local_rank})" if group.backend == "nccl" else ""
+        message = f"Process {group.rank + 1} of {group.world}{gpu}: {message}"
+        print(f"Failed ({kind}): {message}", flush=True)
+        tail = jobs.read_log(run_id, jobs.LOG_TAIL_LINES)
+        db.execute(
+            "UPDATE runs SET status = 'failed', error_kind = ?, error_message = ?, log_tail = ?,"
+            " finished_at = ? WHERE id = ? AND status = 'running'",
+            [kind, message, tail, now(), run_id],
+        )
+        db.conn.commit()
+        return 1
+    finally:
+        group.close()
+    return 0
 
 
 def _start_next(db: Database) -> None:

@@ -17,15 +17,15 @@ pid = project["id"]
 
 
 @st.cache_resource(show_spinner="Looking for a GPU…")
-def device() -> tuple[str, bool, str]:
-    """(device, bf16 supported, description), once per server process."""
+def device() -> tuple[str, bool, str, int]:
+    """(device, bf16 supported, description, GPUs visible), once per server process."""
     from core import models
 
     info = models.device_info()
-    return info.device, info.bf16, info.describe()
+    return info.device, info.bf16, info.describe(), info.count
 
 
-dev_kind, bf16_ok, dev_text = device()
+dev_kind, bf16_ok, dev_text, gpu_count = device()
 cuda = dev_kind == "cuda"
 jobs.refresh(db)
 runs = jobs.list_runs(db, pid)
@@ -51,7 +51,8 @@ with tab_new:
                                  placeholder="e.g. loraplus-r16-5e-4")
         try:
             cfg = tv.config_from_state(base_model, template, preset)
-            issues = check_run(db, pid, cfg, cuda=cuda, bf16_supported=bf16_ok)
+            issues = check_run(db, pid, cfg, cuda=cuda, bf16_supported=bf16_ok,
+                               gpu_count=gpu_count)
             cfg_error = None
         except (ConfigError, Exception) as exc:  # noqa: BLE001 - shown to the user
             cfg, issues, cfg_error = None, [], exc
@@ -69,7 +70,8 @@ with tab_new:
         # The form's values arrive with this rerun: check them again before starting.
         try:
             cfg = tv.config_from_state(base_model, template, preset)
-            issues = check_run(db, pid, cfg, cuda=cuda, bf16_supported=bf16_ok)
+            issues = check_run(db, pid, cfg, cuda=cuda, bf16_supported=bf16_ok,
+                               gpu_count=gpu_count)
             errors = [i for i in issues if i.level == "error"]
             if errors:
                 st.error("Not started: " + "; ".join(f"{i.title}: {i.msg}" for i in errors))

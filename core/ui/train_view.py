@@ -34,7 +34,7 @@ FORM_SETTINGS = (
     ("Adapter", ("method", "rank", "alpha", "dropout", "loraplus_ratio", "targets")),
     ("Schedule", ("epochs", "max_steps", "lr", "warmup_ratio", "weight_decay", "max_grad_norm")),
     ("Batches and memory", ("batch_size", "grad_accum", "max_length", "gradient_checkpointing",
-                            "precision", "seed")),
+                            "precision", "gpus", "seed")),
     ("After training", ("dev_loss_sentences", "eval_after", "eval_limit")),
 )
 _LABELS = {
@@ -44,6 +44,7 @@ _LABELS = {
     "weight_decay": "Weight decay", "max_grad_norm": "Max grad norm", "batch_size": "Batch size",
     "grad_accum": "Gradient accumulation", "max_length": "Max length (tokens)",
     "gradient_checkpointing": "Gradient checkpointing", "precision": "Precision", "seed": "Seed",
+    "gpus": "GPUs (one process each)",
     "dev_loss_sentences": "Dev sentences for the dev loss", "eval_after": "Predict and score dev/test",
     "eval_limit": "Max sentences per split to score (0 = all)",
 }

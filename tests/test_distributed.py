@@ -1,0 +1,161 @@
+"""Training on several GPUs with ``accelerate launch``, checked on the CPU: the worker's processes
+meet over gloo exactly as they would over NCCL on GPUs, so the split of each step, the summed
+gradients, the agreed stop and rank 0's reporting are all exercised here."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+from test_train import quick_config, tiny_project
+
+from core import distributed, jobs
+from core.distributed import SINGLE, Group, shard
+from core.runconfig import RunConfig
+from core.train import Encoded, check_run
+
+# -- without a model (fast) ----------------------------------------------------------------------
+
+
+def test_shard_deals_a_batch_out_evenly_and_completely():
+    items = [Encoded(list(range(n)), 1, example_id=n) for n in (50, 7, 30, 12, 90, 41, 5)]
+    parts = [shard(items, Group(rank=r, world=3), length=lambda e: len(e.ids)) for r in range(3)]
+    ids = sorted(e.example_id for part in parts for e in part)
+    assert ids == sorted(e.example_id for e in items)  # everything once
+    assert [len(p) for p in parts] == [3, 2, 2]
+    tokens = [sum(len(e.ids) for e in p) for p in parts]
+    assert max(tokens) - min(tokens) <= 90  # sorted round-robin: no process gets all the long ones
+    assert shard(items, SINGLE) == items
+
+
+def test_a_single_process_group_does_nothing():
+    assert SINGLE.main and not SINGLE.enabled
+    assert SINGLE.sum_floats([1.5, 2], "cpu") == [1.5, 2.0]
+    assert SINGLE.broadcast_object({"a": 1}) == {"a": 1}
+    SINGLE.sum_grads([])
+    SINGLE.barrier()
+    SINGLE.close()
+    assert distributed.init() is SINGLE  # WORLD_SIZE is not set in the tests
+
+
+def test_worker_command_uses_accelerate_launch_for_several_gpus():
+    assert jobs.worker_command(7) == [sys.executable, "-m", "core.worker", "7"]
+    cmd = jobs.worker_command(7, gpus=4, port=29999)
+    assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert cmd[cmd.index("--num_processes") + 1] == "4"
+    assert cmd[cmd.index("--main_process_port") + 1] == "29999"
+    assert cmd[-3:] == ["-m", "core.worker", "7"] and "--multi_gpu" in cmd
+    train = {"kind": "train", "config": RunConfig().with_overrides(gpus=3).to_dict()}
+    assert jobs.run_gpus(train) == 3
+    assert jobs.run_gpus({"kind": "crf", "config": {}}) == 1
+
+
+def test_gpus_setting_is_validated_and_checked_against_the_machine(db):
+    from core.runconfig import ConfigError
+
+    project = tiny_project(db)
+    with pytest.raises(ConfigError, match="GPUs must be ≥ 1"):
+        RunConfig().with_overrides(gpus=0)
+    cfg = quick_config(gpus=4, batch_size=1, grad_accum=2)
+
+    def titles(issues, level):
+        return {i.title for i in issues if i.level == level}
+
+    on_two = check_run(db, project["id"], cfg, cuda=True, gpu_count=2)
+    assert "Several GPUs" in titles(on_two, "error")
+    assert any("4 GPUs asked for, 2 visible" in i.msg for i in on_two)
+    on_eight = check_run(db, project["id"], cfg, cuda=True, gpu_count=8)
+    assert "Several GPUs" not in titles(on_eight, "error")
+    assert "GPUs left idle" in titles(on_eight, "warning")  # 2 sentences a step for 4 GPUs
+    on_cpu = check_run(db, project["id"], cfg, cuda=False)
+    assert "Several processes without a GPU" in titles(on_cpu, "warning")
+    one = check_run(db, project["id"], quick_config(), cuda=True, gpu_count=4)
+    assert any("set GPUs to 4" in i.msg for i in one if i.level == "info")
+
+
+# -- real runs: the worker under accelerate launch, two processes on the CPU -------------------
+
+
+def _adapter(run_id: int) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(jobs.run_dir(run_id) / "adapter" / "adapter_model.safetensors"))
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_same_adapter_as_one(db, bundled_model_path):
+    """The same run (seed, data, steps) on one process and on two: the step losses and the
+    trained adapter agree to float32 rounding; rank 0 alone writes metrics, predictions and
+    scores, and the log says how the run was split."""
+    project = tiny_project(db, n_train=12, n_dev=2, n_test=2)
+    settings = dict(max_steps=2, batch_size=2, grad_accum=2, rank=4, eval_limit=1,
+                    dev_loss_sentences=2)
+    one, _ = jobs.submit_training(db, project["id"], quick_config(**settings, gpus=1))
+    two, _ = jobs.submit_training(db, project["id"], quick_config(**settings, gpus=2))
+    for run_id in (one, two):
+        run = jobs.wait(db, run_id, timeout_s=900)
+        assert run["status"] == "finished", jobs.read_log(run_id)
+    log = jobs.read_log(two, 400)
+    assert "2 processes (gloo)" in log and "each step is split over 2 processes" in log, log
+
+    def losses(run_id):
+        rows = jobs.run_metrics(db, run_id)
+        return ([(m["step"], m["loss"]) for m in rows if m["loss"] is not None],
+                [m["eval_loss"] for m in rows if m["eval_loss"] is not None])
+
+    (steps1, dev1), (steps2, dev2) = losses(one), losses(two)
+    assert [s for s, _ in steps2] == [1, 2]  # one row per step, not one per process
+    for (_, a), (_, b) in zip(steps1, steps2, strict=True):
+        assert a == pytest.approx(b, rel=1e-4)
+    assert dev1 == pytest.approx(dev2, rel=1e-4) and len(dev2) == 1
+    w1, w2 = _adapter(one), _adapter(two)
+    assert w1.keys() == w2.keys()
+    for name in w1:
+        diff = (w1[name] - w2[name]).norm() / max(float(w1[name].norm()), 1e-12)
+        assert diff < 1e-3, (name, float(diff))
+    assert any("lora_B" in n and w2[n].abs().max() > 0 for n in w2)  # it did train
+    assert db["predictions"].count_where("run_id = ?", [two]) == 2  # eval_limit 1, dev and test
+    assert db["evaluations"].count_where("run_id = ?", [two]) >= 2
+
+
+@pytest.mark.slow
+def test_a_stop_ends_every_process_and_keeps_the_adapter(db, bundled_model_path):
+    project = tiny_project(db, n_train=12, n_dev=2, n_test=2)
+    cfg = quick_config(max_steps=200, batch_size=2, grad_accum=1, rank=4, gpus=2)
+    run_id, started = jobs.submit_training(db, project["id"], cfg)
+    assert started
+    deadline = time.monotonic() + 600
+    while not any(m["loss"] is not None for m in jobs.run_metrics(db, run_id)):
+        run = jobs.get_run(db, run_id)
+        assert run["status"] in ("queued", "running"), jobs.read_log(run_id)
+        assert time.monotonic() < deadline, jobs.read_log(run_id)
+        time.sleep(0.5)
+    assert len(_worker_pids(run_id)) == 3  # accelerate's launcher and two ranks
+    jobs.request_stop(db, run_id)
+    run = jobs.wait(db, run_id, timeout_s=300)
+    log = jobs.read_log(run_id, 400)
+    assert run["status"] == "stopped", log
+    assert (jobs.run_dir(run_id) / "adapter" / "adapter_model.safetensors").is_file()
+    steps = [m["step"] for m in jobs.run_metrics(db, run_id) if m["loss"] is not None]
+    assert steps and max(steps) < 200
+    deadline = time.monotonic() + 60
+    while _worker_pids(run_id) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _worker_pids(run_id), "a process of the run outlived it"
+
+
+def _worker_pids(run_id: int) -> list[int]:
+    """Live processes whose command line runs this run's worker (launcher and ranks)."""
+    from pathlib import Path
+
+    tail = f"core.worker\0{run_id}\0".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if tail in (proc / "cmdline").read_bytes() and jobs.pid_alive(int(proc.name)):
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids
