@@ -14,6 +14,9 @@ It does, in a temporary data directory with the demo project (BC5CDR, 300 traini
    compute, ``prepare_model_for_kbit_training``, LoRA on attention + MLP; then dev/test scores.
 3. A LoRA+ run in bf16 (the small-model preset, 3 epochs) through the worker, with scores: the
    figure to compare with the CPU runs.
+4. With two or more GPUs: the same LoRA+ run (60 steps, batch 8 × accumulation 2) on one GPU and
+   on all of them under ``accelerate launch``: tokens/s of both, their ratio, and how far apart
+   their step losses are (they should agree to bf16 rounding).
 
 Exit code 0 when every run finished, 1 otherwise. ``$OUT`` (if set) receives gpu_check.json.
 """
@@ -41,6 +44,7 @@ def _device() -> dict:
     props = torch.cuda.get_device_properties(0)
     return {"cuda": True, "name": props.name, "memory_gb": round(props.total_memory / 2**30, 1),
             "bf16": torch.cuda.is_bf16_supported(), "torch": torch.__version__,
+            "count": torch.cuda.device_count(),
             "cuda_version": torch.version.cuda}
 
 
@@ -78,6 +82,7 @@ def run_training(db, project_id: int, preset: str, timeout_s: float, **overrides
         if steps else None,
         "peak_gpu_mem_mb": max((m["gpu_mem_mb"] or 0 for m in steps), default=None),
         "final_train_loss": steps[-1]["loss"] if steps else None,
+        "step_losses": [round(m["loss"], 5) for m in steps],
         "dev_losses": [round(m["eval_loss"], 4) for m in evals],
         "scores": scores,
     }
@@ -135,6 +140,23 @@ def main() -> int:
             precision="auto", batch_size=8, grad_accum=1, eval_limit=args.eval_limit)
         print(json.dumps(report["loraplus_bf16"], indent=2), flush=True)
         ok &= all(report[k]["status"] == "finished" for k in ("qlora", "loraplus_bf16"))
+        if device["count"] > 1:
+            report["gpus"] = {}
+            for gpus in (1, device["count"]):
+                print(f"\nLoRA+ run on {gpus} GPU(s) (60 steps, batch 8 × accumulation 2)…", flush=True)
+                report["gpus"][gpus] = run_training(
+                    db, project["id"], "LoRA+ for NER", args.timeout, base_model=args.base_model,
+                    gpus=gpus, max_steps=60, batch_size=8, grad_accum=2, eval_after=False)
+                print(json.dumps(report["gpus"][gpus], indent=2), flush=True)
+            one, many = report["gpus"][1], report["gpus"][device["count"]]
+            ok &= one["status"] == many["status"] == "finished"
+            if one["tokens_per_s"] and many["tokens_per_s"]:
+                report["gpus"]["speed-up"] = round(many["tokens_per_s"] / one["tokens_per_s"], 2)
+                pairs = zip(one["step_losses"], many["step_losses"], strict=False)
+                report["gpus"]["max_step_loss_diff"] = max((abs(a - b) for a, b in pairs),
+                                                           default=None)
+                print(f"{device['count']} GPUs vs 1: {report['gpus']['speed-up']}× tokens/s; step "
+                      f"losses differ by at most {report['gpus']['max_step_loss_diff']}.", flush=True)
 
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
