@@ -103,7 +103,8 @@ def _decode(row: dict) -> dict:
 
 
 def list_runs(db: Database, project_id: int, kind: str | None = None) -> list[dict]:
-    """The project's runs, newest first, each with its last metrics row (``last_metrics``)."""
+    """The project's runs, newest first, each with its last metrics row (``last_metrics``) and
+    its last training loss (``last_loss``; the last row may be a dev-loss row without one)."""
     where, params = "project_id = ?", [project_id]
     if kind:
         where += " AND kind = ?"
@@ -117,8 +118,18 @@ def list_runs(db: Database, project_id: int, kind: str | None = None) -> list[di
             [project_id],
         )
     }
+    losses = {
+        r["run_id"]: r["loss"]
+        for r in db.query(
+            "SELECT m.run_id, m.loss FROM run_metrics m JOIN (SELECT run_id, MAX(id) AS id FROM"
+            " run_metrics WHERE loss IS NOT NULL GROUP BY run_id) x ON x.id = m.id"
+            " JOIN runs r ON r.id = m.run_id WHERE r.project_id = ?",
+            [project_id],
+        )
+    }
     for row in rows:
         row["last_metrics"] = last.get(row["id"])
+        row["last_loss"] = losses.get(row["id"])
     return rows
 
 

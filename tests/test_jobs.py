@@ -43,6 +43,23 @@ def test_create_run_is_queued_with_its_config(db, project):
         jobs.get_run(db, 999)
 
 
+def test_run_list_carries_the_last_training_loss_past_a_dev_loss_row(db, project):
+    from core.ui.train_view import run_label, runs_table
+
+    cfg = RunConfig()
+    run_id = jobs.create_run(db, project["id"], "train", cfg.to_dict(), base_model=cfg.base_model)
+    ctx = worker.RunContext(db, jobs.get_run(db, run_id), jobs.run_dir(run_id), cfg.to_dict())
+    ctx.progress(1, 2, loss=0.9)
+    ctx.progress(2, 2, loss=0.5)
+    ctx.progress(2, 2, eval_loss=0.7)
+    (row,) = jobs.list_runs(db, project["id"])
+    assert row["last_metrics"]["eval_loss"] == 0.7 and row["last_metrics"]["loss"] is None
+    assert row["last_loss"] == 0.5
+    (table,) = runs_table([row])
+    assert table["loss"] == 0.5 and table["progress"] == "2/2"
+    assert run_label(row) == f"#{run_id} train-{run_id} · loraplus"
+
+
 def test_stopping_a_queued_run_removes_it_from_the_queue(db, project):
     run_id = jobs.create_run(db, project["id"], "train", {})
     assert "removed from the queue" in jobs.request_stop(db, run_id)

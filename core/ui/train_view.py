@@ -179,8 +179,11 @@ def show_issues(issues: list) -> None:
 
 
 def run_label(run: dict) -> str:
-    """``#12 train-12 · running`` for select boxes."""
-    return f"#{run['id']} {run['name']} · {STATUS_ICONS.get(run['status'], '')} {run['status']}"
+    """``#12 train-12 · loraplus`` for select boxes. No status: a select box keeps showing the
+    label it had when the option was picked, so a status there goes stale while the run moves
+    on (the heading under it and the table above say the status)."""
+    cfg = run["config"] if isinstance(run.get("config"), dict) else {}
+    return f"#{run['id']} {run['name']} · {cfg.get('method') or run['kind']}"
 
 
 def runs_table(runs: list[dict]) -> list[dict]:
@@ -199,7 +202,7 @@ def runs_table(runs: list[dict]) -> list[dict]:
             "status": f"{STATUS_ICONS.get(r['status'], '')} {r['status']}",
             "method": cfg.get("method", ""),
             "progress": progress,
-            "loss": m.get("loss"),
+            "loss": r.get("last_loss"),
             "created": (r["created_at"] or "")[:16].replace("T", " "),
             "problem": (f"{r['error_kind']}: {r['error_message']}" if r["status"] == "failed" else ""),
         })
