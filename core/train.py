@@ -192,10 +192,12 @@ def _gpu_issues(cfg: RunConfig, cuda: bool, gpu_count: int) -> list[Issue]:
                          f"GPU; each step's {per_step} sentences are split over them (the same run as "
                          "on one GPU, faster)."))
     else:
-        out.append(Issue("warning", "Several processes without a GPU",
-                         f"No CUDA GPU: the {gpus} processes share the {os.cpu_count()} CPU cores "
-                         "(gloo), which is slower than one process; useful only to try the "
-                         "multi-GPU path."))
+        cores = os.cpu_count() or 1
+        out.append(Issue("info", "Several processes without a GPU",
+                         f"No CUDA GPU: the {gpus} processes share the {cores} CPU cores over gloo, "
+                         f"{max(1, cores // gpus)} thread(s) each. Whether that beats one process "
+                         "depends on the machine (benchmarks/bench_processes.py measures it); it is "
+                         "mainly a way to try the multi-GPU path."))
     if per_step < gpus:
         out.append(Issue("warning", "GPUs left idle", f"A step has {per_step} sentences (batch size "
                          f"× accumulation) for {gpus} GPUs: raise the batch size or accumulation."))
