@@ -125,12 +125,7 @@ def test_a_stop_ends_every_process_and_keeps_the_adapter(db, bundled_model_path)
     cfg = quick_config(max_steps=200, batch_size=2, grad_accum=1, rank=4, gpus=2)
     run_id, started = jobs.submit_training(db, project["id"], cfg)
     assert started
-    deadline = time.monotonic() + 600
-    while not any(m["loss"] is not None for m in jobs.run_metrics(db, run_id)):
-        run = jobs.get_run(db, run_id)
-        assert run["status"] in ("queued", "running"), jobs.read_log(run_id)
-        assert time.monotonic() < deadline, jobs.read_log(run_id)
-        time.sleep(0.5)
+    _wait_for_a_step(db, run_id)
     assert len(_worker_pids(run_id)) == 3  # accelerate's launcher and two ranks
     jobs.request_stop(db, run_id)
     run = jobs.wait(db, run_id, timeout_s=300)
@@ -143,6 +138,33 @@ def test_a_stop_ends_every_process_and_keeps_the_adapter(db, bundled_model_path)
     while _worker_pids(run_id) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not _worker_pids(run_id), "a process of the run outlived it"
+
+
+@pytest.mark.slow
+def test_kill_9_of_rank_0_fails_the_run_and_ends_the_other_processes(db, bundled_model_path):
+    import os
+    import signal
+
+    project = tiny_project(db, n_train=12, n_dev=2, n_test=2)
+    cfg = quick_config(max_steps=200, batch_size=2, grad_accum=1, rank=4, gpus=2)
+    run_id, _ = jobs.submit_training(db, project["id"], cfg)
+    _wait_for_a_step(db, run_id)
+    os.kill(jobs.get_run(db, run_id)["pid"], signal.SIGKILL)
+    run = jobs.wait(db, run_id, timeout_s=120)
+    assert run["status"] == "failed" and "ended without reporting" in run["error_message"]
+    deadline = time.monotonic() + 60
+    while _worker_pids(run_id) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _worker_pids(run_id), "the launcher left a process behind"
+
+
+def _wait_for_a_step(db, run_id: int) -> None:
+    deadline = time.monotonic() + 600
+    while not any(m["loss"] is not None for m in jobs.run_metrics(db, run_id)):
+        run = jobs.get_run(db, run_id)
+        assert run["status"] in ("queued", "running"), jobs.read_log(run_id)
+        assert time.monotonic() < deadline, jobs.read_log(run_id)
+        time.sleep(0.5)
 
 
 def _worker_pids(run_id: int) -> list[int]:
