@@ -39,13 +39,15 @@ def test_a_single_process_group_does_nothing():
     assert distributed.init() is SINGLE  # WORLD_SIZE is not set in the tests
 
 
-def test_worker_command_uses_accelerate_launch_for_several_gpus():
+def test_worker_command_uses_accelerate_launch_for_several_gpus(home):
     assert jobs.worker_command(7) == [sys.executable, "-m", "core.worker", "7"]
     cmd = jobs.worker_command(7, gpus=4, port=29999)
     assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
     assert cmd[cmd.index("--num_processes") + 1] == "4"
     assert cmd[cmd.index("--main_process_port") + 1] == "29999"
     assert cmd[-3:] == ["-m", "core.worker", "7"] and "--multi_gpu" in cmd
+    config_file = cmd[cmd.index("--config_file") + 1]
+    assert config_file == str(jobs.run_dir(7) / "accelerate.yaml")
     train = {"kind": "train", "config": RunConfig().with_overrides(gpus=3).to_dict()}
     assert jobs.run_gpus(train) == 3
     assert jobs.run_gpus({"kind": "crf", "config": {}}) == 1
@@ -97,6 +99,8 @@ def test_two_processes_train_the_same_adapter_as_one(db, bundled_model_path):
         run = jobs.wait(db, run_id, timeout_s=900)
         assert run["status"] == "finished", jobs.read_log(run_id)
     log = jobs.read_log(two, 400)
+    written = (jobs.run_dir(two) / "accelerate.yaml").read_text()
+    assert "num_processes: 2" in written and "distributed_type: MULTI_GPU" in written
     assert "2 processes (gloo)" in log and "each step is split over 2 processes" in log, log
 
     def losses(run_id):
