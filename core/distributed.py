@@ -40,7 +40,6 @@ class Group:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    local_world: int = 1
     backend: str = ""
 
     @property
@@ -51,10 +50,6 @@ class Group:
     @property
     def enabled(self) -> bool:
         return self.world > 1
-
-    def describe(self) -> str:
-        return (f"process {self.rank + 1} of {self.world} ({self.backend})" if self.enabled
-                else "one process")
 
     # -- collectives (no-ops for a single process) ---------------------------------------------
 
@@ -112,12 +107,6 @@ class Group:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def barrier(self) -> None:
-        if self.enabled:
-            import torch.distributed as dist
-
-            dist.barrier()
-
     def close(self) -> None:
         """Leave the process group (after the last collective)."""
         if self.enabled:
@@ -136,18 +125,13 @@ def _env_int(name: str, default: int) -> int:
     return int(value) if value.strip().isdigit() else default
 
 
-def launched_world() -> int:
-    """How many processes the launcher started (``WORLD_SIZE``; 1 outside a launcher)."""
-    return _env_int("WORLD_SIZE", 1)
-
-
 def init() -> Group:
     """Join the launcher's process group when there is one (``WORLD_SIZE`` > 1), else SINGLE.
 
     On CUDA each process takes the GPU of its local rank (NCCL); without CUDA the processes share
     the CPU (gloo) — only useful to try a multi-GPU setup on a laptop or in tests.
     """
-    world = launched_world()
+    world = _env_int("WORLD_SIZE", 1)
     if world <= 1:
         return SINGLE
     from datetime import timedelta
@@ -157,7 +141,6 @@ def init() -> Group:
 
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
-    local_world = _env_int("LOCAL_WORLD_SIZE", world)
     cuda = torch.cuda.is_available()
     if cuda:
         if local_rank >= torch.cuda.device_count():
@@ -170,8 +153,7 @@ def init() -> Group:
     if not dist.is_initialized():
         # Long timeout: rank 0 may convert the bundled model or load an 8B one while the others wait.
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
-    return Group(rank=rank, world=world, local_rank=local_rank, local_world=local_world,
-                 backend=backend)
+    return Group(rank=rank, world=world, local_rank=local_rank, backend=backend)
 
 
 def shard(items: Sequence[Any], group: Group, length: Any = len) -> list[Any]:

@@ -113,23 +113,17 @@ def list_runs(db: Database, project_id: int, kind: str | None = None) -> list[di
     last = {
         r["run_id"]: dict(r)
         for r in db.query(
-            "SELECT m.* FROM run_metrics m JOIN (SELECT run_id, MAX(id) AS id FROM run_metrics"
-            " GROUP BY run_id) x ON x.id = m.id JOIN runs r ON r.id = m.run_id WHERE r.project_id = ?",
-            [project_id],
-        )
-    }
-    losses = {
-        r["run_id"]: r["loss"]
-        for r in db.query(
-            "SELECT m.run_id, m.loss FROM run_metrics m JOIN (SELECT run_id, MAX(id) AS id FROM"
-            " run_metrics WHERE loss IS NOT NULL GROUP BY run_id) x ON x.id = m.id"
+            "SELECT m.*, (SELECT loss FROM run_metrics WHERE run_id = m.run_id AND loss IS NOT NULL"
+            " ORDER BY id DESC LIMIT 1) AS last_loss FROM run_metrics m JOIN (SELECT run_id,"
+            " MAX(id) AS id FROM run_metrics GROUP BY run_id) x ON x.id = m.id"
             " JOIN runs r ON r.id = m.run_id WHERE r.project_id = ?",
             [project_id],
         )
     }
     for row in rows:
-        row["last_metrics"] = last.get(row["id"])
-        row["last_loss"] = losses.get(row["id"])
+        metrics = last.get(row["id"])
+        row["last_loss"] = metrics.pop("last_loss") if metrics else None
+        row["last_metrics"] = metrics
     return rows
 
 
@@ -349,7 +343,8 @@ def _age_s(stamp: str | None) -> float | None:
     return (_dt.datetime.now(_dt.timezone.utc) - then).total_seconds()
 
 
-def _fail(db: Database, run_id: int, kind: str, message: str) -> None:
+def fail_run(db: Database, run_id: int, kind: str, message: str) -> None:
+    """Mark a run still in progress as failed, with the reason and its log's tail."""
     tail = read_log(run_id, LOG_TAIL_LINES)
     db.execute(
         "UPDATE runs SET status = 'failed', error_kind = ?, error_message = ?, log_tail = ?,"
@@ -381,14 +376,14 @@ def refresh(db: Database, start_queued: bool = True) -> list[int]:
                     "(e.g. kill -9, or the system ran out of memory) or crashed hard. The adapter "
                     "saved last, if any, is kept."
                 )
-            _fail(db, row["id"], "other", message)
+            fail_run(db, row["id"], "other", message)
             failed.append(row["id"])
             continue
         age = _age_s(row["heartbeat_at"])
         if row["status"] == "running" and age is not None and age > HEARTBEAT_STALE_S:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(os.getpgid(pid), signal.SIGKILL)
-            _fail(db, row["id"], "other",
+            fail_run(db, row["id"], "other",
                   f"No heartbeat from the worker (pid {pid}) for {age:.0f} s: it hung and was ended.")
             failed.append(row["id"])
     if start_queued:

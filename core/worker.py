@@ -351,13 +351,7 @@ def _follow(db: Database, run_id: int, group: Group) -> int:
         gpu = f" (GPU {group.local_rank})" if group.backend == "nccl" else ""
         message = f"Process {group.rank + 1} of {group.world}{gpu}: {message}"
         print(f"Failed ({kind}): {message}", flush=True)
-        tail = jobs.read_log(run_id, jobs.LOG_TAIL_LINES)
-        db.execute(
-            "UPDATE runs SET status = 'failed', error_kind = ?, error_message = ?, log_tail = ?,"
-            " finished_at = ? WHERE id = ? AND status = 'running'",
-            [kind, message, tail, now(), run_id],
-        )
-        db.conn.commit()
+        jobs.fail_run(db, run_id, kind, message)
         return 1
     finally:
         group.close()
