@@ -227,8 +227,12 @@ with tab_import:
             except projects.NerlabError as exc:
                 show_error(exc)
             else:
-                st.session_state["data_notice"] = ("success", f"{upload.name}: {result.summary()}")
+                # Kept (not a one-shot notice) so that the outcome stays in view under the button
+                # until the next import, whatever reruns come in between.
+                st.session_state["data_import_result"] = f"{upload.name}: {result.summary()}"
                 st.rerun()
+    if last_import := st.session_state.get("data_import_result"):
+        st.success(last_import)
 
 # --- Export ------------------------------------------------------------------------------------
 with tab_export:

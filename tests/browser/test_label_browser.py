@@ -7,6 +7,7 @@ tests share one server and database without depending on each other's order.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -213,15 +214,17 @@ def test_data_page_upload_and_download(browser_page, app_server, app_home):
     page = browser_page
     page.goto(f"{app_server}/Data", wait_until="domcontentloaded")
     page.get_by_role("tab", name="Import").click()
+    # New sentences on every attempt: a retried attempt must not find them already imported.
+    first = f"Cisplatin caused nephrotoxicity in rat {uuid.uuid4().hex[:8]} ."
     page.locator('input[type="file"]').set_input_files(
         files=[{"name": "more.txt", "mimeType": "text/plain",
-                "buffer": b"Cisplatin caused nephrotoxicity in rats .\nNo new words here at all .\n"}]
+                "buffer": f"{first}\nNo new words here at all {uuid.uuid4().hex[:8]} .\n".encode()}]
     )
     page.get_by_text("more.txt: read as").wait_for(timeout=60_000)
     page.get_by_role("button", name="Import", exact=True).click()
     page.get_by_text("more.txt: 2 sentence(s) added.").wait_for(timeout=60_000)
     row = _db(app_home).execute(
-        "SELECT status, split, source FROM sentences WHERE text = 'Cisplatin caused nephrotoxicity in rats .'"
+        "SELECT status, split, source FROM sentences WHERE text = ?", [first]
     ).fetchone()
     assert tuple(row) == ("unlabelled", "train", "more.txt")
 
