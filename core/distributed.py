@@ -120,6 +120,23 @@ class Group:
 SINGLE = Group()
 
 
+# What torch.distributed raises in a survivor when another process of the group has died
+# (gloo: "Connection closed by peer", NCCL: "DistBackendError", a watchdog's abort, a timeout).
+_LOST_PEER_NAMES = ("DistBackendError", "DistNetworkError")
+_LOST_PEER_TEXT = ("connection closed by peer", "connection reset by peer", "broken pipe",
+                   "remote worker crash", "communicator was aborted", "socket timeout",
+                   "timed out waiting for", "nccl watchdog")
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """True when ``exc`` says another process of the run went away (not a fault of this one)."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if names & set(_LOST_PEER_NAMES):
+        return True
+    text = str(exc).lower()
+    return any(marker in text for marker in _LOST_PEER_TEXT)
+
+
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name, "")
     return int(value) if value.strip().isdigit() else default

@@ -197,6 +197,9 @@ def classify_error(exc: BaseException, run_config: dict | None = None) -> tuple[
         return "data", first
     if isinstance(exc, NerlabError):
         return "other", first
+    if distributed.lost_peer(exc):
+        return "other", ("Lost contact with another process of this run: it was killed, ran out "
+                         f"of memory or crashed (see the log for which). {name}: {first}")
     if name in ("OSError", "EnvironmentError", "HFValidationError", "RepositoryNotFoundError",
                 "GatedRepoError", "LocalEntryNotFoundError"):
         return "model", f"The model could not be loaded: {first}"
@@ -347,6 +350,8 @@ def _follow(db: Database, run_id: int, group: Group) -> int:
     except BaseException as exc:  # noqa: BLE001 - recorded, then the process exits non-zero
         traceback.print_exc(file=sys.stdout)
         sys.stdout.flush()
+        if distributed.lost_peer(exc) and _cause_recorded_elsewhere(db, run_id):
+            return 1
         kind, message = classify_error(exc, run["config"])
         gpu = f" (GPU {group.local_rank})" if group.backend == "nccl" else ""
         message = f"Process {group.rank + 1} of {group.world}{gpu}: {message}"
@@ -356,6 +361,20 @@ def _follow(db: Database, run_id: int, group: Group) -> int:
     finally:
         group.close()
     return 0
+
+
+def _cause_recorded_elsewhere(db: Database, run_id: int, grace_s: float = 15.0) -> bool:
+    """After losing contact with the other processes: give the real cause a chance to be recorded
+    first (rank 0 reporting its own failure, or rank 0 found dead by :func:`jobs.refresh`), so
+    that "connection closed" in a survivor does not hide it. True once the run has a final status."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        jobs.refresh(db, start_queued=False)
+        if jobs.get_run(db, run_id)["status"] in config.FINAL_STATUSES:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.25)
 
 
 def _start_next(db: Database) -> None:

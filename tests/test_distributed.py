@@ -11,6 +11,7 @@ import pytest
 from test_train import quick_config, tiny_project
 
 from core import distributed, jobs
+from core.db import now
 from core.distributed import SINGLE, Group, shard
 from core.runconfig import RunConfig
 from core.train import Encoded, check_run
@@ -73,6 +74,47 @@ def test_gpus_setting_is_validated_and_checked_against_the_machine(db):
     assert "Several processes without a GPU" in titles(on_cpu, "info")
     one = check_run(db, project["id"], quick_config(), cuda=True, gpu_count=4)
     assert any("set GPUs to 4" in i.msg for i in one if i.level == "info")
+
+
+def test_a_survivor_does_not_hide_the_cause_behind_connection_closed(db):
+    """A rank that only lost its peers waits for the real cause (rank 0's report, or rank 0 found
+    dead) instead of recording "connection closed"; with no cause found, its message says what
+    happened."""
+    import subprocess
+
+    from core import worker
+
+    gloo = RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [10.0.0.2]:1")
+    assert distributed.lost_peer(gloo)
+    assert not distributed.lost_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    kind, message = worker.classify_error(gloo)
+    assert kind == "other" and message.startswith("Lost contact with another process")
+
+    project = tiny_project(db, n_train=2)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run_id = jobs.create_run(db, project["id"], "train", {})
+    db.execute("UPDATE runs SET status = 'running', pid = ? WHERE id = ?", [dead.pid, run_id])
+    db.conn.commit()
+    assert worker._cause_recorded_elsewhere(db, run_id, grace_s=5)  # rank 0 died: refresh says so
+    assert "ended without reporting" in jobs.get_run(db, run_id)["error_message"]
+
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "core.worker"])
+    try:
+        run_id = jobs.create_run(db, project["id"], "train", {})
+        db.execute("UPDATE runs SET status = 'running', pid = ?, heartbeat_at = ? WHERE id = ?",
+                   [alive.pid, now(), run_id])
+        db.conn.commit()
+        started = time.monotonic()
+        assert not worker._cause_recorded_elsewhere(db, run_id, grace_s=1)
+        assert time.monotonic() - started < 5
+        assert jobs.get_run(db, run_id)["status"] == "running"  # left for the survivor to record
+        jobs.fail_run(db, run_id, "oom", "Out of GPU memory: rank 0")  # rank 0's own report
+        assert worker._cause_recorded_elsewhere(db, run_id, grace_s=1)
+        assert jobs.get_run(db, run_id)["error_message"] == "Out of GPU memory: rank 0"
+    finally:
+        alive.kill()
+        alive.wait()
 
 
 # -- real runs: the worker under accelerate launch, two processes on the CPU -------------------
