@@ -307,8 +307,12 @@ class LabelSession:
         own: sentence id → versions this tab wrote itself (its own quick successive edits
             never conflict with each other; anybody else's do).
         undo: changes this tab can undo, most recent last.
-        ack: sequence number of the last action handled (echoed to the widget).
+        ack: sequence number of the last widget action handled (echoed to the widget); an
+            action with a number not above it was handled already and is ignored.
         notice: what to tell the user on the next render.
+        acted: set by the page's callbacks: this script run follows the user's own action in
+            this tab, so a ``?sentence=`` in the URL is this tab's own, possibly stale, one
+            (the browser may send the URL of an earlier run), not a link to follow.
     """
 
     current: int | None = None
@@ -319,6 +323,7 @@ class LabelSession:
     notice: Notice | None = None
     filter_key: tuple | None = None
     link_handled: str | None = None
+    acted: bool = False
     #: Sentences this tab moved away from (accept, next, jump): "previous" walks back along it.
     trail: list[int] = field(default_factory=list)
 
@@ -368,6 +373,7 @@ class Action:
     sentence_id: int
     spans: tuple[Span, ...] | None = None
     version: int | None = None
+    #: The widget's increasing sequence number; 0 for the page's buttons (never deduplicated).
     seq: int = 0
 
 
@@ -474,6 +480,10 @@ def apply_action(
     included) and ``session.current`` to the sentence to show next. Never raises for problems a
     user can cause; they become error notices.
     """
+    if action.seq and action.seq <= session.ack:
+        # Already carried out: when a new rerun interrupts the script run that handled a widget
+        # action, Streamlit keeps the action's trigger and calls the callback again.
+        return
     session.ack = max(session.ack, action.seq)
     session.notice = None
     try:

@@ -48,7 +48,8 @@ flt = labeling.QueueFilter(
 # --- Which sentence ----------------------------------------------------------------------------
 filter_key = (pid, status, split, entity, search.strip())
 link = st.query_params.get("sentence")
-if link and link != session.link_handled:
+acted, session.acted = session.acted, False
+if link and link != session.link_handled and not acted:
     session.link_handled = link
     try:
         linked = projects.get_sentence(db, int(link)) if link.isdigit() else None

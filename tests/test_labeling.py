@@ -124,8 +124,10 @@ def test_snap_to_tokens():
     assert labeling.snap_to_tokens(toks, 10, 11) is None  # only the space
 
 
-def _edit(session, sid, spans, version=None, kind="edit", seq=1):
-    return Action(kind, sid, tuple(spans), version if version is not None else session.versions.get(sid), seq)
+def _edit(session, sid, spans, version=None, kind="edit", seq=None):
+    """A widget action; by default numbered after the tab's last one, as the widget does."""
+    return Action(kind, sid, tuple(spans), version if version is not None else session.versions.get(sid),
+                  session.ack + 1 if seq is None else seq)
 
 
 def test_edit_saves_at_once_with_annotator_and_keeps_status(db, small):
@@ -165,6 +167,27 @@ def test_accept_marks_done_and_opens_next_in_queue(db, small):
     labeling.apply_action(db, pid, session, _edit(session, ids[4], [], kind="accept"), "ann", QueueFilter())
     assert "Nothing left in this queue" in session.notice.text
     assert labeling.count(db, pid, QueueFilter()) == 0
+
+
+def test_an_action_handled_twice_is_carried_out_once(db, small):
+    """Streamlit calls the widget's callback again when a new rerun interrupts the run that
+    handled it; the second call must not accept the next sentence or move on again."""
+    pid, ids = small
+    session = LabelSession()
+    for sid in ids[2:]:
+        session.seen(projects.get_sentence(db, sid))
+    accept = _edit(session, ids[2], [Span(0, 7, "Drug")], kind="accept")
+    labeling.apply_action(db, pid, session, accept, "ann", QueueFilter())
+    version = projects.get_sentence(db, ids[2])["version"]
+    assert session.current == ids[3] and session.trail == [ids[2]]
+    labeling.apply_action(db, pid, session, accept, "ann", QueueFilter())
+    assert session.current == ids[3] and session.trail == [ids[2]]
+    assert projects.get_sentence(db, ids[2])["version"] == version
+    assert projects.get_sentence(db, ids[3])["status"] == "unlabelled"
+    # The page's buttons carry no number: each click counts.
+    labeling.apply_action(db, pid, session, Action("prev", ids[3]), "a", QueueFilter("all"))
+    labeling.apply_action(db, pid, session, Action("prev", ids[2]), "a", QueueFilter("all"))
+    assert session.current == ids[1]
 
 
 def test_next_prev_and_reopen(db, small):

@@ -117,6 +117,20 @@ def test_accept_next_undo_and_jump(home):
     assert _widget(at)["number"] == 546
 
 
+def test_a_stale_url_after_an_action_does_not_pull_the_tab_back(home):
+    """Quick keys: the browser may send the URL of an earlier run with the next action; the
+    sentence in it is where the tab was, not a link to follow."""
+    at = _run(LABEL)
+    first = _widget(at)["sentence_id"]
+    at.button(key="label_accept").click().run()
+    second = _widget(at)["sentence_id"]
+    at.query_params["sentence"] = str(first)  # the URL as it was before the accept
+    at.button(key="label_accept").click().run()
+    third = _widget(at)["sentence_id"]
+    assert third not in (first, second)
+    assert projects.get_sentence(_db(), second)["status"] == "labelled"
+
+
 def test_deep_link_opens_a_sentence(home, demo):
     db = _db()
     sid = db.execute("SELECT id FROM sentences WHERE split = 'test' ORDER BY position LIMIT 1").fetchone()[0]

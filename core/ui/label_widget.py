@@ -77,6 +77,7 @@ def action_handler(
     """
 
     def handle() -> None:
+        session.acted = True
         raw = pending_action(key)
         if raw is None:
             return
@@ -102,9 +103,10 @@ def button_handler(
     """An ``on_click`` callback doing what a widget key does (for mouse users and AppTest)."""
 
     def handle() -> None:
+        session.acted = True
         db = get_db()
         version = session.versions.get(sentence_id)
-        action = labeling.Action(kind, sentence_id, None, version, session.ack)
+        action = labeling.Action(kind, sentence_id, None, version)
         annotator = str(st.session_state.get(annotator_key) or "").strip()
         labeling.apply_action(db, project_id, session, action, annotator, flt)
 
@@ -115,6 +117,7 @@ def jump_handler(session: labeling.LabelSession, project_id: int, number_key: st
     """An ``on_click`` callback opening sentence number ``st.session_state[number_key]``."""
 
     def handle() -> None:
+        session.acted = True
         try:
             session.move_to(
                 labeling.by_number(get_db(), project_id, int(st.session_state[number_key]))
