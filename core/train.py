@@ -25,13 +25,15 @@ page imports this module for :func:`check_run`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -356,6 +358,15 @@ def set_threads() -> int:
     return threads
 
 
+@contextlib.contextmanager
+def _peft_quietly() -> Iterator[None]:
+    """peft 0.21 reads transformers 5's deprecated ``is_gradient_checkpointing`` when it wraps a
+    model: a FutureWarning in every run's log that the user can do nothing about."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        yield
+
+
 def build_model(cfg: RunConfig, device: str | None = None, log: Callable[[str], None] = print,
                 group: Group = SINGLE):
     """Load the base model (4-bit NF4 for QLoRA) and attach a fresh LoRA/DoRA adapter.
@@ -408,7 +419,8 @@ def build_model(cfg: RunConfig, device: str | None = None, log: Callable[[str], 
         bias="none",
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(model, lora)
+    with _peft_quietly():
+        model = get_peft_model(model, lora)
     group.broadcast_params([p for p in model.parameters() if p.requires_grad])
     trainable, total = model.get_nb_trainable_parameters()
     log(f"{cfg.method}: {trainable:,} trainable parameters of {total:,} "
@@ -745,7 +757,8 @@ def load_adapter(folder: str | Path, device: str | None = None, merge: bool = Fa
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-    model = PeftModel.from_pretrained(model, str(folder))
+    with _peft_quietly():
+        model = PeftModel.from_pretrained(model, str(folder))
     if merge:
         model = model.merge_and_unload()
     model.eval()

@@ -205,7 +205,9 @@ def test_loraplus_run_finishes_scores_and_its_adapter_changes_the_output(db, tin
 
     base, tok = models.load_model(cfg.base_model)
     ids = tok("Aspirin causes headache.", return_tensors="pt")
-    with torch.no_grad():
+    from core.train import _peft_quietly
+
+    with torch.no_grad(), _peft_quietly():
         before = base(**ids).logits
         tuned = PeftModel.from_pretrained(base, str(folder))
         after = tuned(**ids).logits
