@@ -69,7 +69,13 @@ export default function (component) {
   }
   let cursor = sameSentence ? memory.cursor : null; // token index of the keyboard cursor
   let anchor = sameSentence ? memory.anchor : null; // other end of the token selection
-  let picked = null; // index into `spans` of the span clicked for editing
+  // Index into `spans` of the span clicked for editing. An answer from the server (the save of an
+  // earlier change) redraws the sentence: the span's menu stays open if the span is still there.
+  let picked = null;
+  if (sameSentence && memory.picked) {
+    const index = spans.findIndex((s) => s.start === memory.picked.start && s.end === memory.picked.end);
+    picked = index < 0 ? null : index;
+  }
   let drag = null; // {index, side} while a span edge is dragged
 
   const tokenOf = new Int32Array(text.length).fill(-1);
@@ -89,6 +95,8 @@ export default function (component) {
   function remember() {
     memory.cursor = cursor;
     memory.anchor = anchor;
+    const sp = picked === null ? null : spans[picked];
+    memory.picked = sp ? { start: sp.start, end: sp.end } : null;
   }
 
   function send(type) {

@@ -162,6 +162,36 @@ def test_keyboard_changes_type_resizes_removes_and_undoes(browser_page, app_serv
     assert page.locator(f"{WIDGET} mark.nl-span").first.get_attribute("data-label") == "Disease"
 
 
+def test_the_span_menu_stays_open_when_the_server_redraws_the_sentence(browser_page, app_server,
+                                                                      app_home):
+    """An answer from the server (a save, another tab's change) redraws the sentence; the menu of
+    the span the user just clicked must not vanish under the mouse."""
+    page = browser_page
+    sid = _unlabelled_ids(app_home)[20]
+    _open(page, app_server, sid)
+    toks = tokenize(projects.get_sentence(_db(app_home), sid)["text"])
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("1")
+    first = [Span(toks[0][0], toks[0][1], "Chemical")]
+    _wait_for(lambda: projects.sentence_spans(_db(app_home), sid) == first, what="the span in SQLite")
+    page.locator(f"{WIDGET} mark.nl-span").first.click()
+    menu = page.locator(".nl-menu")
+    _wait_for(menu.is_visible, what="the span's menu")
+    # Another tab adds a span to the same sentence; this tab's next script run draws it.
+    db = _db(app_home)
+    version = projects.get_sentence(db, sid)["version"]
+    projects.save_annotation(db, sid, [*first, Span(toks[-2][0], toks[-2][1], "Disease")],
+                             "other-tab", expected_version=version, status="unlabelled")
+    page.get_by_label("Your name", exact=True).fill("menu-tester")
+    page.get_by_label("Your name", exact=True).press("Enter")
+    _wait_for(lambda: page.locator(f"{WIDGET} mark.nl-span").count() == 2, what="the redraw")
+    assert menu.is_visible()
+    assert page.locator(f"{WIDGET} mark.nl-span.picked").count() == 1
+    page.locator(".nl-menu button[data-label=Disease]").click()
+    _wait_for(lambda: [s.label for s in projects.sentence_spans(_db(app_home), sid)] == ["Disease", "Disease"],
+              what="the type change in SQLite")
+
+
 def test_offsets_after_an_emoji_are_python_offsets(browser_page, app_server, app_home):
     """JavaScript counts UTF-16 units; what is saved must be Python's code-point offsets."""
     db = _db(app_home)
@@ -201,7 +231,7 @@ def test_two_tabs_do_not_overwrite_each_other(browser_page, app_server, app_home
         page_b.keyboard.press("End")
         page_b.keyboard.press("Shift+ArrowLeft")
         page_b.keyboard.press("2")
-        page_b.get_by_text("Not saved").wait_for(timeout=60_000)
+        page_b.get_by_text("Not saved: sentence").wait_for(timeout=60_000)
         assert projects.sentence_spans(_db(app_home), sid) == saved
         marks = page_b.locator(f"{WIDGET} mark.nl-span")
         _wait_for(lambda: [m.get_attribute("data-label") for m in marks.all()] == ["Chemical"],
