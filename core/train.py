@@ -556,8 +556,8 @@ def dev_loss(model: Any, data: Sequence[Encoded], pad_id: int, device: str, toke
     with torch.no_grad():
         if prefix is None:
             prefix = shared_prefix(data)
-        mine = list(data)[group.rank :: group.world]
-        for chunk in (micro_batches(mine, token_budget, prefix) if mine else []):
+        mine = shard(data, group, length=lambda e: len(e.ids))
+        for chunk in micro_batches(mine, token_budget, prefix):
             loss, n = answer_loss_sum(model, chunk, pad_id, device, autocast_dtype, prefix)
             total += float(loss)
             count += n
@@ -636,7 +636,7 @@ def train_loop(
             n_answer = sum(e.n_answer for e in items)  # of the whole step, on every process
             loss_total = 0.0
             mine = shard(items, group, length=lambda e: len(e.ids))
-            for chunk in (micro_batches(mine, budget, prefix) if mine else []):
+            for chunk in micro_batches(mine, budget, prefix):
                 loss_sum, _n = answer_loss_sum(model, chunk, pad_id, device, autocast, prefix)
                 (loss_sum / n_answer).backward()
                 loss_total += float(loss_sum.detach())

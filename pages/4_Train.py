@@ -17,16 +17,15 @@ pid = project["id"]
 
 
 @st.cache_resource(show_spinner="Looking for a GPU…")
-def device() -> tuple[str, bool, str, int]:
-    """(device, bf16 supported, description, GPUs visible), once per server process."""
+def device():
+    """What runs here (:class:`core.models.DeviceInfo`), looked up once per server process."""
     from core import models
 
-    info = models.device_info()
-    return info.device, info.bf16, info.describe(), info.count
+    return models.device_info()
 
 
-dev_kind, bf16_ok, dev_text, gpu_count = device()
-cuda = dev_kind == "cuda"
+machine = device()
+cuda = machine.device == "cuda"
 jobs.refresh(db)
 runs = jobs.list_runs(db, pid)
 active = [r for r in runs if r["status"] in ("queued", "running")]
@@ -34,7 +33,7 @@ active = [r for r in runs if r["status"] in ("queued", "running")]
 tab_new, tab_runs = st.tabs(["New run", "Runs"], key="train_tabs", on_change="rerun")
 
 with tab_new:
-    st.caption(f"Runs on: {dev_text}. A run is a background process: close the browser and it "
+    st.caption(f"Runs on: {machine.describe()}. A run is a background process: close the browser and it "
                "goes on; one run at a time, the others wait in a queue.")
     base_model = tv.base_model_picker()
     c1, c2 = st.columns([2, 1])
@@ -51,8 +50,8 @@ with tab_new:
                                  placeholder="e.g. loraplus-r16-5e-4")
         try:
             cfg = tv.config_from_state(base_model, template, preset)
-            issues = check_run(db, pid, cfg, cuda=cuda, bf16_supported=bf16_ok,
-                               gpu_count=gpu_count)
+            issues = check_run(db, pid, cfg, cuda=cuda, bf16_supported=machine.bf16,
+                               gpu_count=machine.count)
             cfg_error = None
         except (ConfigError, Exception) as exc:  # noqa: BLE001 - shown to the user
             cfg, issues, cfg_error = None, [], exc
@@ -70,8 +69,8 @@ with tab_new:
         # The form's values arrive with this rerun: check them again before starting.
         try:
             cfg = tv.config_from_state(base_model, template, preset)
-            issues = check_run(db, pid, cfg, cuda=cuda, bf16_supported=bf16_ok,
-                               gpu_count=gpu_count)
+            issues = check_run(db, pid, cfg, cuda=cuda, bf16_supported=machine.bf16,
+                               gpu_count=machine.count)
             errors = [i for i in issues if i.level == "error"]
             if errors:
                 st.error("Not started: " + "; ".join(f"{i.title}: {i.msg}" for i in errors))
