@@ -1,82 +1,95 @@
-"""NERLab home: pick or create a project, see where it stands, and where to go next."""
+"""NERLab's entrypoint and home page: pick or create a project, see where it stands, and where to
+go next.
+
+``streamlit run app.py`` runs this file on every interaction: it registers the pages, draws the
+sidebar every page shares (the open project, the user's name) and runs the page the user is on.
+"""
 
 import streamlit as st
 
 from core import overview, projects
-from core.ui import init_page, open_project, show_error
+from core.ui import draw_shell, navigation, open_project, serving, show_error
 
-db, project = init_page("Home", icon="🏷️")
 
-st.title("🏷️ NERLab")
-st.caption(
-    "Label sentences, shape the instruction template, fine-tune an LLM with LoRA / LoRA+ / QLoRA / "
-    "DoRA, and read per-class scores — all in one place, on your machine."
-)
-
-if project is not None:
-    s = projects.stats(db, project["id"])
-    best = overview.best_run(db, project["id"])
-    st.subheader(project["name"])
-    if project["description"]:
-        st.caption(project["description"])
-    c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Sentences", s["sentences"])
-    c2.metric("Labelled", s["labelled"], help="Sentences marked done, with or without entities.")
-    c3.metric("Runs", s["runs"])
-    c4.metric("Best micro-F1 (test)", f"{best['micro_f1']:.3f}" if best else "—",
-              help="The best stored score of any run or baseline on the test split.")
-
-    steps = overview.steps(db, project["id"])
-    upcoming = overview.next_step(steps)
-    if upcoming is not None:
-        st.info(f"**Next: {upcoming.title}.** {upcoming.action}")
-        st.page_link(upcoming.page, label=f"Go to {upcoming.title}", icon="➡️")
-    else:
-        st.success("Every step is done. Label more, try other presets, or compare runs.")
-        st.page_link("pages/6_Compare.py", label="Compare runs side by side", icon="⚖️")
-
-    st.markdown("#### Your path")
-    for i, step in enumerate(steps, start=1):
-        col_mark, col_text, col_link = st.columns([0.06, 0.64, 0.30], vertical_alignment="center")
-        col_mark.markdown("✅" if step.done else "⬜")
-        col_text.markdown(f"**{i}. {step.title}** — {step.detail}")
-        col_link.page_link(step.page, label=f"Open {step.page.split('_', 1)[1][:-3]}")
-
-rows = projects.list_projects(db)
-if rows:
-    st.markdown("#### All projects")
-    st.dataframe(
-        [
-            {
-                "Project": r["name"],
-                "Sentences": r["sentences"],
-                "Labelled": r["labelled"],
-                "Runs": r["runs"],
-                "Created": r["created_at"][:10],
-            }
-            for r in rows
-        ],
-        hide_index=True,
-        width="stretch",
+def home() -> None:
+    db, project = shell.db, shell.project
+    st.title("🏷️ NERLab")
+    st.caption(
+        "Label sentences, shape the instruction template, fine-tune an LLM with LoRA / LoRA+ / "
+        "QLoRA / DoRA, and read per-class scores — all in one place, on your machine."
     )
-    st.caption("Switch the open project in the sidebar.")
-else:
-    st.info("There is no project yet. Create one below, then import or type the sentences to label.")
 
-with st.expander("Create a new project", expanded=not rows):
-    with st.form("home_create"):
-        name = st.text_input("Name", key="home_new_name", placeholder="e.g. Contracts 2026")
-        labels = st.text_input(
-            "Entity types (comma-separated)", key="home_new_labels", placeholder="PARTY, DATE, AMOUNT"
+    if project is not None:
+        s = projects.stats(db, project["id"])
+        best = overview.best_run(db, project["id"])
+        st.subheader(project["name"])
+        if project["description"]:
+            st.caption(project["description"])
+        c1, c2, c3, c4 = st.columns(4)
+        c1.metric("Sentences", s["sentences"])
+        c2.metric("Labelled", s["labelled"], help="Sentences marked done, with or without entities.")
+        c3.metric("Runs", s["runs"])
+        c4.metric("Best micro-F1 (test)", f"{best['micro_f1']:.3f}" if best else "—",
+                  help="The best stored score of any run or baseline on the test split.")
+
+        steps = overview.steps(db, project["id"])
+        upcoming = overview.next_step(steps)
+        if upcoming is not None:
+            st.info(f"**Next: {upcoming.title}.** {upcoming.action}")
+            st.page_link(upcoming.page, label=f"Go to {upcoming.title}", icon="➡️")
+        else:
+            st.success("Every step is done. Label more, try other presets, or compare runs.")
+            st.page_link("pages/6_Compare.py", label="Compare runs side by side", icon="⚖️")
+
+        st.markdown("#### Your path")
+        for i, step in enumerate(steps, start=1):
+            col_mark, col_text, col_link = st.columns([0.12, 0.58, 0.30], vertical_alignment="center")
+            col_mark.markdown("✅ done" if step.done else "⬜ to do")
+            col_text.markdown(f"**{i}. {step.title}** — {step.detail}")
+            col_link.page_link(step.page, label=f"Open {step.page.split('_', 1)[1][:-3]}")
+
+    rows = projects.list_projects(db)
+    if rows:
+        st.markdown("#### All projects")
+        st.dataframe(
+            [
+                {
+                    "Project": r["name"],
+                    "Sentences": r["sentences"],
+                    "Labelled": r["labelled"],
+                    "Runs": r["runs"],
+                    "Created": r["created_at"][:10],
+                }
+                for r in rows
+            ],
+            hide_index=True,
+            width="stretch",
         )
-        description = st.text_area("Description", key="home_new_description", height=80)
-        if st.form_submit_button("Create project", type="primary"):
-            try:
-                created = projects.create_project(
-                    db, name, labels=[x.strip() for x in labels.split(",") if x.strip()],
-                    description=description,
-                )
-            except projects.NerlabError as exc:
-                show_error(exc)
-            else:
-                open_project(created["id"])
+        st.caption("Switch the open project in the sidebar.")
+    else:
+        st.info("There is no project yet. Create one below, then import or type the sentences to label.")
+
+    with st.expander("Create a new project", expanded=not rows):
+        with st.form("home_create"):
+            name = st.text_input("Name", key="home_new_name", placeholder="e.g. Contracts 2026")
+            labels = st.text_input(
+                "Entity types (comma-separated)", key="home_new_labels", placeholder="PARTY, DATE, AMOUNT"
+            )
+            description = st.text_area("Description", key="home_new_description", height=80)
+            if st.form_submit_button("Create project", type="primary"):
+                try:
+                    created = projects.create_project(
+                        db, name, labels=[x.strip() for x in labels.split(",") if x.strip()],
+                        description=description,
+                    )
+                except projects.NerlabError as exc:
+                    show_error(exc)
+                else:
+                    open_project(created["id"])
+
+
+st.set_page_config(page_title="NERLab", page_icon="🏷️", layout="wide")
+page = navigation(home)
+shell = draw_shell()
+with serving(shell):
+    page.run()

@@ -14,9 +14,6 @@ if project is None:
     st.stop()
 
 pid = project["id"]
-# A deep link's ?project= has been applied by init_page; drop it so the sidebar picker rules again.
-if "project" in st.query_params:
-    del st.query_params["project"]
 
 session: labeling.LabelSession = st.session_state.setdefault("label_session", labeling.LabelSession())
 labels = projects.list_labels(db, pid)

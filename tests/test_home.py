@@ -55,3 +55,22 @@ def test_home_page_says_what_is_wrong(home):
     at.text_input(key="home_new_name").set_value("BC5CDR demo")
     at.button[0].click().run()
     assert any("already exists" in e.value for e in at.error)
+
+
+def test_open_project_and_name_hold_on_every_page(home):
+    """Widget state is dropped on a page switch; the shell keeps both under its own keys."""
+    from core.ui import PAGES
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    at.text_input(key="home_new_name").set_value("Contracts")
+    at.text_input(key="home_new_labels").set_value("PARTY, DATE")
+    at.button[0].click().run()
+    new = at.session_state["project_id"]
+    at.sidebar.text_input(key="shell_name").set_value("alice").run()
+    for path, _title, _icon in (*PAGES, *reversed(PAGES)):
+        at.switch_page(path).run()
+        assert not at.exception, (path, at.exception)
+        assert at.session_state["project_id"] == new, path
+        assert at.sidebar.selectbox(key="shell_project").value == new, path
+        assert at.sidebar.text_input(key="shell_name").value == "alice", path
+    assert at.query_params["project"] in ([str(new)], str(new))
