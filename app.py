@@ -7,7 +7,8 @@ sidebar every page shares (the open project, the user's name) and runs the page 
 
 import streamlit as st
 
-from core import overview, projects
+from core.data import overview, projects
+from core.errors import NerlabError
 from core.ui import draw_shell, navigation, open_project, serving, show_error
 
 
@@ -82,7 +83,7 @@ def home() -> None:
                         db, name, labels=[x.strip() for x in labels.split(",") if x.strip()],
                         description=description,
                     )
-                except projects.NerlabError as exc:
+                except NerlabError as exc:
                     show_error(exc)
                 else:
                     open_project(created["id"])

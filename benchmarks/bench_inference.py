@@ -4,7 +4,7 @@
 
 Uses the bundled SmolLM2-135M-Instruct on CPU (float32), the demo project's test sentences and
 the default instruction template (zero-shot, the slowest case: the base model tends to use its
-whole token budget). Both paths get the same per-sentence budget (:func:`core.inference.token_budget`)
+whole token budget). Both paths get the same per-sentence budget (:func:`core.prediction.decoding.token_budget`)
 and stop at end-of-sequence. Prints the figures and how many answers are identical.
 """
 
@@ -17,6 +17,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from core.data import projects
+from core.data.demo import ensure_demo_project
+from core.models import loader
+from core.prediction import decoding
+from core.prompts import render
+from core.prompts.store import get_template
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -42,46 +49,46 @@ def main() -> int:
 
     import torch
 
-    from core import config, demo, inference, models, projects, templates
-    from core.db import get_db
+    from core import config
+    from core.data.db import get_db
 
     torch.set_num_threads(args.threads)
     db = get_db()
-    project = demo.ensure_demo_project(db)
-    tpl = templates.get_template(db, project["id"])
+    project = ensure_demo_project(db)
+    tpl = get_template(db, project["id"])
     labels = projects.list_labels(db, project["id"])
     started = time.perf_counter()
-    model, tokenizer = models.load_model(config.BUNDLED_MODEL, device="cpu")
+    model, tokenizer = loader.load_model(config.BUNDLED_MODEL, device="cpu")
     load_s = time.perf_counter() - started
     examples = projects.examples(db, project["id"], split="test")[: args.n]
-    prompts = [templates.build_chat(tokenizer, tpl, e.text, labels)[0] for e in examples]
-    budgets = [inference.token_budget(tokenizer, e.text, tpl.output_format) for e in examples]
+    prompts = [render.build_chat(tokenizer, tpl, e.text, labels)[0] for e in examples]
+    budgets = [decoding.token_budget(tokenizer, e.text, tpl.output_format) for e in examples]
     if args.max_new_tokens:
         budgets = [min(b, args.max_new_tokens) for b in budgets]
     prompt_tokens = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
 
-    inference.generate(model, tokenizer, prompts[:2], 4, batch_size=2)  # warm-up
+    decoding.generate(model, tokenizer, prompts[:2], 4, batch_size=2)  # warm-up
 
     # One-by-one on the first half, batched on everything, one-by-one on the second half: load
     # from other processes that drifts during the run weighs on both sides alike.
     k = args.one_by_one_n or len(prompts)
     half = k // 2
     t0 = time.perf_counter()
-    single = inference.generate_one_by_one(model, tokenizer, prompts[:half], budgets[:half])
+    single = decoding.generate_one_by_one(model, tokenizer, prompts[:half], budgets[:half])
     single_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    batched = inference.generate(model, tokenizer, prompts, budgets, batch_size=args.batch_size)
+    batched = decoding.generate(model, tokenizer, prompts, budgets, batch_size=args.batch_size)
     batched_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    single += inference.generate_one_by_one(model, tokenizer, prompts[half:k], budgets[half:k])
+    single += decoding.generate_one_by_one(model, tokenizer, prompts[half:k], budgets[half:k])
     single_s += time.perf_counter() - t0
 
     plain_s = None
     if args.compare_plain:
         t0 = time.perf_counter()
-        inference.generate(model, tokenizer, prompts, budgets, batch_size=args.batch_size,
+        decoding.generate(model, tokenizer, prompts, budgets, batch_size=args.batch_size,
                            prefix_cache=False)
         plain_s = time.perf_counter() - t0
 
@@ -92,7 +99,7 @@ def main() -> int:
     batched_rate = len(prompts) / batched_s
     same = sum(a == b for a, b in zip(single, batched[:k], strict=True))
     result = {
-        "device": models.device_info().describe(),
+        "device": loader.device_info().describe(),
         "threads": args.threads,
         "model_load_s": round(load_s, 1),
         "sentences": len(prompts),

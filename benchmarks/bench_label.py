@@ -21,12 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from core.data import io, label_session, labeling, projects
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
 def _source_records(n: int):
-    from core import io
 
     shared = ROOT.parent / "shared" / "data" / "bc5cdr"
     files = sorted(shared.glob("*.tsv")) if shared.is_dir() else []
@@ -53,8 +54,7 @@ def _source_records(n: int):
 
 
 def _build(n: int) -> int:
-    from core import projects
-    from core.db import get_db
+    from core.data.db import get_db
 
     db = get_db()
     project = projects.create_project(db, "Bench 10k")
@@ -89,8 +89,7 @@ def main() -> None:
         pid = _build(args.sentences)
         print(f"built a project of {args.sentences} sentences in {time.perf_counter() - t0:.1f} s")
 
-        from core import labeling, projects
-        from core.db import get_db
+        from core.data.db import get_db
 
         db = get_db()
         total = db.execute("SELECT COUNT(*) FROM sentences WHERE project_id = ?", [pid]).fetchone()[0]
@@ -107,7 +106,7 @@ def main() -> None:
             sid = labeling.first(conn, pid, flt)
             sentence = projects.get_sentence(conn, sid)
             labeling.matches(conn, pid, flt, sid)
-            labeling.widget_data(conn, sentence, labels, queue_total=1,
+            label_session.widget_data(conn, sentence, labels, queue_total=1,
                                  queue_index=labeling.rank(conn, pid, flt, sentence["position"]))
 
         med, worst = _timed(core_calls, args.repeat)

@@ -22,26 +22,29 @@ import sys
 import tempfile
 from pathlib import Path
 
+from core.data.runs import read_log, run_dir, run_metrics
+from core.jobs import launcher
+from core.models import loader
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
 def one_run(db, project_id: int, args: argparse.Namespace, gpus: int) -> dict:
-    from core import jobs
-    from core.runconfig import get_preset
+    from core.training.runconfig import get_preset
 
     cfg = get_preset("Small model on CPU").config(
         base_model=args.base_model, gpus=gpus, max_steps=args.steps, batch_size=args.batch_size,
         grad_accum=args.grad_accum, rank=args.rank, dropout=0.0, max_length=args.max_length,
         dev_loss_sentences=0, eval_after=False, precision="auto",
     )
-    run_id, _ = jobs.submit_training(db, project_id, cfg, name=f"bench {gpus} process(es)")
-    run = jobs.wait(db, run_id, timeout_s=args.timeout, poll_s=1)
+    run_id, _ = launcher.submit_training(db, project_id, cfg, name=f"bench {gpus} process(es)")
+    run = launcher.wait(db, run_id, timeout_s=args.timeout, poll_s=1)
     if run["status"] != "finished":
         raise SystemExit(f"run {run_id} ({gpus} processes) ended {run['status']}: "
-                         f"{run['error_message']}\n{jobs.read_log(run_id, 30)}")
-    result = json.loads((jobs.run_dir(run_id) / "result.json").read_text())
-    losses = [m["loss"] for m in jobs.run_metrics(db, run_id) if m["loss"] is not None]
+                         f"{run['error_message']}\n{read_log(run_id, 30)}")
+    result = json.loads((run_dir(run_id) / "result.json").read_text())
+    losses = [m["loss"] for m in run_metrics(db, run_id) if m["loss"] is not None]
     return {"run_id": run_id, "processes": gpus, "tokens_per_s": result["tokens_per_s"],
             "train_s": result["seconds"], "losses": losses}
 
@@ -65,13 +68,12 @@ def main() -> int:
     args = parser.parse_args()
 
     os.environ.setdefault("NERLAB_HOME", tempfile.mkdtemp(prefix="nerlab-bench-processes-"))
-    from core import models
-    from core.db import get_db
-    from core.demo import ensure_demo_project
+    from core.data.db import get_db
+    from core.data.demo import ensure_demo_project
 
     db = get_db()
     project = ensure_demo_project(db)
-    print(f"Device: {models.device_info().describe()}; {args.steps} steps of "
+    print(f"Device: {loader.device_info().describe()}; {args.steps} steps of "
           f"{args.batch_size} × {args.grad_accum} sentences, LoRA+ r{args.rank}, "
           f"1 vs {args.processes} processes, {args.repeats} repeat(s).", flush=True)
     runs: dict[int, list[dict]] = {1: [], args.processes: []}
@@ -90,7 +92,7 @@ def main() -> int:
           f"{max_diff:.2e}.")
     if args.json:
         Path(args.json).write_text(json.dumps(
-            {"device": models.device_info().describe(), "args": vars(args), "runs": runs,
+            {"device": loader.device_info().describe(), "args": vars(args), "runs": runs,
              "mean_tokens_per_s": mean, "ratio": ratio, "max_step_loss_diff": max_diff},
             indent=2))
     return 0

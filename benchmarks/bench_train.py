@@ -28,29 +28,32 @@ import tempfile
 import time
 from pathlib import Path
 
+from core.data import projects
+from core.models import loader
+from core.prompts.store import get_template
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
 def prepare_data(args: argparse.Namespace) -> list[dict]:
     """The demo's first training sentences as (ids, n_prompt) through NERLab's template."""
-    from core import models, projects, templates
-    from core.db import get_db
-    from core.demo import ensure_demo_project
-    from core.train import encode_examples
+    from core.data.db import get_db
+    from core.data.demo import ensure_demo_project
+    from core.training.batches import encode_examples
 
     db = get_db()
     project = ensure_demo_project(db)
-    tpl = templates.get_template(db, project["id"])
+    tpl = get_template(db, project["id"])
     labels = projects.list_labels(db, project["id"])
     train = projects.examples(db, project["id"], split="train")[: args.examples]
-    tokenizer = models.load_tokenizer(args.base_model, padding_side="right")
+    tokenizer = loader.load_tokenizer(args.base_model, padding_side="right")
     encoded, stats = encode_examples(tokenizer, tpl, train, labels, args.max_length)
     return [{"ids": e.ids, "n_prompt": e.n_prompt} for e in encoded]
 
 
 def run_config(args: argparse.Namespace):
-    from core.runconfig import get_preset
+    from core.training.runconfig import get_preset
 
     return get_preset("Small model on CPU").config(
         base_model=args.base_model, method="loraplus", rank=args.rank, alpha=2.0 * args.rank,
@@ -70,12 +73,13 @@ def _peak_memory_mb(device: str) -> float:
 
 def bench_nerlab(args: argparse.Namespace, data: list[dict]) -> dict:
     """NERLab's loop: answer-only logits, length-sorted micro-batches inside mixed batches."""
-    from core import models
-    from core.train import Encoded, Hooks, build_model, set_threads, train_loop
+    from core.models.loader import set_threads
+    from core.training.batches import Encoded
+    from core.training.loop import Hooks, build_model, train_loop
 
     set_threads()
     cfg = run_config(args)
-    device = models.device_info().device
+    device = loader.device_info().device
     model, tokenizer, dtype = build_model(cfg, device, log=lambda m: None)
     encoded = [Encoded(d["ids"], d["n_prompt"]) for d in data]
     steps: list[float] = []
@@ -107,15 +111,14 @@ def bench_hf(args: argparse.Namespace, data: list[dict]) -> dict:
         TrainingArguments,
     )
 
-    from core import models
-    from core.train import set_threads
+    from core.models.loader import set_threads
 
     set_threads()
     cfg = run_config(args)
-    info = models.device_info()
+    info = loader.device_info()
     device = info.device
     bf16 = device == "cuda" and info.bf16
-    path = models.resolve(args.base_model)
+    path = loader.resolve(args.base_model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     tokenizer.padding_side = "right"

@@ -67,3 +67,10 @@ def project_root() -> Path:
 def assets_dir() -> Path:
     """The shipped assets: demo data, the labelling widget's HTML/CSS/JS."""
     return project_root() / "assets"
+
+
+#: Fewer labelled training sentences than this is an error; fewer than RECOMMENDED_TRAIN a warning.
+MIN_TRAIN = 10
+
+
+RECOMMENDED_TRAIN = 100

@@ -11,3 +11,27 @@ class NotFound(NerlabError):
 
 class Conflict(NerlabError):
     """The sentence changed since it was loaded (another tab or user saved it)."""
+
+
+class ImportFormatError(NerlabError):
+    """A file that cannot be imported; the message names the line and the problem."""
+
+
+class TemplateError(NerlabError):
+    """A template that cannot be used; the message says what is wrong and where."""
+
+
+class RetrievalError(NerlabError):
+    """Retrieval cannot be set up (unknown method, encoder not installed)."""
+
+
+class ModelError(NerlabError):
+    """A base model that cannot be found or loaded; the message says what to do."""
+
+
+class ConfigError(NerlabError):
+    """A setting with a value that cannot work; the message names the setting and the value."""
+
+
+class DataError(NerlabError):
+    """The project's data cannot be trained on (no sentences, no entity types, too long...)."""

@@ -2,7 +2,9 @@
 
 import streamlit as st
 
-from core import config, io, labeling, projects
+from core import config
+from core.data import io, labeling, projects
+from core.errors import NerlabError
 from core.ui import init_page, show_error
 
 db, project = init_page("Data", icon="📥")
@@ -126,7 +128,7 @@ with tab_types:
                 added = projects.add_label(
                     db, pid, new_name, color=new_color, hotkey=new_hotkey or None, description=new_desc
                 )
-            except projects.NerlabError as exc:
+            except NerlabError as exc:
                 show_error(exc)
             else:
                 st.session_state["data_notice"] = (
@@ -157,7 +159,7 @@ with tab_types:
                         projects.update_label(
                             db, chosen, name=name, color=color, hotkey=hotkey, description=desc
                         )
-                    except projects.NerlabError as exc:
+                    except NerlabError as exc:
                         show_error(exc)
                     else:
                         st.session_state["data_notice"] = ("success", f"Saved {name.strip()}.")
@@ -224,7 +226,7 @@ with tab_import:
                     db, pid, upload.getvalue(), chosen_fmt, name=upload.name,
                     split=None if target == "file" else target, allow_new_labels=allow_new,
                 )
-            except projects.NerlabError as exc:
+            except NerlabError as exc:
                 show_error(exc)
             else:
                 # Kept (not a one-shot notice) so that the outcome stays in view under the button
@@ -253,8 +255,8 @@ with tab_export:
     st.caption(f"{n_export} sentence(s) will be exported.")
     st.download_button(
         "Download", key="data_download", type="primary", disabled=n_export == 0,
-        data=labeling.deferred_export(pid, exp_fmt, chosen_split, exp_unlabelled),
-        file_name=labeling.export_filename(project["name"], exp_fmt, chosen_split),
+        data=io.deferred_export(pid, exp_fmt, chosen_split, exp_unlabelled),
+        file_name=io.export_filename(project["name"], exp_fmt, chosen_split),
         mime="application/zip" if exp_fmt == "hf" else "text/plain",
     )
 
@@ -272,7 +274,7 @@ with tab_splits:
     if a4.button("Assign splits", key="data_assign"):
         try:
             new = projects.assign_splits(db, pid, dev=dev, test=test, seed=int(seed))
-        except projects.NerlabError as exc:
+        except NerlabError as exc:
             show_error(exc)
         else:
             st.session_state["data_notice"] = (
@@ -287,7 +289,7 @@ with tab_splits:
         try:
             ids = labeling.ids_for_numbers(db, pid, labeling.parse_numbers(numbers, total))
             moved = projects.set_split(db, ids, move_to)
-        except projects.NerlabError as exc:
+        except NerlabError as exc:
             show_error(exc)
         else:
             st.session_state["data_notice"] = ("success", f"Moved {moved} sentence(s) to {move_to}.")

@@ -2,7 +2,9 @@
 
 import streamlit as st
 
-from core import config, labeling, projects
+from core import config
+from core.data import label_session, labeling, projects
+from core.errors import NotFound
 from core.ui import ANNOTATOR_KEY, init_page
 from core.ui.label_widget import action_handler, button_handler, jump_handler, label_widget
 
@@ -15,7 +17,7 @@ if project is None:
 
 pid = project["id"]
 
-session: labeling.LabelSession = st.session_state.setdefault("label_session", labeling.LabelSession())
+session: label_session.LabelSession = st.session_state.setdefault("label_session", label_session.LabelSession())
 labels = projects.list_labels(db, pid)
 label_names = [row["name"] for row in labels]
 
@@ -50,7 +52,7 @@ if link and link != session.link_handled and not acted:
     session.link_handled = link
     try:
         linked = projects.get_sentence(db, int(link)) if link.isdigit() else None
-    except projects.NotFound:
+    except NotFound:
         linked = None
     if linked is None:
         st.warning(f"The link asks for sentence id {link!r}, which does not exist.")
@@ -73,7 +75,7 @@ sentence = None
 if session.current is not None:
     try:
         sentence = projects.get_sentence(db, session.current)
-    except projects.NotFound:
+    except NotFound:
         sentence = None
     if sentence is not None and sentence["project_id"] != pid:
         sentence = None
@@ -99,7 +101,7 @@ if sentence is None:
 else:
     session.seen(sentence)
     in_queue = labeling.matches(db, pid, flt, sentence["id"])
-    data = labeling.widget_data(
+    data = label_session.widget_data(
         db, sentence, labels,
         queue_index=labeling.rank(db, pid, flt, sentence["position"]) if in_queue else None,
         queue_total=queue_total, ack=session.ack,

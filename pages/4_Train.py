@@ -3,9 +3,15 @@
 import pandas as pd
 import streamlit as st
 
-from core import config, jobs, templates
-from core.runconfig import ConfigError, default_preset_for
-from core.train import check_run
+from core import config
+from core.data.db import get_db
+from core.data.runs import list_runs
+from core.errors import ConfigError
+from core.jobs import launcher
+from core.models import loader
+from core.prompts.store import list_templates
+from core.training.checks import check_run
+from core.training.runconfig import default_preset_for
 from core.ui import init_page, show_error
 from core.ui import train_view as tv
 
@@ -18,16 +24,15 @@ pid = project["id"]
 
 @st.cache_resource(show_spinner="Looking for a GPU…")
 def device():
-    """What runs here (:class:`core.models.DeviceInfo`), looked up once per server process."""
-    from core import models
+    """What runs here (:class:`core.models.loader.DeviceInfo`), looked up once per server process."""
 
-    return models.device_info()
+    return loader.device_info()
 
 
 machine = device()
 cuda = machine.device == "cuda"
-jobs.refresh(db)
-runs = jobs.list_runs(db, pid)
+launcher.refresh(db)
+runs = list_runs(db, pid)
 active = [r for r in runs if r["status"] in ("queued", "running")]
 
 tab_new, tab_runs = st.tabs(["New run", "Runs"], key="train_tabs", on_change="rerun")
@@ -40,7 +45,7 @@ with tab_new:
     with c1:
         preset = tv.preset_picker(default_preset_for(base_model, cuda))
     with c2:
-        names = [t["name"] for t in templates.list_templates(db, pid)] or ["default"]
+        names = [t["name"] for t in list_templates(db, pid)] or ["default"]
         template = st.selectbox("Template", names, key="train_template",
                                 help="The instruction template (its latest version is recorded "
                                 "with the run). Edit it on the Template page.")
@@ -75,13 +80,13 @@ with tab_new:
             if errors:
                 st.error("Not started: " + "; ".join(f"{i.title}: {i.msg}" for i in errors))
             else:
-                run_id, started = jobs.submit_training(db, pid, cfg, name=run_name.strip())
+                run_id, started = launcher.submit_training(db, pid, cfg, name=run_name.strip())
                 st.session_state["train_run"] = run_id
                 if started:
                     st.success(f"Run #{run_id} started. Follow it on the Runs tab.")
                 else:
                     st.info(f"Run #{run_id} is queued: it starts when the active run ends.")
-                runs = jobs.list_runs(db, pid)
+                runs = list_runs(db, pid)
         except Exception as exc:  # noqa: BLE001 - shown to the user
             show_error(exc)
 
@@ -97,11 +102,10 @@ with tab_runs:
         @st.fragment(run_every=poll)
         def live() -> None:
             """Re-read the runs every few seconds while one is active (not a loop)."""
-            from core.db import get_db
 
             fdb = get_db()
-            jobs.refresh(fdb)
-            rows = jobs.list_runs(fdb, pid)
+            launcher.refresh(fdb)
+            rows = list_runs(fdb, pid)
             by_id = {r["id"]: r for r in rows}
             st.dataframe(pd.DataFrame(tv.runs_table(rows)), hide_index=True, key="train_runs_df",
                          width="stretch")

@@ -2,9 +2,10 @@
 
 import streamlit as st
 
-from core import charts, evaluate, projects
+from core.data import projects
+from core.evaluation import compare, run_scores, scoring
+from core.ui import charts, init_page, show_error
 from core.ui import eval_view as ev
-from core.ui import init_page, show_error
 
 db, project = init_page("Evaluate", icon="📊")
 st.title("Evaluate")
@@ -16,7 +17,7 @@ palette = ev.colours(labels)
 
 ev.baseline_form(db, project)
 
-runs = evaluate.scored_runs(db, pid)
+runs = compare.scored_runs(db, pid)
 if not runs:
     st.info(
         "No run has predictions yet. Fine-tune a model on the **Train** page (it predicts dev "
@@ -32,7 +33,7 @@ if st.session_state.get("eval_run") not in by_id:
     st.session_state["eval_run"] = runs[0]["id"]
 
 c1, c2, c3 = st.columns([3, 2, 2])
-run_id = c1.selectbox("Run", list(by_id), format_func=lambda i: evaluate.run_title(by_id[i]),
+run_id = c1.selectbox("Run", list(by_id), format_func=lambda i: compare.run_title(by_id[i]),
                       key="eval_run")
 run = by_id[run_id]
 splits = [s for s in ("test", "dev", "train") if s in run["predicted"]]
@@ -41,7 +42,7 @@ if st.session_state.get("eval_split") not in splits:
 split = c2.radio("Split", splits, horizontal=True, key="eval_split",
                  format_func=lambda s: f"{s} ({run['predicted'][s]})")
 mode = c3.radio(
-    "Scoring", evaluate.MODES, horizontal=True, key="eval_mode",
+    "Scoring", scoring.MODES, horizontal=True, key="eval_mode",
     help="default: conlleval's reading of the tags; strict: seqeval's strict IOB2 mode. On tags "
     "derived from spans both agree; they differ on malformed tag sequences.",
 )
@@ -51,8 +52,8 @@ if run["status"] != "finished":
 try:
     if st.button("Re-score", key="eval_rescore",
                  help="Scores refresh by themselves when a gold label changes; this forces it."):
-        evaluate.evaluate_run(db, run_id, splits=[split])
-    metrics = evaluate.metrics_for(db, run_id, split, mode)
+        run_scores.evaluate_run(db, run_id, splits=[split])
+    metrics = run_scores.metrics_for(db, run_id, split, mode)
 except Exception as exc:  # noqa: BLE001 - shown to the user
     show_error(exc)
     st.stop()
@@ -85,18 +86,18 @@ st.caption(
 )
 st.plotly_chart(charts.confusion_heatmap(metrics["confusion"]), key="eval_confusion")
 errors = metrics["errors"]
-st.caption(" · ".join(f"{ev.error_label(k)}: {errors[k]}" for k in evaluate.ERROR_KINDS))
+st.caption(" · ".join(f"{ev.error_label(k)}: {errors[k]}" for k in scoring.ERROR_KINDS))
 
 st.subheader("Errors")
-items = evaluate.load_scored(db, run_id, split)
-error_kinds = [k for k in evaluate.ERROR_KINDS if k != "correct"]
+items = run_scores.load_scored(db, run_id, split)
+error_kinds = [k for k in scoring.ERROR_KINDS if k != "correct"]
 f1, f2, f3 = st.columns([3, 2, 1])
 kinds = f1.multiselect("Kinds", error_kinds, default=error_kinds, key="eval_kinds",
                        format_func=ev.error_label)
 type_names = [r["name"] for r in labels]
 type_filter = f2.selectbox("Entity type", ["All types", *type_names], key="eval_type",
                            help="Errors where the gold or the predicted entity has this type.")
-found = evaluate.error_list(items, kinds or error_kinds,
+found = scoring.error_list(items, kinds or error_kinds,
                             None if type_filter == "All types" else type_filter)
 PAGE = 20
 pages = max(1, (len(found) + PAGE - 1) // PAGE)

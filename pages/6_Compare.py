@@ -3,10 +3,12 @@
 import pandas as pd
 import streamlit as st
 
-from core import charts, evaluate, inference, projects
-from core.db import get_db
+from core.data import projects
+from core.data.db import get_db
+from core.evaluation import compare, scoring
+from core.prediction import tryout
+from core.ui import charts, init_page, show_error
 from core.ui import eval_view as ev
-from core.ui import init_page, show_error
 
 db, project = init_page("Compare", icon="⚖️")
 st.title("Compare runs")
@@ -16,7 +18,7 @@ pid = project["id"]
 labels = projects.list_labels(db, pid)
 palette = ev.colours(labels)
 
-runs = evaluate.scored_runs(db, pid)
+runs = compare.scored_runs(db, pid)
 if len(runs) < 2:
     st.info(
         "Comparing needs at least two runs with predictions. Fine-tune on the **Train** page or "
@@ -30,7 +32,7 @@ chosen = [i for i in st.session_state.get("compare_runs", []) if i in by_id]
 st.session_state["compare_runs"] = chosen or [r["id"] for r in runs[:2]]
 run_ids = st.multiselect(
     "Runs (two to four)", list(by_id), key="compare_runs", max_selections=4,
-    format_func=lambda i: evaluate.run_title(by_id[i]),
+    format_func=lambda i: compare.run_title(by_id[i]),
     help="The first run is the reference: deltas are measured against it.",
 )
 if len(run_ids) < 2:
@@ -48,7 +50,7 @@ if st.session_state.get("compare_split") not in common_splits:
 split = st.radio("Split", common_splits, horizontal=True, key="compare_split")
 
 try:
-    rows, items = evaluate.side_by_side(db, run_ids, split)
+    rows, items = compare.side_by_side(db, run_ids, split)
 except Exception as exc:  # noqa: BLE001 - shown to the user
     show_error(exc)
     st.stop()
@@ -56,7 +58,7 @@ if not rows:
     st.warning("No sentence was predicted by every one of these runs on this split.")
     st.stop()
 label_names = [r["name"] for r in labels]
-scores = {i: evaluate.score(items[i], labels=label_names) for i in run_ids}
+scores = {i: scoring.score(items[i], labels=label_names) for i in run_ids}
 counts = {i: by_id[i]["predicted"].get(split, 0) for i in run_ids}
 if any(c != len(rows) for c in counts.values()):
     st.caption(f"Scored on the {len(rows)} {split} sentences every selected run predicted.")
@@ -125,14 +127,14 @@ text = st.text_input("Sentence", key="compare_try_text",
                      placeholder="e.g. Lithium-induced hypotension was reversed by naloxone .")
 if st.button("Run the selected models", key="compare_try_go", type="primary"):
     try:
-        st.session_state["compare_try_id"] = inference.request_try(db, pid, text, run_ids)
+        st.session_state["compare_try_id"] = tryout.request_try(db, pid, text, run_ids)
     except Exception as exc:  # noqa: BLE001 - shown to the user
         show_error(exc)
 
 
 def _show_try(request_id: int) -> None:
     fresh = get_db()
-    req = inference.get_try(fresh, request_id)
+    req = tryout.get_try(fresh, request_id)
     pending = req["status"] in ("queued", "running")
     for rid in req["run_ids"]:
         out = req["outputs"].get(str(rid))
@@ -144,7 +146,7 @@ def _show_try(request_id: int) -> None:
         else:
             st.markdown(f"**{name}** · {out['seconds']} s" +
                         (f" · answer {out['status']}" if out["status"] != "ok" else ""))
-            ev.show_html(ev.spans_html(req["text"], inference.spans_of(out), palette))
+            ev.show_html(ev.spans_html(req["text"], tryout.spans_of(out), palette))
     if req["status"] == "failed":
         st.error(req["error_message"] or "The request failed.")
     if pending and st.session_state.get("compare_try_polling"):
@@ -157,7 +159,7 @@ def _show_try(request_id: int) -> None:
 request_id = st.session_state.get("compare_try_id")
 if request_id:
     try:
-        status = inference.get_try(db, request_id)["status"]
+        status = tryout.get_try(db, request_id)["status"]
     except Exception as exc:  # noqa: BLE001 - shown to the user
         show_error(exc)
         status = "failed"

@@ -32,6 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from core.data.runs import read_log, run_dir, run_metrics
+from core.jobs import launcher
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -50,17 +53,16 @@ def _device() -> dict:
 
 def run_training(db, project_id: int, preset: str, timeout_s: float, **overrides) -> dict:
     """Start a run through the real worker, wait for it, and collect its figures."""
-    from core import jobs
-    from core.runconfig import get_preset
+    from core.training.runconfig import get_preset
 
     cfg = get_preset(preset).config(**overrides)
     started = time.perf_counter()
-    run_id, _ = jobs.submit_training(db, project_id, cfg, name=f"gpu-check {preset}")
-    run = jobs.wait(db, run_id, timeout_s=timeout_s, poll_s=2)
+    run_id, _ = launcher.submit_training(db, project_id, cfg, name=f"gpu-check {preset}")
+    run = launcher.wait(db, run_id, timeout_s=timeout_s, poll_s=2)
     if run["status"] not in ("finished", "failed", "stopped"):
-        jobs.request_stop(db, run_id)
-        run = jobs.wait(db, run_id, timeout_s=120)
-    metrics = jobs.run_metrics(db, run_id)
+        launcher.request_stop(db, run_id)
+        run = launcher.wait(db, run_id, timeout_s=120)
+    metrics = run_metrics(db, run_id)
     steps = [m for m in metrics if m["loss"] is not None]
     evals = [m for m in metrics if m["eval_loss"] is not None]
     scores = {}
@@ -71,8 +73,8 @@ def run_training(db, project_id: int, preset: str, timeout_s: float, **overrides
             "micro_f1": (m.get("micro") or {}).get("f1"), "macro_f1": (m.get("macro") or {}).get("f1"),
             "n_sentences": m.get("n_sentences"), "parse": m.get("parse"),
         }
-    result = json.loads((jobs.run_dir(run_id) / "result.json").read_text()) if (
-        jobs.run_dir(run_id) / "result.json").is_file() else {}
+    result = json.loads((run_dir(run_id) / "result.json").read_text()) if (
+        run_dir(run_id) / "result.json").is_file() else {}
     out = {
         "run_id": run_id, "preset": preset, "config": cfg.summary(), "status": run["status"],
         "error": run["error_message"], "wall_s": round(time.perf_counter() - started, 1),
@@ -87,7 +89,7 @@ def run_training(db, project_id: int, preset: str, timeout_s: float, **overrides
         "scores": scores,
     }
     if run["status"] != "finished":
-        out["log_tail"] = jobs.read_log(run_id, 40)
+        out["log_tail"] = read_log(run_id, 40)
     return out
 
 
@@ -124,8 +126,8 @@ def main() -> int:
             report["benchmark"] = json.loads(bench_json.read_text())
 
     if not args.skip_runs:
-        from core.db import get_db
-        from core.demo import ensure_demo_project
+        from core.data.db import get_db
+        from core.data.demo import ensure_demo_project
 
         db = get_db()
         project = ensure_demo_project(db)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from core import config
+from core.models import loader
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,7 +40,7 @@ def home(tmp_path, monkeypatch):
 @pytest.fixture
 def db(home):
     """The migrated database inside the temporary data directory."""
-    from core.db import get_db
+    from core.data.db import get_db
 
     return get_db()
 
@@ -47,7 +48,7 @@ def db(home):
 @pytest.fixture
 def demo(db):
     """The BC5CDR demo project (300 labelled + 40 unlabelled train, 60 dev, 147 test)."""
-    from core.demo import ensure_demo_project
+    from core.data.demo import ensure_demo_project
 
     return ensure_demo_project(db)
 
@@ -55,6 +56,5 @@ def demo(db):
 @pytest.fixture(scope="session")
 def bundled_model_path(shared_models_dir):
     """The bundled SmolLM2, converted to safetensors once per session (about 30 s)."""
-    from core import models
 
-    return models.ensure_bundled_model()
+    return loader.ensure_bundled_model()

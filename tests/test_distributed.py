@@ -10,11 +10,15 @@ import time
 import pytest
 from test_train import quick_config, tiny_project
 
-from core import distributed, jobs
-from core.db import now
-from core.distributed import SINGLE, Group, shard
-from core.runconfig import RunConfig
-from core.train import Encoded, check_run
+from core.data.db import now
+from core.data.runs import create_run, fail_run, get_run, read_log, run_dir, run_metrics
+from core.jobs import launcher, worker
+from core.procs import pid_alive
+from core.training import distributed
+from core.training.batches import Encoded
+from core.training.checks import check_run
+from core.training.distributed import SINGLE, Group, shard
+from core.training.runconfig import RunConfig
 
 # -- without a model (fast) ----------------------------------------------------------------------
 
@@ -40,21 +44,21 @@ def test_a_single_process_group_does_nothing():
 
 
 def test_worker_command_uses_accelerate_launch_for_several_gpus(home):
-    assert jobs.worker_command(7) == [sys.executable, "-m", "core.worker", "7"]
-    cmd = jobs.worker_command(7, gpus=4, port=29999)
+    assert launcher.worker_command(7) == [sys.executable, "-m", "core.jobs.worker", "7"]
+    cmd = launcher.worker_command(7, gpus=4, port=29999)
     assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
     assert cmd[cmd.index("--num_processes") + 1] == "4"
     assert cmd[cmd.index("--main_process_port") + 1] == "29999"
-    assert cmd[-3:] == ["-m", "core.worker", "7"] and "--multi_gpu" in cmd
+    assert cmd[-3:] == ["-m", "core.jobs.worker", "7"] and "--multi_gpu" in cmd
     config_file = cmd[cmd.index("--config_file") + 1]
-    assert config_file == str(jobs.run_dir(7) / "accelerate.yaml")
+    assert config_file == str(run_dir(7) / "accelerate.yaml")
     train = {"kind": "train", "config": RunConfig().with_overrides(gpus=3).to_dict()}
-    assert jobs.run_gpus(train) == 3
-    assert jobs.run_gpus({"kind": "crf", "config": {}}) == 1
+    assert launcher.run_gpus(train) == 3
+    assert launcher.run_gpus({"kind": "crf", "config": {}}) == 1
 
 
 def test_gpus_setting_is_validated_and_checked_against_the_machine(db):
-    from core.runconfig import ConfigError
+    from core.errors import ConfigError
 
     project = tiny_project(db)
     with pytest.raises(ConfigError, match="GPUs must be ≥ 1"):
@@ -82,8 +86,6 @@ def test_a_survivor_does_not_hide_the_cause_behind_connection_closed(db):
     happened."""
     import subprocess
 
-    from core import worker
-
     gloo = RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [10.0.0.2]:1")
     assert distributed.lost_peer(gloo)
     assert not distributed.lost_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
@@ -93,25 +95,25 @@ def test_a_survivor_does_not_hide_the_cause_behind_connection_closed(db):
     project = tiny_project(db, n_train=2)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    run_id = jobs.create_run(db, project["id"], "train", {})
+    run_id = create_run(db, project["id"], "train", {})
     db.execute("UPDATE runs SET status = 'running', pid = ? WHERE id = ?", [dead.pid, run_id])
     db.conn.commit()
     assert worker._cause_recorded_elsewhere(db, run_id, grace_s=5)  # rank 0 died: refresh says so
-    assert "ended without reporting" in jobs.get_run(db, run_id)["error_message"]
+    assert "ended without reporting" in get_run(db, run_id)["error_message"]
 
-    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "core.worker"])
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "core.jobs.worker"])
     try:
-        run_id = jobs.create_run(db, project["id"], "train", {})
+        run_id = create_run(db, project["id"], "train", {})
         db.execute("UPDATE runs SET status = 'running', pid = ?, heartbeat_at = ? WHERE id = ?",
                    [alive.pid, now(), run_id])
         db.conn.commit()
         started = time.monotonic()
         assert not worker._cause_recorded_elsewhere(db, run_id, grace_s=1)
         assert time.monotonic() - started < 5
-        assert jobs.get_run(db, run_id)["status"] == "running"  # left for the survivor to record
-        jobs.fail_run(db, run_id, "oom", "Out of GPU memory: rank 0")  # rank 0's own report
+        assert get_run(db, run_id)["status"] == "running"  # left for the survivor to record
+        fail_run(db, run_id, "oom", "Out of GPU memory: rank 0")  # rank 0's own report
         assert worker._cause_recorded_elsewhere(db, run_id, grace_s=1)
-        assert jobs.get_run(db, run_id)["error_message"] == "Out of GPU memory: rank 0"
+        assert get_run(db, run_id)["error_message"] == "Out of GPU memory: rank 0"
     finally:
         alive.kill()
         alive.wait()
@@ -123,7 +125,7 @@ def test_a_survivor_does_not_hide_the_cause_behind_connection_closed(db):
 def _adapter(run_id: int) -> dict:
     from safetensors.torch import load_file
 
-    return load_file(str(jobs.run_dir(run_id) / "adapter" / "adapter_model.safetensors"))
+    return load_file(str(run_dir(run_id) / "adapter" / "adapter_model.safetensors"))
 
 
 @pytest.mark.slow
@@ -134,18 +136,18 @@ def test_two_processes_train_the_same_adapter_as_one(db, bundled_model_path):
     project = tiny_project(db, n_train=12, n_dev=2, n_test=2)
     settings = dict(max_steps=2, batch_size=2, grad_accum=2, rank=4, eval_limit=1,
                     dev_loss_sentences=2)
-    one, _ = jobs.submit_training(db, project["id"], quick_config(**settings, gpus=1))
-    two, _ = jobs.submit_training(db, project["id"], quick_config(**settings, gpus=2))
+    one, _ = launcher.submit_training(db, project["id"], quick_config(**settings, gpus=1))
+    two, _ = launcher.submit_training(db, project["id"], quick_config(**settings, gpus=2))
     for run_id in (one, two):
-        run = jobs.wait(db, run_id, timeout_s=900)
-        assert run["status"] == "finished", jobs.read_log(run_id)
-    log = jobs.read_log(two, 400)
-    written = (jobs.run_dir(two) / "accelerate.yaml").read_text()
+        run = launcher.wait(db, run_id, timeout_s=900)
+        assert run["status"] == "finished", read_log(run_id)
+    log = read_log(two, 400)
+    written = (run_dir(two) / "accelerate.yaml").read_text()
     assert "num_processes: 2" in written and "distributed_type: MULTI_GPU" in written
     assert "2 processes (gloo)" in log and "each step is split over 2 processes" in log, log
 
     def losses(run_id):
-        rows = jobs.run_metrics(db, run_id)
+        rows = run_metrics(db, run_id)
         return ([(m["step"], m["loss"]) for m in rows if m["loss"] is not None],
                 [m["eval_loss"] for m in rows if m["eval_loss"] is not None])
 
@@ -168,16 +170,16 @@ def test_two_processes_train_the_same_adapter_as_one(db, bundled_model_path):
 def test_a_stop_ends_every_process_and_keeps_the_adapter(db, bundled_model_path):
     project = tiny_project(db, n_train=12, n_dev=2, n_test=2)
     cfg = quick_config(max_steps=200, batch_size=2, grad_accum=1, rank=4, gpus=2)
-    run_id, started = jobs.submit_training(db, project["id"], cfg)
+    run_id, started = launcher.submit_training(db, project["id"], cfg)
     assert started
     _wait_for_a_step(db, run_id)
     assert len(_worker_pids(run_id)) == 3  # accelerate's launcher and two ranks
-    jobs.request_stop(db, run_id)
-    run = jobs.wait(db, run_id, timeout_s=300)
-    log = jobs.read_log(run_id, 400)
+    launcher.request_stop(db, run_id)
+    run = launcher.wait(db, run_id, timeout_s=300)
+    log = read_log(run_id, 400)
     assert run["status"] == "stopped", log
-    assert (jobs.run_dir(run_id) / "adapter" / "adapter_model.safetensors").is_file()
-    steps = [m["step"] for m in jobs.run_metrics(db, run_id) if m["loss"] is not None]
+    assert (run_dir(run_id) / "adapter" / "adapter_model.safetensors").is_file()
+    steps = [m["step"] for m in run_metrics(db, run_id) if m["loss"] is not None]
     assert steps and max(steps) < 200
     deadline = time.monotonic() + 60
     while _worker_pids(run_id) and time.monotonic() < deadline:
@@ -192,10 +194,10 @@ def test_kill_9_of_rank_0_fails_the_run_and_ends_the_other_processes(db, bundled
 
     project = tiny_project(db, n_train=12, n_dev=2, n_test=2)
     cfg = quick_config(max_steps=200, batch_size=2, grad_accum=1, rank=4, gpus=2)
-    run_id, _ = jobs.submit_training(db, project["id"], cfg)
+    run_id, _ = launcher.submit_training(db, project["id"], cfg)
     _wait_for_a_step(db, run_id)
-    os.kill(jobs.get_run(db, run_id)["pid"], signal.SIGKILL)
-    run = jobs.wait(db, run_id, timeout_s=120)
+    os.kill(get_run(db, run_id)["pid"], signal.SIGKILL)
+    run = launcher.wait(db, run_id, timeout_s=120)
     assert run["status"] == "failed" and "ended without reporting" in run["error_message"]
     deadline = time.monotonic() + 60
     while _worker_pids(run_id) and time.monotonic() < deadline:
@@ -205,10 +207,10 @@ def test_kill_9_of_rank_0_fails_the_run_and_ends_the_other_processes(db, bundled
 
 def _wait_for_a_step(db, run_id: int) -> None:
     deadline = time.monotonic() + 600
-    while not any(m["loss"] is not None for m in jobs.run_metrics(db, run_id)):
-        run = jobs.get_run(db, run_id)
-        assert run["status"] in ("queued", "running"), jobs.read_log(run_id)
-        assert time.monotonic() < deadline, jobs.read_log(run_id)
+    while not any(m["loss"] is not None for m in run_metrics(db, run_id)):
+        run = get_run(db, run_id)
+        assert run["status"] in ("queued", "running"), read_log(run_id)
+        assert time.monotonic() < deadline, read_log(run_id)
         time.sleep(0.5)
 
 
@@ -216,12 +218,12 @@ def _worker_pids(run_id: int) -> list[int]:
     """Live processes whose command line runs this run's worker (launcher and ranks)."""
     from pathlib import Path
 
-    tail = f"core.worker\0{run_id}\0".encode()
+    tail = f"core.jobs.worker\0{run_id}\0".encode()
     pids = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                if tail in (proc / "cmdline").read_bytes() and jobs.pid_alive(int(proc.name)):
+                if tail in (proc / "cmdline").read_bytes() and pid_alive(int(proc.name), launcher.WORKER):
                     pids.append(int(proc.name))
             except OSError:
                 continue

@@ -9,42 +9,23 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import baselines, evaluate
-from core.db import now
+from core.data import projects
+from core.data.db import now
+from core.data.runs import create_run, get_run
+from core.evaluation import compare, run_scores, scoring
+from core.jobs import worker
+from core.prediction import baselines, tryout
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class Ctx:
-    """What a baseline needs of the worker's RunContext."""
-
-    def __init__(self, db, run: dict, run_dir: Path) -> None:
-        self.db, self.run, self.run_dir, self.config = db, run, run_dir, run["config"]
-
-    def log(self, msg: str) -> None:
-        pass
-
-    def heartbeat(self) -> None:
-        pass
-
-    def should_stop(self) -> bool:
-        return False
-
-    def progress(self, *args, **kwargs) -> None:
-        pass
-
-    def set_artifact(self, path) -> None:
-        self.db.execute("UPDATE runs SET artifact_path = ? WHERE id = ?", [str(path), self.run["id"]])
-
-
 def crf_run(db, project_id: int, name: str, cfg: dict, home: Path) -> int:
-    run_id = db["runs"].insert({
-        "project_id": project_id, "name": name, "kind": "crf", "config": json.dumps(cfg),
-        "status": "finished", "created_at": now(), "finished_at": now(),
-    }).last_pk
-    folder = home / "runs" / str(run_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    baselines.run(Ctx(db, dict(db["runs"].get(run_id), config=cfg), folder))
+    run_id = create_run(db, project_id, "crf", baselines.settings("crf", cfg), name=name)
+    db.execute("UPDATE runs SET status = 'running' WHERE id = ?", [run_id])
+    db.conn.commit()
+    baselines.run(worker.WorkerContext(db, get_run(db, run_id)))
+    db.execute("UPDATE runs SET status = 'finished', finished_at = ? WHERE id = ?", [now(), run_id])
+    db.conn.commit()
     return run_id
 
 
@@ -65,7 +46,7 @@ def test_evaluate_page_shows_scores_and_errors(seeded, db):
     at.session_state["eval_run"] = a
     at.run()
     assert not at.exception, at.exception
-    m = evaluate.stored_metrics(db, a, "test")
+    m = run_scores.stored_metrics(db, a, "test")
     labels = [x.label for x in at.metric]
     assert "Micro-F1" in labels and "Macro-F1" in labels
     micro = next(x for x in at.metric if x.label == "Micro-F1")
@@ -77,7 +58,7 @@ def test_evaluate_page_shows_scores_and_errors(seeded, db):
     assert not at.exception
     heads = [md.value for md in at.markdown if md.value.startswith(":red[")]
     assert heads and all(h.startswith(":red[missed]") and "(Disease)" in h for h in heads)
-    expected = evaluate.error_list(evaluate.load_scored(db, a, "test"), ["missed"], "Disease")
+    expected = scoring.error_list(run_scores.load_scored(db, a, "test"), ["missed"], "Disease")
     assert any(f"{len(expected)} error(s)" in c.value for c in at.caption)
 
 
@@ -92,10 +73,9 @@ def test_evaluate_page_switches_runs_and_mode(seeded):
 
 
 def test_evaluate_page_rescores_after_a_gold_fix(seeded, db):
-    from core import projects
 
     demo, a, _ = seeded
-    before = evaluate.stored_metrics(db, a, "test")
+    before = run_scores.stored_metrics(db, a, "test")
     sentence = projects.examples(db, demo["id"], split="test")[0]
     import time
 
@@ -105,7 +85,7 @@ def test_evaluate_page_rescores_after_a_gold_fix(seeded, db):
     at.session_state["eval_run"] = a
     at.run()
     assert not at.exception
-    after = evaluate.stored_metrics(db, a, "test")
+    after = run_scores.stored_metrics(db, a, "test")
     assert after["n_gold"] == before["n_gold"] - len(sentence.spans)
 
 
@@ -124,13 +104,13 @@ def test_compare_page_side_by_side(seeded, db):
     assert not at.exception, at.exception
     table = at.dataframe[0].value
     assert list(table.columns)[:1] == ["metric"]
-    ma = evaluate.stored_metrics(db, a, "test")["micro"]["f1"]
+    ma = run_scores.stored_metrics(db, a, "test")["micro"]["f1"]
     row = table[table["metric"] == "micro F1"].iloc[0]
     assert row.iloc[1] == pytest.approx(ma, abs=1e-9)
     # Only sentences where the runs disagree.
     at.radio(key="compare_filter").set_value("runs disagree").run()
     assert not at.exception
-    rows, _ = evaluate.side_by_side(db, [a, b], "test")
+    rows, _ = compare.side_by_side(db, [a, b], "test")
     n = sum(r["disagree"] for r in rows)
     assert any(f"{n} of {len(rows)} sentence(s)" in c.value for c in at.caption)
 
@@ -148,11 +128,9 @@ def test_compare_page_try_box_creates_a_request(seeded, db, monkeypatch):
     # The request is answered by its own process (CRF runs: quick); wait for it.
     import time
 
-    from core import inference
-
     deadline = time.time() + 90
     while time.time() < deadline:
-        req = inference.get_try(db, rows[0]["id"])
+        req = tryout.get_try(db, rows[0]["id"])
         if req["status"] in ("finished", "failed"):
             break
         time.sleep(0.5)

@@ -8,10 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core import evaluate
-from core.db import now
-from core.evaluate import Scored, match_spans, score, score_tags
-from core.spans import Example, Span, tokenize
+from core.data import projects
+from core.data.db import now
+from core.data.spans import Example, Span, tokenize
+from core.evaluation import run_scores, scoring
+from core.evaluation.scoring import Scored, match_spans, score, score_tags
 
 # ---------------------------------------------------------------------------------------------
 # An independent port of conlleval.pl (Sang & Buchholz, CoNLL-2000), counting per type.
@@ -157,8 +158,8 @@ def test_missed_and_spurious():
     assert m["micro"]["f1"] == 0.0
     assert m["errors"]["missed"] == 2 and m["errors"]["spurious"] == 1
     conf = m["confusion"]
-    assert conf["matrix"][conf["rows"].index(evaluate.SPURIOUS)][conf["cols"].index("Chemical")] == 1
-    assert conf["matrix"][conf["rows"].index("Disease")][conf["cols"].index(evaluate.MISSED)] == 1
+    assert conf["matrix"][conf["rows"].index(scoring.SPURIOUS)][conf["cols"].index("Chemical")] == 1
+    assert conf["matrix"][conf["rows"].index("Disease")][conf["cols"].index(scoring.MISSED)] == 1
 
 
 def test_partial_token_span_takes_the_whole_token():
@@ -233,13 +234,13 @@ def test_scores_from_spans_equal_conlleval_on_the_conll_output(data):
 
     items = [Scored(Example(k, text, tuple(spans()), "test"), spans()) for k in range(3)]
     m = score(items, bootstrap=0)
-    lines = evaluate.to_conll(items).strip().split("\n\n")
+    lines = scoring.to_conll(items).strip().split("\n\n")
     y_true = [[ln.split()[1] for ln in block.splitlines()] for block in lines]
     y_pred = [[ln.split()[2] for ln in block.splitlines()] for block in lines]
     assert_matches_conlleval(y_true, y_pred, m)
     conf = m["confusion"]
     for label, row in zip(conf["rows"], conf["matrix"], strict=True):
-        if label != evaluate.SPURIOUS:
+        if label != scoring.SPURIOUS:
             assert sum(row) == m["per_class"].get(label, {"support": 0})["support"]
 
 
@@ -272,7 +273,6 @@ def test_empty_inputs_score_zero():
 
 
 def _seed_run(db, demo, kind="zero-shot"):
-    from core import projects
 
     examples = projects.examples(db, demo["id"], split="test")[:12]
     run_id = db["runs"].insert({
@@ -292,17 +292,17 @@ def _seed_run(db, demo, kind="zero-shot"):
 
 def test_evaluate_run_stores_both_modes(db, demo):
     run_id, examples = _seed_run(db, demo)
-    result = evaluate.evaluate_run(db, run_id)
+    result = run_scores.evaluate_run(db, run_id)
     assert set(result) == {"test"} and set(result["test"]) == {"default", "strict"}
     m = result["test"]["default"]
     assert m["n_sentences"] == len(examples)
     assert m["parse"]["unparsable"] == 1
     assert 0 < m["micro"]["f1"] <= 1 and m["micro"]["precision"] == 1.0
     assert db["evaluations"].count == 2
-    assert evaluate.stored_metrics(db, run_id, "test")["micro"] == m["micro"]
-    assert not evaluate.is_stale(db, run_id, "test")
-    errors = evaluate.error_list(evaluate.load_scored(db, run_id, "test"))
+    assert run_scores.stored_metrics(db, run_id, "test")["micro"] == m["micro"]
+    assert not run_scores.is_stale(db, run_id, "test")
+    errors = scoring.error_list(run_scores.load_scored(db, run_id, "test"))
     assert errors and all(e["kind"] == "missed" for e in errors)
     # re-scoring overwrites, it does not duplicate
-    evaluate.evaluate_run(db, run_id)
+    run_scores.evaluate_run(db, run_id)
     assert db["evaluations"].count == 2

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from core import overview, projects
+from core.data import overview, projects
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,56 +6,63 @@ import json
 
 import pytest
 
-from core import evaluate, inference, projects, templates
-from core.db import now
+from core.data import projects
+from core.data.runs import create_run, get_run, run_metrics
+from core.errors import NerlabError
+from core.evaluation import run_scores
+from core.jobs import worker
+from core.models import loader
+from core.prediction import baselines, decoding, predict, tryout
+from core.prediction.predict import PredictSettings
+from core.prompts import formats, render
+from core.prompts.plan import fixed_shots, plan_for_run
+from core.prompts.store import get_template
+from core.prompts.template import default_template
 
 
 def test_budget_covers_every_gold_answer_of_the_demo(db, demo, bundled_model_path):
     """The per-sentence cap on new tokens never cuts a correct answer short (all formats)."""
-    from core import models
 
-    tokenizer = models.load_tokenizer(str(bundled_model_path))
+    tokenizer = loader.load_tokenizer(str(bundled_model_path))
     train = projects.examples(db, demo["id"], split="train")
-    for fmt in templates.OUTPUT_FORMATS:
-        tpl = templates.default_template(fmt)
+    for fmt in formats.OUTPUT_FORMATS:
+        tpl = default_template(fmt)
         for ex in train:
-            answer = templates.render_answer(tpl, ex.text, ex.spans)
+            answer = formats.render_answer(tpl, ex.text, ex.spans)
             need = len(tokenizer(answer, add_special_tokens=False)["input_ids"]) + 1  # + EOS
-            assert need <= inference.token_budget(tokenizer, ex.text, fmt) + 2, (fmt, ex.text)
+            assert need <= decoding.token_budget(tokenizer, ex.text, fmt) + 2, (fmt, ex.text)
 
 
 def test_fixed_shots_cover_every_type(db, demo):
     train = projects.examples(db, demo["id"], split="train")
-    shots = inference.fixed_shots(train, 3)
+    shots = fixed_shots(train, 3)
     assert len(shots) == 3
     assert {s.label for ex in shots for s in ex.spans} >= {"Chemical", "Disease"}
 
 
 def test_try_request_rejects_empty_input(db, demo):
-    with pytest.raises(inference.NerlabError):
-        inference.request_try(db, demo["id"], "   ", [1], spawn=False)
+    with pytest.raises(NerlabError):
+        tryout.request_try(db, demo["id"], "   ", [1], start=False)
 
 
 @pytest.fixture(scope="module")
 def smol(bundled_model_path):
     import torch
 
-    from core import models
-
     torch.set_num_threads(2)
-    return models.load_model(str(bundled_model_path))
+    return loader.load_model(str(bundled_model_path))
 
 
 @pytest.mark.slow
 def test_batched_generation_matches_one_by_one(smol):
     model, tokenizer = smol
     prompts = [
-        templates.build_chat(tokenizer, templates.default_template(), text, ["Chemical", "Disease"])[0]
+        render.build_chat(tokenizer, default_template(), text, ["Chemical", "Disease"])[0]
         for text in ("Aspirin reduces fever .", "Naloxone reverses the antihypertensive effect of clonidine .",
                      "No entities here .")
     ]
-    batched = inference.generate(model, tokenizer, prompts, [12, 20, 8], batch_size=3)
-    single = inference.generate_one_by_one(model, tokenizer, prompts, [12, 20, 8])
+    batched = decoding.generate(model, tokenizer, prompts, [12, 20, 8], batch_size=3)
+    single = decoding.generate_one_by_one(model, tokenizer, prompts, [12, 20, 8])
     assert len(batched) == 3 and all(isinstance(b, str) for b in batched)
     # Left padding and the per-row caps give the same greedy answers as one prompt at a time
     # (float32 on CPU; a tiny numeric drift could flip a late token, so compare the start).
@@ -69,57 +76,39 @@ def test_batched_generation_matches_one_by_one(smol):
 def test_predict_run_stores_parsed_predictions(db, demo, smol, tmp_path):
     model, tokenizer = smol
 
-    class Ctx:
-        def __init__(self, run):
-            self.db, self.run, self.config = db, run, run["config"]
-            self.logged, self.beats = [], 0
-
-        def log(self, msg):
-            self.logged.append(msg)
-
-        def heartbeat(self):
-            self.beats += 1
-
-        def should_stop(self):
-            return False
-
-        def progress(self, *a, **k):  # a train run keeps its loss curve clean
-            raise AssertionError("train runs must not write progress rows while predicting")
-
-    tpl = templates.get_template(db, demo["id"])
-    cfg = {"limit": 2, "max_new_tokens": 24}
-    run_id = db["runs"].insert({
-        "project_id": demo["id"], "kind": "train", "config": json.dumps(cfg), "status": "running",
-        "template_id": tpl.id, "created_at": now(),
-    }).last_pk
-    ctx = Ctx(dict(db["runs"].get(run_id), config=cfg))
-    inference.predict_run(ctx, model, tokenizer, splits=("dev", "test"))
+    run_id = create_run(db, demo["id"], "train", {})
+    db.execute("UPDATE runs SET status = 'running' WHERE id = ?", [run_id])
+    db.conn.commit()
+    ctx = worker.WorkerContext(db, get_run(db, run_id))
+    plan = plan_for_run(db, ctx.run)
+    predict.predict_run(ctx, model, tokenizer, plan, PredictSettings(
+        limit=2, max_new_tokens=24, progress_rows=False))
     rows = list(db["predictions"].rows_where("run_id = ?", [run_id]))
     assert sorted(r["split"] for r in rows) == ["dev", "dev", "test", "test"]
     for r in rows:
         assert r["parse_status"] in ("ok", "partial", "unparsable")
         assert isinstance(json.loads(r["spans"]), list)
         assert set(json.loads(r["details"])) == {"hallucinated", "unknown_types"}
-    result = evaluate.evaluate_run(db, run_id)
+    result = run_scores.evaluate_run(db, run_id)
     assert set(result) == {"dev", "test"}
-    assert ctx.beats >= 2
+    assert run_metrics(db, run_id) == []  # a training run's progress rows are its loss curve
+    assert get_run(db, run_id)["heartbeat_at"]
 
 
 def test_common_prefix_leaves_every_prompt_a_token():
-    assert inference._common_prefix([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == 2
-    assert inference._common_prefix([[1, 2, 3], [1, 2, 3]]) == 2
-    assert inference._common_prefix([[7], [7, 8]]) == 0
+    assert decoding._common_prefix([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == 2
+    assert decoding._common_prefix([[1, 2, 3], [1, 2, 3]]) == 2
+    assert decoding._common_prefix([[7], [7, 8]]) == 0
 
 
 @pytest.mark.parametrize("selection", ["fixed", "retrieved"])
 def test_few_shot_plans_put_examples_in_the_prompt(db, demo, bundled_model_path, selection):
-    from core import models
 
-    tokenizer = models.load_tokenizer(str(bundled_model_path))
-    tpl = templates.get_template(db, demo["id"])
+    tokenizer = loader.load_tokenizer(str(bundled_model_path))
+    tpl = get_template(db, demo["id"])
     run = {"id": 0, "project_id": demo["id"], "kind": "few-shot", "template_id": tpl.id,
            "config": {"shots": 2, "selection": selection}}
-    plan = inference.plan_for_run(db, run)
+    plan = baselines.run_plan(db, run)
     test = projects.examples(db, demo["id"], split="test")[0]
     shots = plan.shots_for(test.id, test.text)
     assert len(shots) == 2 and all(s.split == "train" and s.id != test.id for s in shots)

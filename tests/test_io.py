@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from core import io, projects
-from core.io import ImportFormatError
-from core.spans import Span
+from core.data import io, projects
+from core.data.spans import Span
+from core.errors import ImportFormatError
 
 ROOT = Path(__file__).resolve().parent.parent
 BC5CDR = ROOT.parent / "shared" / "data" / "bc5cdr"

@@ -11,16 +11,18 @@ import time
 
 import pytest
 
-from core import jobs, worker
-from core.cli import build_parser, main
-from core.jobs_cli import config_from_args
-from core.runconfig import RunConfig
-from core.train import DataError
+from core.cli.main import build_parser, main
+from core.cli.run_cmds import config_from_args
+from core.data import projects
+from core.data.runs import create_run, get_run, list_runs, log_path, read_log, run_dir, run_metrics
+from core.errors import DataError, NotFound
+from core.jobs import launcher, worker
+from core.procs import pid_alive
+from core.training.runconfig import RunConfig
 
 
 @pytest.fixture
 def project(db):
-    from core import projects
 
     return projects.create_project(db, "jobs", labels=["Chemical"])
 
@@ -33,26 +35,26 @@ def _dead_pid() -> int:
 
 def test_create_run_is_queued_with_its_config(db, project):
     cfg = RunConfig().with_overrides(rank=4)
-    run_id = jobs.create_run(db, project["id"], "train", cfg.to_dict(), base_model=cfg.base_model)
-    run = jobs.get_run(db, run_id)
+    run_id = create_run(db, project["id"], "train", cfg.to_dict(), base_model=cfg.base_model)
+    run = get_run(db, run_id)
     assert run["status"] == "queued" and run["name"] == f"train-{run_id}"
     assert RunConfig.from_dict(run["config"]) == cfg
-    assert json.loads((jobs.run_dir(run_id) / "config.json").read_text())["lora"]["rank"] == 4
-    assert [r["id"] for r in jobs.list_runs(db, project["id"])] == [run_id]
-    with pytest.raises(jobs.NotFound):
-        jobs.get_run(db, 999)
+    assert json.loads((run_dir(run_id) / "config.json").read_text())["lora"]["rank"] == 4
+    assert [r["id"] for r in list_runs(db, project["id"])] == [run_id]
+    with pytest.raises(NotFound):
+        get_run(db, 999)
 
 
 def test_run_list_carries_the_last_training_loss_past_a_dev_loss_row(db, project):
     from core.ui.train_view import run_label, runs_table
 
     cfg = RunConfig()
-    run_id = jobs.create_run(db, project["id"], "train", cfg.to_dict(), base_model=cfg.base_model)
-    ctx = worker.RunContext(db, jobs.get_run(db, run_id), jobs.run_dir(run_id), cfg.to_dict())
+    run_id = create_run(db, project["id"], "train", cfg.to_dict(), base_model=cfg.base_model)
+    ctx = worker.WorkerContext(db, get_run(db, run_id))
     ctx.progress(1, 2, loss=0.9)
     ctx.progress(2, 2, loss=0.5)
     ctx.progress(2, 2, eval_loss=0.7)
-    (row,) = jobs.list_runs(db, project["id"])
+    (row,) = list_runs(db, project["id"])
     assert row["last_metrics"]["eval_loss"] == 0.7 and row["last_metrics"]["loss"] is None
     assert row["last_loss"] == 0.5
     (table,) = runs_table([row])
@@ -61,31 +63,32 @@ def test_run_list_carries_the_last_training_loss_past_a_dev_loss_row(db, project
 
 
 def test_stopping_a_queued_run_removes_it_from_the_queue(db, project):
-    run_id = jobs.create_run(db, project["id"], "train", {})
-    assert "removed from the queue" in jobs.request_stop(db, run_id)
-    run = jobs.get_run(db, run_id)
+    run_id = create_run(db, project["id"], "train", {})
+    assert "removed from the queue" in launcher.request_stop(db, run_id)
+    run = get_run(db, run_id)
     assert run["status"] == "stopped" and run["stop_requested"] == 1
-    assert "already ended" in jobs.request_stop(db, run_id)
+    assert "already ended" in launcher.request_stop(db, run_id)
 
 
 def test_refresh_fails_a_running_run_whose_process_is_gone(db, project):
-    run_id = jobs.create_run(db, project["id"], "train", {})
-    jobs.log_path(run_id).write_text("loading the model\nstep 1\n")
+    run_id = create_run(db, project["id"], "train", {})
+    log_path(run_id).write_text("loading the model\nstep 1\n")
     db.execute("UPDATE runs SET status = 'running', pid = ?, heartbeat_at = ? WHERE id = ?",
                [_dead_pid(), "2020-01-01T00:00:00+00:00", run_id])
     db.conn.commit()
-    assert jobs.refresh(db, start_queued=False) == [run_id]
-    run = jobs.get_run(db, run_id)
+    assert launcher.refresh(db, start_queued=False) == [run_id]
+    run = get_run(db, run_id)
     assert run["status"] == "failed" and run["finished_at"]
     assert "ended without reporting" in run["error_message"]
     assert "step 1" in run["log_tail"]
-    assert jobs.refresh(db, start_queued=False) == []
+    assert launcher.refresh(db, start_queued=False) == []
 
 
 def test_pid_alive():
-    assert not jobs.pid_alive(None)
-    assert not jobs.pid_alive(_dead_pid())
-    assert not jobs.pid_alive(os.getpid())  # alive, but not a worker: a reused pid
+    assert not pid_alive(None, launcher.WORKER)
+    assert not pid_alive(_dead_pid(), launcher.WORKER)
+    assert not pid_alive(os.getpid(), launcher.WORKER)  # alive, but not a worker: a reused pid
+    assert pid_alive(os.getpid(), "python")
 
 
 def test_error_classification():
@@ -94,7 +97,7 @@ def test_error_classification():
     assert kind == "oom"
     assert "batch size (now 4" in msg and "max length (now 512" in msg and "QLoRA" in msg
     assert "gradient checkpointing" in msg
-    from core.models import ModelError
+    from core.errors import ModelError
 
     assert worker.classify_error(ModelError("Cannot load 'x/y'"))[0] == "model"
     assert worker.classify_error(DataError("no sentences"))[0] == "data"
@@ -104,8 +107,8 @@ def test_error_classification():
 
 
 def test_worker_ignores_a_run_that_is_not_queued(db, project, capsys):
-    run_id = jobs.create_run(db, project["id"], "train", {})
-    jobs.request_stop(db, run_id)
+    run_id = create_run(db, project["id"], "train", {})
+    launcher.request_stop(db, run_id)
     assert worker.main([str(run_id)]) == 0
     assert "nothing to do" in capsys.readouterr().out
     assert worker.main(["abc"]) == 2
@@ -120,15 +123,15 @@ def test_cli_flags_build_the_config_and_the_equivalent_command(db, project):
     assert (cfg.method, cfg.lora.rank, cfg.train.max_steps, cfg.train.lr) == ("dora", 4, 3, 3e-4)
     assert cfg.lora.targets == ("q_proj", "v_proj") and cfg.train.eval_after is False
     assert cfg.lora.alpha == 64.0  # from the preset
-    command = jobs.cli_command({"config": cfg.to_dict()}, "jobs")
+    command = launcher.cli_command({"config": cfg.to_dict()}, "jobs")
     assert command.startswith("nerlab train jobs --method dora")
     rebuilt = config_from_args(build_parser().parse_args(command.split()[1:]))
     assert rebuilt.with_overrides(preset="DoRA") == cfg
 
 
 def test_cli_runs_and_stop(db, project, capsys):
-    run_id = jobs.create_run(db, project["id"], "train", RunConfig().to_dict())
-    jobs.request_stop(db, run_id)
+    run_id = create_run(db, project["id"], "train", RunConfig().to_dict())
+    launcher.request_stop(db, run_id)
     capsys.readouterr()
     assert main(["runs", "jobs", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
@@ -161,7 +164,7 @@ def tiny(db, bundled_model_path):
 
 
 def _long_config(**overrides) -> dict:
-    from core.runconfig import get_preset
+    from core.training.runconfig import get_preset
 
     settings = dict(max_steps=200, batch_size=1, grad_accum=1, max_length=160,
                     dev_loss_sentences=0, eval_after=False)
@@ -171,39 +174,39 @@ def _long_config(**overrides) -> dict:
 
 @pytest.mark.slow
 def test_kill_9_is_detected_and_the_database_stays_intact(db, tiny):
-    run_id = jobs.create_run(db, tiny["id"], "train", _long_config())
-    assert jobs.launch(db, run_id)
-    run = _wait_for(lambda: (r := jobs.get_run(db, run_id))["status"] == "running" and r)
-    assert jobs.active_run(db)["id"] == run_id
-    _wait_for(lambda: jobs.run_metrics(db, run_id))  # mid-training, writing progress rows
+    run_id = create_run(db, tiny["id"], "train", _long_config())
+    assert launcher.launch(db, run_id)
+    run = _wait_for(lambda: (r := get_run(db, run_id))["status"] == "running" and r)
+    assert launcher.active_run(db)["id"] == run_id
+    _wait_for(lambda: run_metrics(db, run_id))  # mid-training, writing progress rows
     os.kill(run["pid"], signal.SIGKILL)
-    _wait_for(lambda: not jobs.pid_alive(run["pid"]), timeout_s=30)
-    assert jobs.refresh(db, start_queued=False) == [run_id]
-    run = jobs.get_run(db, run_id)
+    _wait_for(lambda: not pid_alive(run["pid"], launcher.WORKER), timeout_s=30)
+    assert launcher.refresh(db, start_queued=False) == [run_id]
+    run = get_run(db, run_id)
     assert run["status"] == "failed" and "killed" in run["error_message"]
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert len(jobs.run_metrics(db, run_id)) >= 1
-    assert jobs.active_run(db) is None
+    assert len(run_metrics(db, run_id)) >= 1
+    assert launcher.active_run(db) is None
 
 
 @pytest.mark.slow
 def test_stop_keeps_an_adapter_and_the_queue_moves_on(db, tiny):
     """The second run waits while the first is active; stopping the first saves its adapter and
     ends it "stopped"; its worker then starts the second, whose unloadable model is classified."""
-    first = jobs.create_run(db, tiny["id"], "train", _long_config())
-    second = jobs.create_run(db, tiny["id"], "train",
+    first = create_run(db, tiny["id"], "train", _long_config())
+    second = create_run(db, tiny["id"], "train",
                              _long_config(base_model="/nonexistent/model-folder"))
-    assert jobs.launch(db, first)
-    _wait_for(lambda: jobs.get_run(db, first)["status"] == "running")
-    assert jobs.launch(db, second) is False
-    assert jobs.get_run(db, second)["status"] == "queued"
-    assert "stopping" in jobs.request_stop(db, first)
-    run = jobs.wait(db, first, timeout_s=240)
-    assert run["status"] == "stopped", jobs.read_log(first)
-    assert (jobs.run_dir(first) / "adapter" / "adapter_model.safetensors").is_file()
-    meta = json.loads((jobs.run_dir(first) / "adapter" / "nerlab.json").read_text())
+    assert launcher.launch(db, first)
+    _wait_for(lambda: get_run(db, first)["status"] == "running")
+    assert launcher.launch(db, second) is False
+    assert get_run(db, second)["status"] == "queued"
+    assert "stopping" in launcher.request_stop(db, first)
+    run = launcher.wait(db, first, timeout_s=240)
+    assert run["status"] == "stopped", read_log(first)
+    assert (run_dir(first) / "adapter" / "adapter_model.safetensors").is_file()
+    meta = json.loads((run_dir(first) / "adapter" / "nerlab.json").read_text())
     assert meta["saved_because"] == "stop"
-    run2 = jobs.wait(db, second, timeout_s=240)
-    assert run2["status"] == "failed" and run2["error_kind"] == "model", jobs.read_log(second)
+    run2 = launcher.wait(db, second, timeout_s=240)
+    assert run2["status"] == "failed" and run2["error_kind"] == "model", read_log(second)
     assert "/nonexistent/model-folder" in run2["error_message"]
     assert run2["log_tail"]

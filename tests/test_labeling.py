@@ -8,10 +8,11 @@ import zipfile
 
 import pytest
 
-from core import labeling, projects
+from core.data import io, label_session, labeling, projects
+from core.data.label_session import Action, LabelSession
+from core.data.labeling import QueueFilter
+from core.data.spans import Span, tokenize
 from core.errors import NerlabError, NotFound
-from core.labeling import Action, LabelSession, QueueFilter
-from core.spans import Span, tokenize
 
 
 @pytest.fixture
@@ -97,12 +98,12 @@ def test_progress_on_demo_matches_stats(db, demo):
 
 
 def test_parse_action_rejects_bad_input():
-    action = labeling.parse_action(
+    action = label_session.parse_action(
         {"type": "edit", "sentence_id": 3, "version": 2, "seq": 9,
          "spans": [{"start": 0, "end": 4, "label": "Drug"}]}
     )
     assert action == Action("edit", 3, (Span(0, 4, "Drug"),), 2, 9)
-    assert labeling.parse_action(json.dumps({"type": "next", "sentence_id": 1})).spans is None
+    assert label_session.parse_action(json.dumps({"type": "next", "sentence_id": 1})).spans is None
     for bad, message in [
         ("not json", "not JSON"),
         ([1, 2], "not an object"),
@@ -113,15 +114,15 @@ def test_parse_action_rejects_bad_input():
         ({"type": "edit", "sentence_id": 1, "spans": [{"start": 0}]}, "Bad span"),
     ]:
         with pytest.raises(NerlabError, match=message):
-            labeling.parse_action(bad)
+            label_session.parse_action(bad)
 
 
 def test_snap_to_tokens():
     text = "The plasma levels of ANP"
     toks = tokenize(text)
-    assert labeling.snap_to_tokens(toks, 5, 8) == (4, 10)  # "las" → "plasma"
-    assert labeling.snap_to_tokens(toks, 6, 13) == (4, 17)  # "lasma le" → "plasma levels"
-    assert labeling.snap_to_tokens(toks, 10, 11) is None  # only the space
+    assert label_session.snap_to_tokens(toks, 5, 8) == (4, 10)  # "las" → "plasma"
+    assert label_session.snap_to_tokens(toks, 6, 13) == (4, 17)  # "lasma le" → "plasma levels"
+    assert label_session.snap_to_tokens(toks, 10, 11) is None  # only the space
 
 
 def _edit(session, sid, spans, version=None, kind="edit", seq=None):
@@ -135,7 +136,7 @@ def test_edit_saves_at_once_with_annotator_and_keeps_status(db, small):
     session = LabelSession()
     sid = ids[3]
     session.seen(projects.get_sentence(db, sid))
-    labeling.apply_action(db, pid, session, _edit(session, sid, [Span(0, 7, "Drug")], seq=5), "ann", QueueFilter())
+    label_session.apply_action(db, pid, session, _edit(session, sid, [Span(0, 7, "Drug")], seq=5), "ann", QueueFilter())
     row = projects.get_sentence(db, sid)
     assert projects.sentence_spans(db, sid) == [Span(0, 7, "Drug")]
     assert (row["status"], row["annotator"], row["version"]) == ("unlabelled", "ann", 1)
@@ -149,7 +150,7 @@ def test_an_edit_that_changes_nothing_is_not_saved(db, small):
     tab = LabelSession()
     tab.seen(projects.get_sentence(db, ids[0]))
     spans = projects.sentence_spans(db, ids[0])
-    labeling.apply_action(db, pid, tab, _edit(tab, ids[0], reversed(spans)), "a", QueueFilter())
+    label_session.apply_action(db, pid, tab, _edit(tab, ids[0], reversed(spans)), "a", QueueFilter())
     assert projects.get_sentence(db, ids[0])["version"] == 0 and not tab.undo and tab.notice is None
 
 
@@ -158,13 +159,13 @@ def test_accept_marks_done_and_opens_next_in_queue(db, small):
     session = LabelSession()
     for sid in ids[2:]:
         session.seen(projects.get_sentence(db, sid))
-    labeling.apply_action(db, pid, session, _edit(session, ids[2], [], kind="accept"), "ann", QueueFilter())
+    label_session.apply_action(db, pid, session, _edit(session, ids[2], [], kind="accept"), "ann", QueueFilter())
     assert projects.get_sentence(db, ids[2])["status"] == "labelled"
     assert session.current == ids[3]
-    labeling.apply_action(db, pid, session, _edit(session, ids[3], [Span(15, 21, "Disease")], kind="accept"),
+    label_session.apply_action(db, pid, session, _edit(session, ids[3], [Span(15, 21, "Disease")], kind="accept"),
                           "ann", QueueFilter())
     assert session.current == ids[4]
-    labeling.apply_action(db, pid, session, _edit(session, ids[4], [], kind="accept"), "ann", QueueFilter())
+    label_session.apply_action(db, pid, session, _edit(session, ids[4], [], kind="accept"), "ann", QueueFilter())
     assert "Nothing left in this queue" in session.notice.text
     assert labeling.count(db, pid, QueueFilter()) == 0
 
@@ -177,16 +178,16 @@ def test_an_action_handled_twice_is_carried_out_once(db, small):
     for sid in ids[2:]:
         session.seen(projects.get_sentence(db, sid))
     accept = _edit(session, ids[2], [Span(0, 7, "Drug")], kind="accept")
-    labeling.apply_action(db, pid, session, accept, "ann", QueueFilter())
+    label_session.apply_action(db, pid, session, accept, "ann", QueueFilter())
     version = projects.get_sentence(db, ids[2])["version"]
     assert session.current == ids[3] and session.trail == [ids[2]]
-    labeling.apply_action(db, pid, session, accept, "ann", QueueFilter())
+    label_session.apply_action(db, pid, session, accept, "ann", QueueFilter())
     assert session.current == ids[3] and session.trail == [ids[2]]
     assert projects.get_sentence(db, ids[2])["version"] == version
     assert projects.get_sentence(db, ids[3])["status"] == "unlabelled"
     # The page's buttons carry no number: each click counts.
-    labeling.apply_action(db, pid, session, Action("prev", ids[3]), "a", QueueFilter("all"))
-    labeling.apply_action(db, pid, session, Action("prev", ids[2]), "a", QueueFilter("all"))
+    label_session.apply_action(db, pid, session, Action("prev", ids[3]), "a", QueueFilter("all"))
+    label_session.apply_action(db, pid, session, Action("prev", ids[2]), "a", QueueFilter("all"))
     assert session.current == ids[1]
 
 
@@ -194,17 +195,17 @@ def test_next_prev_and_reopen(db, small):
     pid, ids = small
     session = LabelSession(current=ids[2])
     flt = QueueFilter("all")
-    labeling.apply_action(db, pid, session, Action("next", ids[2]), "a", flt)
+    label_session.apply_action(db, pid, session, Action("next", ids[2]), "a", flt)
     assert session.current == ids[3]
-    labeling.apply_action(db, pid, session, Action("prev", ids[3]), "a", flt)
-    labeling.apply_action(db, pid, session, Action("prev", ids[2]), "a", flt)
+    label_session.apply_action(db, pid, session, Action("prev", ids[3]), "a", flt)
+    label_session.apply_action(db, pid, session, Action("prev", ids[2]), "a", flt)
     assert session.current == ids[1]
-    labeling.apply_action(db, pid, session, Action("prev", ids[1]), "a", flt)
+    label_session.apply_action(db, pid, session, Action("prev", ids[1]), "a", flt)
     assert session.current == ids[0]
-    labeling.apply_action(db, pid, session, Action("prev", ids[0]), "a", flt)
+    label_session.apply_action(db, pid, session, Action("prev", ids[0]), "a", flt)
     assert session.current == ids[0] and "first sentence" in session.notice.text
     session.seen(projects.get_sentence(db, ids[0]))
-    labeling.apply_action(db, pid, session, Action("reopen", ids[0], None, session.versions[ids[0]]), "a", flt)
+    label_session.apply_action(db, pid, session, Action("reopen", ids[0], None, session.versions[ids[0]]), "a", flt)
     assert projects.get_sentence(db, ids[0])["status"] == "unlabelled"
     assert len(projects.sentence_spans(db, ids[0])) == 2  # spans kept
 
@@ -214,14 +215,14 @@ def test_previous_goes_back_to_the_sentence_just_accepted(db, small):
     tab = LabelSession(current=ids[2])
     flt = QueueFilter()  # not done yet: an accepted sentence leaves this queue
     tab.seen(projects.get_sentence(db, ids[2]))
-    labeling.apply_action(db, pid, tab, _edit(tab, ids[2], [], kind="accept"), "a", flt)
-    labeling.apply_action(db, pid, tab, Action("next", ids[3]), "a", flt)
+    label_session.apply_action(db, pid, tab, _edit(tab, ids[2], [], kind="accept"), "a", flt)
+    label_session.apply_action(db, pid, tab, Action("next", ids[3]), "a", flt)
     assert tab.current == ids[4]
-    labeling.apply_action(db, pid, tab, Action("prev", ids[4]), "a", flt)
+    label_session.apply_action(db, pid, tab, Action("prev", ids[4]), "a", flt)
     assert tab.current == ids[3]
-    labeling.apply_action(db, pid, tab, Action("prev", ids[3]), "a", flt)
+    label_session.apply_action(db, pid, tab, Action("prev", ids[3]), "a", flt)
     assert tab.current == ids[2]  # out of the queue now, but where this tab came from
-    labeling.apply_action(db, pid, tab, Action("prev", ids[2]), "a", flt)
+    label_session.apply_action(db, pid, tab, Action("prev", ids[2]), "a", flt)
     assert tab.current == ids[2] and "first sentence" in tab.notice.text
 
 
@@ -232,14 +233,14 @@ def test_two_tabs_never_overwrite_each_other(db, small):
     for tab in (tab_a, tab_b):
         tab.seen(projects.get_sentence(db, sid))
     flt = QueueFilter()
-    labeling.apply_action(db, pid, tab_a, _edit(tab_a, sid, [Span(0, 7, "Drug")]), "alice", flt)
-    labeling.apply_action(db, pid, tab_b, _edit(tab_b, sid, [Span(15, 21, "Disease")]), "bob", flt)
+    label_session.apply_action(db, pid, tab_a, _edit(tab_a, sid, [Span(0, 7, "Drug")]), "alice", flt)
+    label_session.apply_action(db, pid, tab_b, _edit(tab_b, sid, [Span(15, 21, "Disease")]), "bob", flt)
     assert projects.sentence_spans(db, sid) == [Span(0, 7, "Drug")]  # Alice's work kept
     assert tab_b.notice.level == "error"
     assert "changed by alice" in tab_b.notice.text and "Drug “Lithium”" in tab_b.notice.text
     assert tab_b.notice.unsaved == [Span(15, 21, "Disease")]
     # Tab B now shows Alice's version; an edit made on it saves.
-    labeling.apply_action(db, pid, tab_b, _edit(tab_b, sid, [Span(0, 7, "Drug"), Span(15, 21, "Disease")]),
+    label_session.apply_action(db, pid, tab_b, _edit(tab_b, sid, [Span(0, 7, "Drug"), Span(15, 21, "Disease")]),
                           "bob", flt)
     assert tab_b.notice is None
     assert len(projects.sentence_spans(db, sid)) == 2
@@ -252,15 +253,15 @@ def test_quick_edits_of_one_tab_do_not_conflict_with_each_other(db, small):
     tab.seen(projects.get_sentence(db, sid))
     base = tab.versions[sid]
     # Both edits were made on the page showing version `base` (the second before the refresh).
-    labeling.apply_action(db, pid, tab, _edit(tab, sid, [Span(0, 7, "Drug")], version=base), "a", QueueFilter())
-    labeling.apply_action(db, pid, tab, _edit(tab, sid, [Span(0, 7, "Drug"), Span(15, 21, "Disease")],
+    label_session.apply_action(db, pid, tab, _edit(tab, sid, [Span(0, 7, "Drug")], version=base), "a", QueueFilter())
+    label_session.apply_action(db, pid, tab, _edit(tab, sid, [Span(0, 7, "Drug"), Span(15, 21, "Disease")],
                                                 version=base, seq=2), "a", QueueFilter())
     assert tab.notice is None
     assert len(projects.sentence_spans(db, sid)) == 2
     # ... but an edit based on a version somebody else replaced is refused.
     projects.save_annotation(db, sid, [], "other", expected_version=2, status="unlabelled")
     tab.versions[sid] = 3  # the page refreshed and showed the other's version
-    labeling.apply_action(db, pid, tab, _edit(tab, sid, [Span(0, 7, "Drug")], version=2, seq=3), "a",
+    label_session.apply_action(db, pid, tab, _edit(tab, sid, [Span(0, 7, "Drug")], version=2, seq=3), "a",
                           QueueFilter())
     assert tab.notice.level == "error" and projects.sentence_spans(db, sid) == []
 
@@ -270,14 +271,14 @@ def test_invalid_spans_from_the_browser_are_refused(db, small):
     sid = ids[3]
     tab = LabelSession()
     tab.seen(projects.get_sentence(db, sid))
-    labeling.apply_action(db, pid, tab, _edit(tab, sid, [Span(0, 7, "Drug"), Span(3, 9, "Disease")]), "a",
+    label_session.apply_action(db, pid, tab, _edit(tab, sid, [Span(0, 7, "Drug"), Span(3, 9, "Disease")]), "a",
                           QueueFilter())
     assert tab.notice.level == "error" and "overlap" in tab.notice.text
-    labeling.apply_action(db, pid, tab, _edit(tab, sid, [Span(0, 7, "Gene")]), "a", QueueFilter())
+    label_session.apply_action(db, pid, tab, _edit(tab, sid, [Span(0, 7, "Gene")]), "a", QueueFilter())
     assert "unknown entity type 'Gene'" in tab.notice.text
     assert projects.get_sentence(db, sid)["version"] == 0
     other = projects.create_project(db, "Other", labels=["X"])
-    labeling.apply_action(db, other["id"], tab, _edit(tab, sid, []), "a", QueueFilter())
+    label_session.apply_action(db, other["id"], tab, _edit(tab, sid, []), "a", QueueFilter())
     assert "another project" in tab.notice.text
 
 
@@ -287,16 +288,16 @@ def test_undo_goes_back_change_by_change(db, small):
     flt = QueueFilter()
     for sid in ids:
         tab.seen(projects.get_sentence(db, sid))
-    labeling.apply_action(db, pid, tab, _edit(tab, ids[3], [Span(0, 7, "Drug")]), "a", flt)
-    labeling.apply_action(db, pid, tab, _edit(tab, ids[3], [Span(0, 7, "Drug")], kind="accept"), "a", flt)
+    label_session.apply_action(db, pid, tab, _edit(tab, ids[3], [Span(0, 7, "Drug")]), "a", flt)
+    label_session.apply_action(db, pid, tab, _edit(tab, ids[3], [Span(0, 7, "Drug")], kind="accept"), "a", flt)
     assert tab.current == ids[4]
-    labeling.apply_action(db, pid, tab, Action("undo", tab.current), "a", flt)
+    label_session.apply_action(db, pid, tab, Action("undo", tab.current), "a", flt)
     assert tab.current == ids[3]  # back to the accepted sentence, not done any more
     assert projects.get_sentence(db, ids[3])["status"] == "unlabelled"
     assert projects.sentence_spans(db, ids[3]) == [Span(0, 7, "Drug")]
-    labeling.apply_action(db, pid, tab, Action("undo", tab.current), "a", flt)
+    label_session.apply_action(db, pid, tab, Action("undo", tab.current), "a", flt)
     assert projects.sentence_spans(db, ids[3]) == []
-    labeling.apply_action(db, pid, tab, Action("undo", tab.current), "a", flt)
+    label_session.apply_action(db, pid, tab, Action("undo", tab.current), "a", flt)
     assert tab.notice.text == "Nothing to undo in this tab."
 
 
@@ -305,9 +306,9 @@ def test_undo_does_not_overwrite_another_tabs_later_save(db, small):
     sid = ids[3]
     tab = LabelSession()
     tab.seen(projects.get_sentence(db, sid))
-    labeling.apply_action(db, pid, tab, _edit(tab, sid, [Span(0, 7, "Drug")]), "a", QueueFilter())
+    label_session.apply_action(db, pid, tab, _edit(tab, sid, [Span(0, 7, "Drug")]), "a", QueueFilter())
     projects.save_annotation(db, sid, [Span(15, 21, "Disease")], "bob", expected_version=1, status="labelled")
-    labeling.apply_action(db, pid, tab, Action("undo", sid), "a", QueueFilter())
+    label_session.apply_action(db, pid, tab, Action("undo", sid), "a", QueueFilter())
     assert tab.notice.level == "error" and "bob" in tab.notice.text
     assert projects.sentence_spans(db, sid) == [Span(15, 21, "Disease")]
 
@@ -317,7 +318,7 @@ def test_widget_data_and_legend(db, small):
     labels = projects.list_labels(db, pid)
     projects.update_label(db, labels[0]["id"], description="Medicines.\nMore detail here.")
     labels = projects.list_labels(db, pid)
-    data = labeling.widget_data(db, projects.get_sentence(db, ids[0]), labels, queue_index=None,
+    data = label_session.widget_data(db, projects.get_sentence(db, ids[0]), labels, queue_index=None,
                                 queue_total=3, ack=7)
     assert data["text"] == "Aspirin relieves headache ."
     assert data["spans"] == [{"start": 0, "end": 7, "label": "Drug"}, {"start": 17, "end": 25, "label": "Disease"}]
@@ -350,19 +351,19 @@ def test_parse_numbers_and_ids(db, small):
 
 def test_export_files(db, small):
     pid, _ = small
-    data, name, mime = labeling.export_file(db, pid, "conll", None, False)
+    data, name, mime = io.export_file(db, pid, "conll", None, False)
     assert name == "Small.conll" and mime == "text/plain"
     assert data.decode().startswith("Aspirin\tB-Drug\n")
-    data, name, _ = labeling.export_file(db, pid, "jsonl", "train", True)
+    data, name, _ = io.export_file(db, pid, "jsonl", "train", True)
     assert name == "Small-train.jsonl" and len(data.decode().splitlines()) == 3
-    assert labeling.export_filename("BC5CDR demo / v2", "hf", "test") == "BC5CDR_demo_v2-test-hf.zip"
+    assert io.export_filename("BC5CDR demo / v2", "hf", "test") == "BC5CDR_demo_v2-test-hf.zip"
     with pytest.raises(NerlabError, match="Unknown export format"):
-        labeling.export_file(db, pid, "xml", None, False)
+        io.export_file(db, pid, "xml", None, False)
 
 
 def test_deferred_export_uses_its_own_connection(home, db, small):
     pid, _ = small
-    build = labeling.deferred_export(pid, "jsonl", "dev", False)
+    build = io.deferred_export(pid, "jsonl", "dev", False)
     lines = build().decode().splitlines()
     assert [json.loads(line)["text"] for line in lines] == ["Fever was treated with 50%_dose ibuprofen ."]
 
@@ -370,7 +371,7 @@ def test_deferred_export_uses_its_own_connection(home, db, small):
 @pytest.mark.slow
 def test_hf_export_is_a_zip_of_a_datasets_folder(db, small):
     pid, _ = small
-    data, name, mime = labeling.export_file(db, pid, "hf", None, False)
+    data, name, mime = io.export_file(db, pid, "hf", None, False)
     assert name == "Small-hf.zip" and mime == "application/zip"
     names = zipfile.ZipFile(_io.BytesIO(data)).namelist()
     assert "Small/dataset_dict.json" in names

@@ -6,15 +6,17 @@ import time
 
 import pytest
 
-from core import config, models
+from core import config
+from core.errors import ModelError
+from core.models import loader
 
 
 def test_bundled_model_names_resolve(monkeypatch, shared_models_dir):
-    assert models.is_bundled(config.BUNDLED_MODEL)
-    assert models.bundled_gguf_path().name == models.BUNDLED_GGUF
-    with pytest.raises(models.ModelError, match="not a model folder"):
-        models.resolve(str(shared_models_dir))  # a folder without config.json
-    assert models.resolve("Qwen/Qwen2.5-7B-Instruct") == "Qwen/Qwen2.5-7B-Instruct"
+    assert loader.is_bundled(config.BUNDLED_MODEL)
+    assert loader.bundled_gguf_path().name == loader.BUNDLED_GGUF
+    with pytest.raises(ModelError, match="not a model folder"):
+        loader.resolve(str(shared_models_dir))  # a folder without config.json
+    assert loader.resolve("Qwen/Qwen2.5-7B-Instruct") == "Qwen/Qwen2.5-7B-Instruct"
 
 
 @pytest.mark.slow
@@ -22,7 +24,7 @@ def test_bundled_model_loads_from_converted_folder_and_generates(bundled_model_p
     assert (bundled_model_path / "model.safetensors").is_file()
     assert (bundled_model_path / "tokenizer.json").is_file()
     started = time.perf_counter()
-    model, tokenizer = models.load_model(config.BUNDLED_MODEL)
+    model, tokenizer = loader.load_model(config.BUNDLED_MODEL)
     load_s = time.perf_counter() - started
     assert str(next(model.parameters()).dtype) == "torch.float32"
     assert tokenizer.chat_template and tokenizer.pad_token == tokenizer.eos_token

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import projects
-from core.spans import Span
+from core.data import projects
+from core.data.spans import Span
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = str(ROOT / "pages/1_Data.py")
@@ -32,7 +32,7 @@ def _widget(at: AppTest) -> dict:
 
 
 def _db():
-    from core.db import get_db
+    from core.data.db import get_db
 
     return get_db()
 

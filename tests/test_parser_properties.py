@@ -13,8 +13,9 @@ import json
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from core.spans import Span, validate_spans
-from core.templates import OUTPUT_FORMATS, default_template, parse_output, render_answer
+from core.data.spans import Span, validate_spans
+from core.prompts.formats import OUTPUT_FORMATS, parse_output, render_answer
+from core.prompts.template import default_template
 
 TYPES = ["Chemical", "Disease", "Gene ID"]
 TEMPLATES = {fmt: default_template(fmt) for fmt in OUTPUT_FORMATS}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from core import projects
-from core.db import get_db
+from core.data import projects
+from core.data.db import get_db
+from core.data.projects import SentenceRecord
+from core.data.spans import Span
 from core.errors import Conflict, NerlabError
-from core.projects import SentenceRecord
-from core.spans import Span
 
 
 def test_database_is_wal_and_migrations_are_idempotent(home):
@@ -102,7 +102,7 @@ def test_bad_split_ratios(db):
 
 
 def test_demo_project_is_created_once(db):
-    from core.demo import ensure_demo_project
+    from core.data.demo import ensure_demo_project
 
     p = ensure_demo_project(db)
     again = ensure_demo_project(db)

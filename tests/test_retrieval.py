@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from core import projects
-from core.retrieval import ExampleRetriever, RetrievalError
-from core.spans import Example, Span
-from core.templates import PromptTemplate, build_chat, render_answer
+from core.data import projects
+from core.data.spans import Example, Span
+from core.errors import RetrievalError
+from core.prompts.formats import render_answer
+from core.prompts.render import build_chat
+from core.prompts.retrieval import ExampleRetriever
+from core.prompts.template import PromptTemplate
 
 TRAIN = [
     Example(1, "Lithium causes tremor in patients.", (Span(0, 7, "Chemical"), Span(15, 21, "Disease"))),

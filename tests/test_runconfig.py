@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from core.runconfig import (
+from core.errors import ConfigError
+from core.training.runconfig import (
     FIELDS,
     PRESETS,
-    ConfigError,
     LoraSettings,
     RunConfig,
     TrainSettings,

@@ -7,8 +7,12 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import projects, templates
-from core.spans import Span
+from core.data import projects
+from core.data.spans import Span
+from core.models import loader
+from core.prompts import render
+from core.prompts.store import get_template, list_templates
+from core.prompts.template import DEFAULT_INSTRUCTION, default_template
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(ROOT / "pages/3_Template.py")
@@ -18,7 +22,7 @@ PAGE = str(ROOT / "pages/3_Template.py")
 def page(home, monkeypatch, shared_models_dir):
     """The Template page on a small project (no demo), previewing with the bundled tokenizer."""
     monkeypatch.setenv("NERLAB_NO_DEMO", "1")
-    from core.db import get_db
+    from core.data.db import get_db
 
     db = get_db()
     p = projects.create_project(db, "Pharma", labels=["Chemical", "Disease"])
@@ -36,7 +40,7 @@ def test_preview_shows_the_chat_prompt_target_and_token_counts(page):
     at, db, p = page
     at.run()
     assert not at.exception
-    assert templates.get_template(db, p["id"]).version == 1  # the default was created
+    assert get_template(db, p["id"]).version == 1  # the default was created
     prompt, target = at.code[0].value, at.code[1].value
     assert prompt.startswith("<|im_start|>system\n") and prompt.rstrip().endswith("<|im_start|>assistant")
     assert "Sentence: Lithium causes tremor." in prompt and "- Chemical\n- Disease" in prompt
@@ -67,7 +71,7 @@ def test_errors_block_saving_and_saves_make_versions(page):
     assert any("Unknown placeholder {sentense}" in e and "line 2" in e for e in errors)
     assert any("must contain {sentence}" in e for e in errors)
     assert at.button(key="template_save").disabled
-    assert templates.get_template(db, p["id"]).version == 1
+    assert get_template(db, p["id"]).version == 1
 
     at.text_area(key="template_instruction").set_value("Types: {labels}\n{examples}\nText: {sentence}").run()
     at.number_input(key="template_n_examples").set_value(1).run()
@@ -75,7 +79,7 @@ def test_errors_block_saving_and_saves_make_versions(page):
     assert "Examples:\nSentence: " in at.code[0].value  # a retrieved example, not the sentence itself
     at.button(key="template_save").click().run()
     assert not at.exception
-    saved = templates.get_template(db, p["id"])
+    saved = get_template(db, p["id"])
     assert (saved.version, saved.n_examples) == (2, 1)
     assert any("Saved 'default' v2" in s.value for s in at.success)
     assert at.selectbox(key="template_version").value == 2
@@ -86,11 +90,11 @@ def test_errors_block_saving_and_saves_make_versions(page):
 
     # Going back to v1 loads it into the editor; saving it brings it back as v3.
     at.selectbox(key="template_version").set_value(1).run()
-    assert at.text_area(key="template_instruction").value == templates.DEFAULT_INSTRUCTION
+    assert at.text_area(key="template_instruction").value == DEFAULT_INSTRUCTION
     assert not at.button(key="template_save").disabled
     at.button(key="template_save").click().run()
-    latest = templates.get_template(db, p["id"])
-    assert latest.version == 3 and latest.instruction == templates.DEFAULT_INSTRUCTION
+    latest = get_template(db, p["id"])
+    assert latest.version == 3 and latest.instruction == DEFAULT_INSTRUCTION
     assert at.selectbox(key="template_version").value == 3
 
 
@@ -115,7 +119,7 @@ def test_new_template_and_unknown_model(page):
     at.button(key="template_create").click().run()
     assert not at.exception
     assert at.selectbox(key="template_name").value == "short"
-    assert [t["name"] for t in templates.list_templates(db, p["id"])] == ["default", "short"]
+    assert [t["name"] for t in list_templates(db, p["id"])] == ["default", "short"]
     at.selectbox(key="template_model").set_value("Other (Hugging Face id or local folder)…").run()
     at.text_input(key="template_model_other").set_value(str(ROOT / "no-such-model")).run()
     assert not at.exception
@@ -159,8 +163,8 @@ def test_live_edit_and_save_in_a_real_browser(tmp_path, shared_models_dir):
     if not Path(chromium).exists():
         pytest.skip(f"{chromium} is missing (apt-get install chromium)")
     playwright = pytest.importorskip("playwright.sync_api")
-    from core.db import get_db
-    from core.demo import ensure_demo_project
+    from core.data.db import get_db
+    from core.data.demo import ensure_demo_project
 
     home = tmp_path / "home"
     demo = ensure_demo_project(get_db(home / "nerlab.db"))
@@ -211,7 +215,7 @@ def test_live_edit_and_save_in_a_real_browser(tmp_path, shared_models_dir):
             page.get_by_role("button", name="Save as new version", disabled=False).first.click()
             page.get_by_text("Saved 'default' v2.").wait_for()
             browser.close()
-        saved = templates.get_template(get_db(home / "nerlab.db"), demo["id"])
+        saved = get_template(get_db(home / "nerlab.db"), demo["id"])
         assert (saved.version, saved.output_format) == (2, "inline_tags")
         assert saved.instruction == "Types: {labels}\n{format}\nSentence: {sentence}"
     finally:
@@ -226,19 +230,19 @@ def test_live_edit_and_save_in_a_real_browser(tmp_path, shared_models_dir):
 @pytest.mark.slow
 def test_bundled_tokenizer_before_conversion_matches_the_converted_one(tmp_path, monkeypatch, bundled_model_path):
     """A fresh install previews from the GGUF's tokenizer without converting the model first."""
-    from core import config, models
+    from core import config
     from core.ui import template_view
 
     monkeypatch.setenv(config.MODELS_ENV, str(tmp_path / "empty-models"))
     template_view._tokenizer.clear()
     try:
         fresh = template_view._tokenizer(config.BUNDLED_MODEL)
-        assert not (models.bundled_model_dir() / "config.json").exists()  # nothing was converted
+        assert not (loader.bundled_model_dir() / "config.json").exists()  # nothing was converted
     finally:
         template_view._tokenizer.clear()
-    converted = models.load_tokenizer(str(bundled_model_path))
-    tpl = templates.default_template("inline_tags")
+    converted = loader.load_tokenizer(str(bundled_model_path))
+    tpl = default_template("inline_tags")
     args = (tpl, "Lithium causes tremor .", ["Chemical", "Disease"])
-    assert templates.build_chat(fresh, *args, answer="x") == templates.build_chat(converted, *args, answer="x")
-    prompt, target = templates.build_chat(fresh, *args, answer="[Chemical: Lithium] causes tremor .")
-    assert templates.encode_chat(fresh, prompt, target) == templates.encode_chat(converted, prompt, target)
+    assert render.build_chat(fresh, *args, answer="x") == render.build_chat(converted, *args, answer="x")
+    prompt, target = render.build_chat(fresh, *args, answer="[Chemical: Lithium] causes tremor .")
+    assert render.encode_chat(fresh, prompt, target) == render.encode_chat(converted, prompt, target)

@@ -6,27 +6,21 @@ import json
 
 import pytest
 
-from core import projects
-from core.spans import Example, Span
-from core.templates import (
-    OUTPUT_FORMATS,
-    PromptTemplate,
-    TemplateError,
-    build_chat,
-    default_template,
+from core.data import projects
+from core.data.spans import Example, Span
+from core.errors import NotFound, TemplateError
+from core.prompts.formats import OUTPUT_FORMATS, parse_output, render_answer
+from core.prompts.render import build_chat, encode_chat, render_prompt
+from core.prompts.roundtrip import round_trip
+from core.prompts.store import (
     diff,
-    encode_chat,
     get_template,
     get_template_by_id,
     list_templates,
     list_versions,
-    parse_output,
-    render_answer,
-    render_prompt,
-    round_trip,
     save_template,
-    validation_errors,
 )
+from core.prompts.template import PromptTemplate, default_template, validation_errors
 
 LABELS = [
     {"name": "Chemical", "description": "drugs and chemicals"},
@@ -135,9 +129,9 @@ def test_each_saved_edit_is_a_new_version_and_old_versions_stay(db):
 def test_missing_template_names_the_existing_ones(db):
     p = projects.create_project(db, "p", labels=NAMES)
     get_template(db, p["id"])
-    with pytest.raises(projects.NotFound, match="Templates: default"):
+    with pytest.raises(NotFound, match="Templates: default"):
         get_template(db, p["id"], "other")
-    with pytest.raises(projects.NotFound):
+    with pytest.raises(NotFound):
         get_template_by_id(db, 12345)
 
 
@@ -182,7 +176,7 @@ def test_build_chat_without_chat_template_is_a_plain_prompt():
 
 @pytest.mark.slow
 def test_build_chat_uses_the_smollm2_chat_template(bundled_model_path):
-    from core.models import load_tokenizer
+    from core.models.loader import load_tokenizer
 
     tok = load_tokenizer(str(bundled_model_path))
     tpl = default_template()
@@ -327,7 +321,7 @@ def test_diff_shows_what_changed_for_the_model():
 
 
 def test_saving_for_a_missing_project_says_so(db):
-    with pytest.raises(projects.NotFound, match="No project with id 999"):
+    with pytest.raises(NotFound, match="No project with id 999"):
         save_template(db, 999, default_template())
 
 
@@ -335,7 +329,7 @@ def test_concurrent_first_use_from_two_connections_gives_one_default(home):
     """The page and a worker may both create the default at once: one v1, no error."""
     import threading
 
-    from core.db import get_db
+    from core.data.db import get_db
 
     db = get_db()
     p = projects.create_project(db, "race", labels=NAMES)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from core import projects
-from core.cli import main
-from core.spans import Span
-from core.templates import get_template, list_versions
+from core.cli.main import main
+from core.data import projects
+from core.data.spans import Span
+from core.prompts.store import get_template, list_versions
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,14 +7,18 @@ import math
 
 import pytest
 
-from core import jobs, projects
-from core.runconfig import RunConfig, get_preset
-from core.train import Encoded, micro_batches, optimizer_batches, plan_steps
+from core.data import projects
+from core.data.runs import read_log, run_dir, run_metrics
+from core.jobs import launcher
+from core.models import loader
+from core.prompts.store import get_template
+from core.training.batches import Encoded, micro_batches, optimizer_batches, plan_steps
+from core.training.runconfig import RunConfig, get_preset
 
 
 def tiny_project(db, n_train: int = 12, n_dev: int = 2, n_test: int = 2, name: str = "tiny") -> dict:
     """A project of the demo's shortest sentences (fast to train and predict on CPU)."""
-    from core.demo import ensure_demo_project
+    from core.data.demo import ensure_demo_project
 
     demo = ensure_demo_project(db)
     project = projects.create_project(db, name, labels=["Chemical", "Disease"])
@@ -73,7 +77,8 @@ def tiny(db, bundled_model_path):
 
 @pytest.mark.slow
 def test_loraplus_groups_carry_lr_times_ratio_and_weight_decay(bundled_model_path):
-    from core.train import build_model, build_optimizer, set_threads
+    from core.models.loader import set_threads
+    from core.training.loop import build_model, build_optimizer
 
     set_threads()
     cfg = RunConfig().with_overrides(method="loraplus", lr=1e-4, loraplus_ratio=16.0,
@@ -102,8 +107,8 @@ def test_answer_only_loss_equals_the_full_logits_loss(db, tiny):
     labels masked, and the shared prefix leaves the gradients unchanged."""
     import torch
 
-    from core import templates
-    from core.train import answer_loss_sum, build_model, encode_examples, shared_prefix
+    from core.training.batches import encode_examples, shared_prefix
+    from core.training.loop import answer_loss_sum, build_model
 
     cfg = quick_config(dropout=0.0, rank=4)
     model, tok, _ = build_model(cfg, "cpu", log=lambda m: None)
@@ -111,7 +116,7 @@ def test_answer_only_loss_equals_the_full_logits_loss(db, tiny):
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.02)
-    tpl = templates.get_template(db, tiny["id"])
+    tpl = get_template(db, tiny["id"])
     labels = projects.list_labels(db, tiny["id"])
     data, stats = encode_examples(tok, tpl, projects.examples(db, tiny["id"], "train")[:3],
                                   labels, 256)
@@ -153,13 +158,13 @@ def test_answer_only_loss_equals_the_full_logits_loss(db, tiny):
 def test_qlora_path_runs_on_cpu_through_bitsandbytes(db, tiny):
     """QLoRA's code path (NF4 double-quant base, prepare_model_for_kbit_training, LoRA) trains a
     step on CPU."""
-    from core import templates
-    from core.train import Hooks, build_model, encode_examples, train_loop
+    from core.training.batches import encode_examples
+    from core.training.loop import Hooks, build_model, train_loop
 
     cfg = quick_config(method="qlora", rank=4, max_steps=1, dev_loss_sentences=0)
     model, tok, dtype = build_model(cfg, "cpu", log=lambda m: None)
     assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
-    tpl = templates.get_template(db, tiny["id"])
+    tpl = get_template(db, tiny["id"])
     labels = projects.list_labels(db, tiny["id"])
     data, _ = encode_examples(tok, tpl, projects.examples(db, tiny["id"], "train")[:2], labels, 192)
     rows = []
@@ -178,19 +183,17 @@ def test_loraplus_run_finishes_scores_and_its_adapter_changes_the_output(db, tin
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from core import models
-
     cfg = quick_config()
-    run_id, started = jobs.submit_training(db, tiny["id"], cfg)
+    run_id, started = launcher.submit_training(db, tiny["id"], cfg)
     assert started
-    run = jobs.wait(db, run_id, timeout_s=600)
-    log = jobs.read_log(run_id)
+    run = launcher.wait(db, run_id, timeout_s=600)
+    log = read_log(run_id)
     assert run["status"] == "finished", log
-    metrics = jobs.run_metrics(db, run_id)
+    metrics = run_metrics(db, run_id)
     steps = [m for m in metrics if m["loss"] is not None]
     assert [m["step"] for m in steps] == [1, 2] and all(m["total_steps"] == 2 for m in steps)
     assert any(m["eval_loss"] is not None for m in metrics)
-    folder = jobs.run_dir(run_id) / "adapter"
+    folder = run_dir(run_id) / "adapter"
     assert run["artifact_path"] == str(folder)
     for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json",
                  "nerlab.json"):
@@ -203,9 +206,9 @@ def test_loraplus_run_finishes_scores_and_its_adapter_changes_the_output(db, tin
     assert {r["split"] for r in db["evaluations"].rows_where("run_id = ?", [run_id])} == {
         "dev", "test"}
 
-    base, tok = models.load_model(cfg.base_model)
+    base, tok = loader.load_model(cfg.base_model)
     ids = tok("Aspirin causes headache.", return_tensors="pt")
-    from core.train import _peft_quietly
+    from core.models.adapters import _peft_quietly
 
     with torch.no_grad(), _peft_quietly():
         before = base(**ids).logits
@@ -213,7 +216,7 @@ def test_loraplus_run_finishes_scores_and_its_adapter_changes_the_output(db, tin
         after = tuned(**ids).logits
     assert not torch.allclose(before, after, atol=1e-4)
 
-    from core.train import merge_run
+    from core.models.adapters import merge_run
 
     merged_dir = merge_run(db, run_id, out=tmp_path / "merged", log=lambda m: None)
     merged = AutoModelForCausalLM.from_pretrained(str(merged_dir))
@@ -223,14 +226,14 @@ def test_loraplus_run_finishes_scores_and_its_adapter_changes_the_output(db, tin
 
 @pytest.mark.slow
 def test_dora_adds_magnitude_vectors_and_trains_a_step(db, tiny):
-    from core import templates
-    from core.train import Hooks, build_model, encode_examples, train_loop
+    from core.training.batches import encode_examples
+    from core.training.loop import Hooks, build_model, train_loop
 
     cfg = quick_config(method="dora", rank=2, max_steps=1, dev_loss_sentences=0, batch_size=1)
     model, tok, dtype = build_model(cfg, "cpu", log=lambda m: None)
     magnitudes = [n for n, p in model.named_parameters() if "magnitude" in n and p.requires_grad]
     assert magnitudes
-    tpl = templates.get_template(db, tiny["id"])
+    tpl = get_template(db, tiny["id"])
     data, _ = encode_examples(tok, tpl, projects.examples(db, tiny["id"], "train")[:1],
                               projects.list_labels(db, tiny["id"]), 192)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if n in magnitudes[:3]}

@@ -8,8 +8,9 @@ from unittest import mock
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import jobs, projects
-from core.runconfig import RunConfig, get_preset
+from core.data import projects
+from core.data.runs import create_run, get_run, log_path
+from core.training.runconfig import RunConfig, get_preset
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(ROOT / "pages/4_Train.py")
@@ -17,8 +18,8 @@ PAGE = str(ROOT / "pages/4_Train.py")
 
 @pytest.fixture
 def app(home, monkeypatch):
-    from core.db import get_db
-    from core.demo import ensure_demo_project
+    from core.data.db import get_db
+    from core.data.demo import ensure_demo_project
 
     ensure_demo_project(get_db())
     at = AppTest.from_file(PAGE, default_timeout=60)
@@ -58,14 +59,14 @@ def test_start_creates_a_run_with_the_form_values(app):
     at.number_input(key="train_f_rank").set_value(4)
     at.number_input(key="train_f_max_steps").set_value(3)
     at.text_input(key="train_run_name").set_value("my-run")
-    with mock.patch("core.jobs.launch", return_value=True) as launch:
+    with mock.patch("core.jobs.launcher.launch", return_value=True) as launch:
         at.button(key="train_start").click().run()
     assert not at.exception
     assert launch.called
-    from core.db import get_db
+    from core.data.db import get_db
 
     db = get_db()
-    run = jobs.get_run(db, launch.call_args.args[1])
+    run = get_run(db, launch.call_args.args[1])
     cfg = RunConfig.from_dict(run["config"])
     assert (cfg.lora.rank, cfg.train.max_steps, cfg.method, run["name"]) == (4, 3, "loraplus", "my-run")
     assert run["template_id"] is not None and run["status"] == "queued"
@@ -73,7 +74,7 @@ def test_start_creates_a_run_with_the_form_values(app):
 
 
 def test_preflight_errors_disable_start(home, monkeypatch):
-    from core.db import get_db
+    from core.data.db import get_db
 
     db = get_db()
     project = projects.create_project(db, "empty", labels=["Chemical"])
@@ -88,12 +89,12 @@ def test_preflight_errors_disable_start(home, monkeypatch):
 
 
 def test_run_view_shows_progress_stop_cli_and_log(app):
-    from core.db import get_db, now
+    from core.data.db import get_db, now
 
     db = get_db()
     project = projects.get_project(db, "BC5CDR demo")
     cfg = get_preset("Small model on CPU").config(max_steps=10)
-    run_id = jobs.create_run(db, project["id"], "train", cfg.to_dict(), base_model=cfg.base_model)
+    run_id = create_run(db, project["id"], "train", cfg.to_dict(), base_model=cfg.base_model)
     db.execute("UPDATE runs SET status = 'running', pid = 4242, heartbeat_at = ?, started_at = ?"
                " WHERE id = ?", [now(), now(), run_id])
     for step, loss in ((1, 1.2), (2, 0.9), (3, 0.7)):
@@ -101,8 +102,8 @@ def test_run_view_shows_progress_stop_cli_and_log(app):
                    " tokens_per_s, eta_s, created_at) VALUES (?, ?, 10, 0.1, ?, 5e-4, 120, 60, ?)",
                    [run_id, step, loss, now()])
     db.conn.commit()
-    jobs.log_path(run_id).write_text("[12:00:00] Training 300 sentences\n")
-    with mock.patch("core.jobs.pid_alive", return_value=True):
+    log_path(run_id).write_text("[12:00:00] Training 300 sentences\n")
+    with mock.patch("core.jobs.launcher.pid_alive", return_value=True):
         at = app.run()
         assert not at.exception
         assert at.selectbox(key="train_run").value == run_id
@@ -110,6 +111,6 @@ def test_run_view_shows_progress_stop_cli_and_log(app):
         assert "nerlab train 'BC5CDR demo'" in code and "--max-steps 10" in code
         assert "Training 300 sentences" in code
         assert any(m.label == "Train loss" and m.value == "0.7000" for m in at.metric)
-        with mock.patch("core.jobs.request_stop", return_value="stopping") as stop:
+        with mock.patch("core.jobs.launcher.request_stop", return_value="stopping") as stop:
             at.button(key=f"train_stop_{run_id}").click().run()
         assert stop.call_args.args[1] == run_id

@@ -24,8 +24,11 @@ from dataclasses import dataclass
 import streamlit as st
 from sqlite_utils import Database
 
-from core import config, projects
-from core.db import get_db
+from core import config
+from core.data import projects
+from core.data.db import get_db
+from core.data.demo import ensure_demo_project
+from core.errors import NerlabError
 
 #: Session-state keys shared by every page (page-local keys are prefixed with the page's name).
 #: Both are plain keys, not widget keys: a widget's state is dropped when the page changes.
@@ -112,10 +115,8 @@ def open_project(project_id: int) -> None:
 @st.cache_resource(show_spinner="Creating the demo project…")
 def _demo_created(db_file: str) -> bool:
     """Create the demo project once per database file and server process."""
-    from core import demo
-
     db = get_db(db_file)
-    demo.ensure_demo_project(db)
+    ensure_demo_project(db)
     return True
 
 
@@ -197,7 +198,7 @@ def _name_field() -> None:
 
 def show_error(exc: Exception) -> None:
     """Show a user-facing error: NerlabError messages as they stand, others with their type."""
-    if isinstance(exc, projects.NerlabError):
+    if isinstance(exc, NerlabError):
         st.error(str(exc))
     else:
         st.error(f"{type(exc).__name__}: {exc}")

@@ -8,8 +8,14 @@ from collections.abc import Sequence
 
 import streamlit as st
 
-from core import evaluate
-from core.spans import Span
+from core import config
+from core.data.db import get_db
+from core.data.runs import list_runs
+from core.data.spans import Span
+from core.evaluation import scoring
+from core.jobs import launcher
+from core.prediction import baselines
+from core.ui import show_error
 
 _FALLBACK = "#dddddd"
 
@@ -118,13 +124,11 @@ def label_link(sentence_id: int, project_id: int) -> str:
 
 
 def error_label(kind: str) -> str:
-    return evaluate.ERROR_KIND_NAMES.get(kind, kind)
+    return scoring.ERROR_KIND_NAMES.get(kind, kind)
 
 
 def baseline_form(db, project: dict) -> None:
     """An expander to start a baseline run (zero-shot, few-shot, CRF) like any other run."""
-    from core import baselines, config, jobs, templates
-
     with st.expander("Start a baseline run", expanded=False):
         st.caption(
             "Baselines are what fine-tuning has to beat: the base model without examples "
@@ -153,15 +157,10 @@ def baseline_form(db, project: dict) -> None:
                     cfg["base_model"] = base.strip()
                 if kind == "few-shot":
                     cfg.update(shots=int(shots), selection=selection)
-                cfg = baselines.settings(kind, cfg)
-                template_id = templates.get_template(db, project["id"]).id if kind != "crf" else None
-                run_id = jobs.create_run(db, project["id"], kind, cfg,
-                                         base_model=cfg.get("base_model", ""), template_id=template_id)
-                started = jobs.launch(db, run_id)
+                run_id, started = launcher.submit_baseline(db, project["id"], kind, cfg)
                 st.success(f"Run #{run_id} ({kind}) " + ("started." if started else
                            "queued: it starts when the active run ends."))
             except Exception as exc:  # noqa: BLE001 - shown to the user
-                from core.ui import show_error
 
                 show_error(exc)
     active_runs(db, project)
@@ -169,21 +168,17 @@ def baseline_form(db, project: dict) -> None:
 
 def active_runs(db, project: dict) -> None:
     """Progress of the project's queued and running runs, refreshed every few seconds."""
-    from core import jobs
-
     def active() -> list[dict]:
-        return [r for r in jobs.list_runs(db, project["id"]) if r["status"] in ("queued", "running")]
+        return [r for r in list_runs(db, project["id"]) if r["status"] in ("queued", "running")]
 
     if not active():
         return
 
     @st.fragment(run_every="3s")
     def _poll() -> None:
-        from core.db import get_db
-
         fresh = get_db()
-        jobs.refresh(fresh)
-        rows = [r for r in jobs.list_runs(fresh, project["id"]) if r["status"] in ("queued", "running")]
+        launcher.refresh(fresh)
+        rows = [r for r in list_runs(fresh, project["id"]) if r["status"] in ("queued", "running")]
         if not rows:
             st.rerun()
         for r in rows:

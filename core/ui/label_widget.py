@@ -13,8 +13,9 @@ from typing import Any
 
 import streamlit as st
 
-from core import config, labeling
-from core.db import get_db
+from core import config
+from core.data import label_session, labeling
+from core.data.db import get_db
 from core.errors import NerlabError
 
 #: Name the component is registered under (unique in the app).
@@ -52,7 +53,7 @@ def label_widget(
     """Mount the widget for one sentence; ``on_action`` runs when the user changes something.
 
     Args:
-        data: what :func:`core.labeling.widget_data` returns.
+        data: what :func:`core.data.label_session.widget_data` returns.
         on_action: called (with no arguments, before the next script run) when the widget
             sends an action; read it with :func:`pending_action`.
         key: widget key.
@@ -64,7 +65,7 @@ def label_widget(
 
 
 def action_handler(
-    session: labeling.LabelSession,
+    session: label_session.LabelSession,
     project_id: int,
     flt: labeling.QueueFilter,
     annotator_key: str,
@@ -75,25 +76,24 @@ def action_handler(
     It opens its own database connection, because callbacks run in the next script run's
     thread (a connection must not cross threads).
     """
-
     def handle() -> None:
         session.acted = True
         raw = pending_action(key)
         if raw is None:
             return
         try:
-            action = labeling.parse_action(raw)
+            action = label_session.parse_action(raw)
         except NerlabError as exc:
-            session.notice = labeling.Notice("error", str(exc))
+            session.notice = label_session.Notice("error", str(exc))
             return
         annotator = str(st.session_state.get(annotator_key) or "").strip()
-        labeling.apply_action(get_db(), project_id, session, action, annotator, flt)
+        label_session.apply_action(get_db(), project_id, session, action, annotator, flt)
 
     return handle
 
 
 def button_handler(
-    session: labeling.LabelSession,
+    session: label_session.LabelSession,
     project_id: int,
     flt: labeling.QueueFilter,
     annotator_key: str,
@@ -101,21 +101,19 @@ def button_handler(
     sentence_id: int,
 ) -> Callable[[], None]:
     """An ``on_click`` callback doing what a widget key does (for mouse users and AppTest)."""
-
     def handle() -> None:
         session.acted = True
         db = get_db()
         version = session.versions.get(sentence_id)
-        action = labeling.Action(kind, sentence_id, None, version)
+        action = label_session.Action(kind, sentence_id, None, version)
         annotator = str(st.session_state.get(annotator_key) or "").strip()
-        labeling.apply_action(db, project_id, session, action, annotator, flt)
+        label_session.apply_action(db, project_id, session, action, annotator, flt)
 
     return handle
 
 
-def jump_handler(session: labeling.LabelSession, project_id: int, number_key: str) -> Callable[[], None]:
+def jump_handler(session: label_session.LabelSession, project_id: int, number_key: str) -> Callable[[], None]:
     """An ``on_click`` callback opening sentence number ``st.session_state[number_key]``."""
-
     def handle() -> None:
         session.acted = True
         try:
@@ -123,6 +121,6 @@ def jump_handler(session: labeling.LabelSession, project_id: int, number_key: st
                 labeling.by_number(get_db(), project_id, int(st.session_state[number_key]))
             )
         except NerlabError as exc:
-            session.notice = labeling.Notice("error", str(exc))
+            session.notice = label_session.Notice("error", str(exc))
 
     return handle

@@ -14,10 +14,31 @@ from typing import Any
 import streamlit as st
 from sqlite_utils import Database
 
-from core import config, projects, templates
-from core.errors import NerlabError
-from core.spans import Example
-from core.templates import FORMAT_TITLES, OUTPUT_FORMATS, PLACEHOLDERS, PromptTemplate
+from core import config
+from core.data import projects
+from core.data.spans import Example
+from core.errors import NerlabError, TemplateError
+from core.models import loader
+from core.prompts import formats, render
+from core.prompts.formats import FORMAT_TITLES, OUTPUT_FORMATS, parse_output
+from core.prompts.retrieval import ExampleRetriever
+from core.prompts.roundtrip import check_project
+from core.prompts.store import (
+    diff,
+    get_template,
+    list_templates,
+    list_versions,
+    same_content,
+    save_template,
+)
+from core.prompts.template import (
+    MAX_EXAMPLES,
+    PLACEHOLDERS,
+    PromptTemplate,
+    placeholders_in,
+    validation_errors,
+)
+from core.ui.eval_view import colours, gold_pred_html, show_html
 
 #: Editor widgets and the template field each one edits.
 EDITOR_KEYS = {
@@ -38,19 +59,17 @@ DEFAULT_MAX_LENGTH = 512
 
 @st.cache_resource(show_spinner="Loading the base model's tokenizer…", max_entries=4)
 def _tokenizer(name: str) -> Any:
-    from core import models
-
-    if models.is_bundled(name) and not (models.bundled_model_dir() / "config.json").is_file():
+    if loader.is_bundled(name) and not (loader.bundled_model_dir() / "config.json").is_file():
         # Not converted yet: the GGUF file's own tokenizer (same vocabulary and chat template)
         # loads in seconds, where converting the whole model takes half a minute or more.
         from transformers import AutoTokenizer
 
-        gguf = models.bundled_gguf_path()
+        gguf = loader.bundled_gguf_path()
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer
-    return models.load_tokenizer(name)
+    return loader.load_tokenizer(name)
 
 
 def load_tokenizer(name: str) -> tuple[Any, str | None]:
@@ -65,8 +84,6 @@ def load_tokenizer(name: str) -> tuple[Any, str | None]:
 
 @st.cache_resource(show_spinner="Indexing the training sentences for retrieval…", max_entries=4)
 def _retriever(project_id: int, method: str, fingerprint: str, _examples: list[Example]):
-    from core.retrieval import ExampleRetriever
-
     return ExampleRetriever(_examples, method=method)
 
 
@@ -87,8 +104,8 @@ def data_fingerprint(db: Database, project_id: int) -> str:
 def template_picker(db: Database, project: dict) -> PromptTemplate:
     """Pick a template and one of its versions (latest by default); returns that version."""
     pid = project["id"]
-    templates.get_template(db, pid)  # the default exists from the first visit on
-    names = [t["name"] for t in templates.list_templates(db, pid)]
+    get_template(db, pid)  # the default exists from the first visit on
+    names = [t["name"] for t in list_templates(db, pid)]
     wanted = st.session_state.pop("template_select_next", None)
     if wanted in names:
         st.session_state["template_name"] = wanted
@@ -98,7 +115,7 @@ def template_picker(db: Database, project: dict) -> PromptTemplate:
     c1, c2 = st.columns([2, 1])
     name = c1.selectbox("Template", names, key="template_name",
                         help="A project can keep several templates; runs record the version they used.")
-    versions = templates.list_versions(db, pid, name)
+    versions = list_versions(db, pid, name)
     numbers = [v["version"] for v in versions]
     if st.session_state.get("template_version") not in numbers:
         st.session_state["template_version"] = numbers[0]
@@ -109,7 +126,7 @@ def template_picker(db: Database, project: dict) -> PromptTemplate:
         + (f" · {runs[v]} run(s)" if runs[v] else ""),
         help="Each save is a new version; older ones stay as they were.",
     )
-    return templates.get_template(db, pid, name, version)
+    return get_template(db, pid, name, version)
 
 
 def _load_into_editor(tpl: PromptTemplate) -> None:
@@ -137,7 +154,7 @@ def editor(tpl: PromptTemplate) -> tuple[PromptTemplate | None, list[str]]:
     )
     c1, c2 = st.columns(2)
     c1.number_input(
-        "Retrieved examples", min_value=0, max_value=templates.MAX_EXAMPLES, step=1,
+        "Retrieved examples", min_value=0, max_value=MAX_EXAMPLES, step=1,
         key="template_n_examples",
         help="How many of the most similar labelled training sentences fill {examples} "
         "(never the sentence itself). 0: no examples.",
@@ -147,20 +164,20 @@ def editor(tpl: PromptTemplate) -> tuple[PromptTemplate | None, list[str]]:
     st.caption("Placeholders: " + " ".join(f"`{{{k}}}`" for k in PLACEHOLDERS))
     values = {attr: st.session_state[key] for key, attr in EDITOR_KEYS.items()}
     values["n_examples"] = int(values["n_examples"] or 0)
-    errors = templates.validation_errors(values["instruction"], values["system"], values["n_examples"])
+    errors = validation_errors(values["instruction"], values["system"], values["n_examples"])
     edited = None
     if not errors:
         try:
             edited = PromptTemplate(name=tpl.name, version=tpl.version, id=tpl.id, **values)
-        except templates.TemplateError as exc:
+        except TemplateError as exc:
             errors = [str(exc)]
-    if "examples" in templates.placeholders_in(values["instruction"]) and not values["n_examples"]:
+    if "examples" in placeholders_in(values["instruction"]) and not values["n_examples"]:
         st.caption("{examples} stays empty until *Retrieved examples* is above 0.")
     return edited, errors
 
 
 def is_dirty(tpl: PromptTemplate, edited: PromptTemplate | None) -> bool:
-    return edited is None or not templates.same_content(tpl, edited)
+    return edited is None or not same_content(tpl, edited)
 
 
 def save_controls(db: Database, project: dict, tpl: PromptTemplate, edited: PromptTemplate | None,
@@ -169,14 +186,14 @@ def save_controls(db: Database, project: dict, tpl: PromptTemplate, edited: Prom
     for message in errors:
         st.error(message)
     dirty = is_dirty(tpl, edited)
-    latest = templates.get_template(db, project["id"], tpl.name)
+    latest = get_template(db, project["id"], tpl.name)
     old = tpl.version != latest.version
     c1, c2, c3 = st.columns([2, 1.1, 1.9])
     if c1.button("Save as new version", key="template_save", type="primary",
                  disabled=bool(errors) or not (dirty or old),
                  help="Saves the editor's content as the next version (also to bring back an older "
                  "version); runs keep the version they used."):
-        saved = templates.save_template(db, project["id"], edited)
+        saved = save_template(db, project["id"], edited)
         if saved.id == latest.id:
             st.session_state["template_flash"] = f"That is the latest version (v{latest.version}) already."
         else:
@@ -196,11 +213,11 @@ def save_controls(db: Database, project: dict, tpl: PromptTemplate, edited: Prom
         new_name = st.text_input("Name", key="template_new_name", placeholder="e.g. short-tags")
         if st.button("Create", key="template_create", disabled=bool(errors)):
             try:
-                existing = [t["name"] for t in templates.list_templates(db, project["id"])]
+                existing = [t["name"] for t in list_templates(db, project["id"])]
                 if new_name.strip() in existing:
                     raise NerlabError(f"A template called {new_name.strip()!r} already exists.")
                 base = edited or tpl
-                saved = templates.save_template(
+                saved = save_template(
                     db, project["id"], PromptTemplate(**{**base.to_dict(), "name": new_name, "version": 0, "id": None})
                 )
             except NerlabError as exc:
@@ -283,16 +300,16 @@ def sentence_preview(tpl: PromptTemplate, data: PreviewData, tokenizer: Any, pro
     )
     ex = by_id[sid]
     shots = _shots(tpl, data, fingerprint, project["id"], [ex])
-    prompt, target = templates.build_chat(
+    prompt, target = render.build_chat(
         tokenizer, tpl, ex.text, data.labels, shots[0] if shots else (),
-        answer=templates.render_answer(tpl, ex.text, ex.spans),
+        answer=formats.render_answer(tpl, ex.text, ex.spans),
     )
     st.markdown("**Prompt** (what the model reads)")
     st.code(prompt, language=None, wrap_lines=True)
     st.markdown("**Target** (what it learns to write, ending with the end-of-sequence token)")
     st.code(target, language=None, wrap_lines=True)
     max_length = int(st.session_state.get("template_max_length") or DEFAULT_MAX_LENGTH)
-    (length,) = templates.prompt_lengths(tokenizer, tpl, [ex], data.labels, shots)
+    (length,) = render.prompt_lengths(tokenizer, tpl, [ex], data.labels, shots)
     unit = "tokens" if tokenizer is not None else "characters"
     c1, c2, c3 = st.columns(3)
     c1.metric(f"Prompt {unit}", length.prompt_tokens)
@@ -310,7 +327,7 @@ def sentence_preview(tpl: PromptTemplate, data: PreviewData, tokenizer: Any, pro
 def _all_lengths(tpl_json: str, model: str | None, project_id: int, fingerprint: str,
                  _tokenizer: Any, _data: PreviewData, _shots: list | None) -> list[tuple[int, int, int]]:
     tpl = PromptTemplate.from_dict(json.loads(tpl_json))
-    lengths = templates.prompt_lengths(_tokenizer, tpl, _data.examples, _data.labels, _shots)
+    lengths = render.prompt_lengths(_tokenizer, tpl, _data.examples, _data.labels, _shots)
     return [(x.example_id, x.prompt_tokens, x.answer_tokens) for x in lengths]
 
 
@@ -346,24 +363,15 @@ def round_trip_check(db: Database, project: dict, tpl: PromptTemplate) -> None:
     st.checkbox("All output formats", key="template_check_all",
                 help="Also check the formats this template does not use.")
     if st.button("Check every labelled sentence", key="template_check"):
-        examples = projects.examples(db, project["id"])
-        names = [r["name"] for r in projects.list_labels(db, project["id"])]
-        formats = OUTPUT_FORMATS if st.session_state.get("template_check_all") else (tpl.output_format,)
-        results = {}
-        for fmt in formats:
-            variant = PromptTemplate(**{**tpl.to_dict(), "output_format": fmt})
-            results[fmt] = (len(examples), templates.round_trip(variant, examples, names))
-        st.session_state["template_check_result"] = results
+        every = OUTPUT_FORMATS if st.session_state.get("template_check_all") else None
+        st.session_state["template_check_result"] = check_project(db, project["id"], tpl, every)
     results = st.session_state.get("template_check_result")
     if not results:
         st.caption("Renders each labelled sentence's gold answer and parses it back: every "
                    "sentence should come back with exactly its spans.")
         return
-    positions = {
-        r["id"]: r["position"] + 1
-        for r in db.query("SELECT id, position FROM sentences WHERE project_id = ?", [project["id"]])
-    }
-    for fmt, (checked, failures) in results.items():
+    for report in results:
+        fmt, checked, failures = report.output_format, report.checked, report.failures
         if not checked:
             st.info("No labelled sentences to check yet.")
         elif not failures:
@@ -373,7 +381,7 @@ def round_trip_check(db: Database, project: dict, tpl: PromptTemplate) -> None:
                      "round-trip.")
             st.dataframe(
                 [
-                    {"sentence": positions.get(f.sentence_id), "why": f.reason, "text": f.text,
+                    {"sentence": report.numbers[f.sentence_id], "why": f.reason, "text": f.text,
                      "answer": f.answer,
                      "open": f"Label?sentence={f.sentence_id}&project={project['id']}"}
                     for f in failures
@@ -391,7 +399,7 @@ def round_trip_check(db: Database, project: dict, tpl: PromptTemplate) -> None:
 
 def versions_table(db: Database, project: dict, tpl: PromptTemplate) -> None:
     """The template's versions, and what the selected one changed from the one before."""
-    rows = templates.list_versions(db, project["id"], tpl.name)
+    rows = list_versions(db, project["id"], tpl.name)
     st.dataframe(
         [{"version": f"v{r['version']}", "output format": FORMAT_TITLES[r["output_format"]],
           "saved": r["created_at"], "runs": r["runs"]} for r in rows],
@@ -399,15 +407,13 @@ def versions_table(db: Database, project: dict, tpl: PromptTemplate) -> None:
     )
     earlier = [r["version"] for r in rows if r["version"] < tpl.version]
     if earlier:
-        before = templates.get_template(db, project["id"], tpl.name, earlier[0])
+        before = get_template(db, project["id"], tpl.name, earlier[0])
         st.markdown(f"**Changes from v{before.version} to v{tpl.version}**")
-        st.code(templates.diff(before, tpl) or "(no change in what the model sees)", language="diff")
+        st.code(diff(before, tpl) or "(no change in what the model sees)", language="diff")
 
 
 def parser_tryout(tpl: PromptTemplate, data: PreviewData) -> None:
     """Paste a model output and see the spans the parser reads from it, with what went wrong."""
-    from core.ui.eval_view import colours, gold_pred_html, show_html
-
     if not data.examples:
         return
     by_id = {e.id: e for e in data.examples}
@@ -415,11 +421,11 @@ def parser_tryout(tpl: PromptTemplate, data: PreviewData) -> None:
     st.caption("Paste what a model answered for the sentence above (any format, even broken) to "
                "see how it is read.")
     raw = st.text_area("Model output", key="template_try_output", height=90,
-                       placeholder=templates.render_answer(tpl, ex.text, ex.spans))
+                       placeholder=formats.render_answer(tpl, ex.text, ex.spans))
     if not raw.strip():
         return
     names = [r["name"] for r in data.labels]
-    result = templates.parse_output(tpl, raw, ex.text, names)
+    result = parse_output(tpl, raw, ex.text, names)
     verdict = {"ok": st.success, "partial": st.warning, "unparsable": st.error}[result.status]
     verdict(f"Parse status: {result.status} · {len(result.spans)} span(s) read"
             + (f" · not in the sentence: {', '.join(map(repr, result.hallucinated))}"

@@ -12,17 +12,19 @@ from typing import Any
 import streamlit as st
 from sqlite_utils import Database
 
-from core import charts, config, jobs
-from core.jobs_cli import format_duration
-from core.runconfig import (
+from core import config
+from core.data.runs import read_log, run_metrics
+from core.errors import ConfigError
+from core.jobs import launcher
+from core.training.runconfig import (
     DEFAULT_TARGETS,
     FIELDS,
     METHOD_LABELS,
     PRESETS,
-    ConfigError,
     RunConfig,
     get_preset,
 )
+from core.ui import charts
 
 SOURCE_BUNDLED = "Bundled SmolLM2-135M-Instruct"
 SOURCE_HUB = "Hugging Face id"
@@ -216,7 +218,7 @@ def progress_block(run: dict, metrics: list[dict]) -> None:
     evals = [m for m in metrics if m.get("eval_loss") is not None]
     if last and last.get("total_steps"):
         frac = min(1.0, last["step"] / last["total_steps"])
-        eta = "" if run["status"] != "running" else f" · ETA {format_duration(last.get('eta_s'))}"
+        eta = "" if run["status"] != "running" else f" · ETA {launcher.format_duration(last.get('eta_s'))}"
         st.progress(frac, text=f"Step {last['step']} / {last['total_steps']}{eta}")
     elif run["status"] == "running":
         st.progress(0.0, text="Loading the model and preparing the data…")
@@ -230,7 +232,7 @@ def progress_block(run: dict, metrics: list[dict]) -> None:
 
 def run_details(db: Database, run: dict, project: dict) -> None:
     """Everything about one run: progress, curves, problem, stop, CLI, adapter, log."""
-    metrics = jobs.run_metrics(db, run["id"])
+    metrics = run_metrics(db, run["id"])
     status = run["status"]
     st.markdown(f"#### {STATUS_ICONS.get(status, '')} Run #{run['id']} · {run['name']} · {status}")
     cfg = run["config"]
@@ -240,7 +242,7 @@ def run_details(db: Database, run: dict, project: dict) -> None:
         except ConfigError:
             pass
     if status == "queued":
-        busy = jobs.active_run(db)
+        busy = launcher.active_run(db)
         st.info(f"Waiting for run #{busy['id']} to end." if busy and busy["id"] != run["id"]
                 else "Starting…")
     if status == "failed":
@@ -261,11 +263,11 @@ def run_details(db: Database, run: dict, project: dict) -> None:
     if status in ("queued", "running"):
         if st.button("Stop this run", key=f"train_stop_{run['id']}", type="secondary",
                      help="Ends the run cleanly after the current step; the adapter is saved."):
-            st.toast(jobs.request_stop(db, run["id"]))
+            st.toast(launcher.request_stop(db, run["id"]))
     if run["kind"] == "train":
         st.markdown("**The same run from the command line**")
         try:
-            st.code(jobs.cli_command(run, project["name"]) + " --wait", language="bash")
+            st.code(launcher.cli_command(run, project["name"]) + " --wait", language="bash")
         except ConfigError:
             pass
     if run["artifact_path"]:
@@ -274,7 +276,7 @@ def run_details(db: Database, run: dict, project: dict) -> None:
         st.markdown(f"📊 [See this run's scores on the Evaluate page]"
                     f"(Evaluate?run={run['id']}&project={project['id']})")
     st.markdown("**Log**")
-    log = jobs.read_log(run["id"], 80) or run.get("log_tail") or "(no log yet)"
+    log = read_log(run["id"], 80) or run.get("log_tail") or "(no log yet)"
     st.code(log, language=None, height=300)
 
 
@@ -282,7 +284,7 @@ def adapter_block(run: dict) -> None:
     """Where the adapter is, and merging it into the base model."""
     st.markdown(f"**Adapter** (PEFT format, with tokenizer, config and template version): "
                 f"`{run['artifact_path']}`")
-    state = jobs.merge_state(run["id"])
+    state = launcher.merge_state(run["id"])
     merged = config.runs_dir() / str(run["id"]) / "merged"
     if state == "done":
         st.success(f"Merged model saved: `{merged}` (load it with `from_pretrained`).")
@@ -298,7 +300,7 @@ def adapter_block(run: dict) -> None:
         "needs ~16 GB of RAM and a few minutes.",
     ):
         try:
-            jobs.launch_merge(run["id"])
+            launcher.launch_merge(run["id"])
             st.toast("Merging started.")
         except Exception as exc:  # noqa: BLE001 - shown to the user
             st.error(str(exc))

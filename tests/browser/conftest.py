@@ -96,8 +96,8 @@ def app_server(app_home: Path) -> Iterator[str]:
     The demo project is created first (the same call the app makes on its first page load), so
     tests can look its sentences up before a page has been opened.
     """
-    from core.db import get_db
-    from core.demo import ensure_demo_project
+    from core.data.db import get_db
+    from core.data.demo import ensure_demo_project
 
     ensure_demo_project(get_db(app_home / "nerlab.db"))
     port = _free_port()

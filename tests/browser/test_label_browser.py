@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from core import projects
-from core.db import get_db
-from core.spans import Span, tokenize
+from core.data import projects
+from core.data.db import get_db
+from core.data.spans import Span, tokenize
 
 pytestmark = pytest.mark.browser
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from core import projects
-from core.db import get_db
+from core.data import projects
+from core.data.db import get_db
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,6 +32,7 @@ def _browser_fixtures():
 
     here = str(Path(__file__).with_name("conftest.py"))
     return next(m for m in list(sys.modules.values()) if getattr(m, "__file__", None) == here)
+
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

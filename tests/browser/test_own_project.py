@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from core import projects
-from core.db import get_db
+from core.data import projects
+from core.data.db import get_db
 
 pytestmark = pytest.mark.browser
 

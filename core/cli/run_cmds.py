@@ -1,0 +1,217 @@
+"""``nerlab train|runs|stop|merge``: fine-tuning runs without the browser.
+
+``nerlab train NAME`` prints the new run's id and returns at once (the run goes on in the
+background); with ``--wait`` it prints progress and its exit code reflects the outcome
+(0 finished, 1 failed, 2 stopped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+
+from core import config
+from core.data import projects
+from core.data.db import get_db
+from core.data.runs import get_run, list_runs, run_metrics
+from core.errors import NerlabError
+from core.jobs import launcher
+from core.models import loader
+from core.models.adapters import merge_run
+from core.training.checks import check_run
+from core.training.runconfig import FIELDS, PRESETS, RunConfig, get_preset
+
+#: Exit codes of ``nerlab train --wait``.
+EXIT_CODES = {"finished": 0, "failed": 1, "stopped": 2}
+
+
+#: Settings that are not command-line flags (``--preset`` is handled on its own).
+_NOT_FLAGS = ("preset",)
+
+
+def _flag_type(f: dataclasses.Field):
+    kind = str(f.type)
+    if "bool" in kind:
+        return bool
+    if "int" in kind:
+        return int
+    if "float" in kind:
+        return float
+    if "tuple" in kind:
+        return tuple
+    return str
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    for name, (_section, f) in FIELDS.items():
+        if name in _NOT_FLAGS:
+            continue
+        flag = "--" + name.replace("_", "-")
+        help_text = f.metadata.get("help", "").replace("%", "%%")
+        kind = _flag_type(f)
+        if kind is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)
+        elif kind is tuple:
+            parser.add_argument(flag, dest=name, metavar="A,B,...", default=None,
+                                help=help_text + " Comma-separated.")
+        elif "options" in f.metadata:
+            parser.add_argument(flag, dest=name, choices=f.metadata["options"], default=None,
+                                help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The preset (or defaults) with every flag given on the command line applied."""
+    overrides = {}
+    for name in FIELDS:
+        if name in _NOT_FLAGS:
+            continue
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if name == "targets":
+            value = tuple(t.strip() for t in value.split(",") if t.strip())
+        overrides[name] = value
+    if overrides.get("epochs") is not None and getattr(args, "max_steps", None) is None:
+        overrides["max_steps"] = 0  # --epochs wins over a preset's max steps
+    preset = get_preset(args.preset) if args.preset else None
+    return preset.config(**overrides) if preset else RunConfig().with_overrides(**overrides)
+
+
+def _fmt_progress(m: dict | None) -> str:
+    if not m:
+        return ""
+    parts = [f"step {m['step']}/{m['total_steps'] or '?'}"]
+    if m.get("loss") is not None:
+        parts.append(f"loss {m['loss']:.4f}")
+    if m.get("eval_loss") is not None:
+        parts.append(f"dev loss {m['eval_loss']:.4f}")
+    if m.get("tokens_per_s"):
+        parts.append(f"{m['tokens_per_s']:.0f} tok/s")
+    if m.get("gpu_mem_mb"):
+        parts.append(f"GPU {m['gpu_mem_mb'] / 1024:.1f} GB")
+    if m.get("eta_s") is not None and m.get("loss") is not None:
+        parts.append(f"ETA {launcher.format_duration(m['eta_s'])}")
+    return ", ".join(parts)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    db = get_db()
+    project = projects.get_project(db, args.name)
+    cfg = config_from_args(args)
+    info = loader.device_info()
+    issues = check_run(db, project["id"], cfg, cuda=info.device == "cuda", bf16_supported=info.bf16,
+                       gpu_count=info.count)
+    errors = [i for i in issues if i.level == "error"]
+    for issue in issues:
+        if issue.level != "info" or args.wait:
+            print(f"{issue.level}: {issue.title}: {issue.msg}", file=sys.stderr)
+    if errors and not args.force:
+        raise NerlabError(f"{len(errors)} pre-flight check(s) failed (see above); fix them or "
+                          "pass --force.")
+    run_id, started = launcher.submit_training(db, project["id"], cfg, name=args.run_name or "")
+    print(run_id)
+    if not started:
+        print(f"Run {run_id} is queued behind the active run.", file=sys.stderr)
+    if not args.wait:
+        return 0
+    return wait_and_report(db, run_id)
+
+
+def wait_and_report(db, run_id: int, poll_s: float = 2.0) -> int:
+    """Print progress until the run ends; return the outcome's exit code."""
+    seen = 0
+    try:
+        while True:
+            launcher.refresh(db, start_queued=False)
+            run = get_run(db, run_id)
+            rows = run_metrics(db, run_id)
+            for row in rows[seen:]:
+                print(_fmt_progress(row), flush=True)
+            seen = len(rows)
+            if run["status"] in config.FINAL_STATUSES:
+                break
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        print(f"\nRun {run_id} goes on in the background; stop it with: nerlab stop {run_id}",
+              file=sys.stderr)
+        return 130
+    line = f"Run {run_id} {run['status']}"
+    if run["status"] == "failed":
+        line += f" ({run['error_kind']}): {run['error_message']}"
+    elif run["artifact_path"]:
+        line += f"; adapter: {run['artifact_path']}"
+    print(line, file=sys.stderr if run["status"] == "failed" else sys.stdout)
+    return EXIT_CODES.get(run["status"], 1)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    db = get_db()
+    project = projects.get_project(db, args.name)
+    launcher.refresh(db)
+    rows = list_runs(db, project["id"])
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    if not rows:
+        print(f"No runs in {project['name']!r}. Start one with: nerlab train {project['name']!r}")
+        return 0
+    for r in rows:
+        detail = _fmt_progress(r["last_metrics"])
+        if r["status"] == "failed":
+            detail = f"{r['error_kind']}: {r['error_message']}"
+        print(f"{r['id']:>4}  {r['kind']:<9} {r['status']:<9} {r['name']:<20} "
+              f"{r['created_at']}  {detail}")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    db = get_db()
+    print(launcher.request_stop(db, args.run))
+    if args.wait:
+        run = launcher.wait(db, args.run, timeout_s=600)
+        print(f"Run {args.run} {run['status']}.")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    db = get_db()
+    merge_run(db, args.run, out=args.out)
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``train``, ``runs``, ``stop`` and ``merge`` to the ``nerlab`` parser."""
+    p = subparsers.add_parser(
+        "train", help="start a fine-tuning run in the background (prints its id)",
+        description=("Start a fine-tuning run. Presets: " + "; ".join(
+            f"{name!r}: {preset.description}" for name, preset in PRESETS.items())),
+    )
+    p.add_argument("name", help="project")
+    p.add_argument("--preset", help="start from a preset: " + ", ".join(repr(n) for n in PRESETS))
+    p.add_argument("--run-name", help="a name for the run (default train-ID)")
+    p.add_argument("--wait", action="store_true",
+                   help="print progress until the run ends; exit 0 finished, 1 failed, 2 stopped")
+    p.add_argument("--force", action="store_true", help="start despite failed pre-flight checks")
+    _add_setting_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser("runs", help="list a project's runs with status and progress")
+    p.add_argument("name", help="project")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
+
+    p = subparsers.add_parser("stop", help="stop a run (it saves its adapter and ends 'stopped')")
+    p.add_argument("run", type=int, help="run id")
+    p.add_argument("--wait", action="store_true", help="wait until it has stopped")
+    p.set_defaults(func=cmd_stop)
+
+    p = subparsers.add_parser("merge", help="merge a run's adapter into its base model and save it")
+    p.add_argument("run", type=int, help="run id")
+    p.add_argument("--out", help="output folder (default: runs/ID/merged in the data directory)")
+    p.set_defaults(func=cmd_merge)

@@ -1,0 +1,213 @@
+"""The SQLite store: one file, WAL mode, versioned migrations applied on open.
+
+Text plus character-offset spans is the truth; BIO tags are derived only when training or
+evaluating. Open a fresh connection per Streamlit rerun and per worker process with
+:func:`get_db`; never share one connection between threads.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import sqlite3
+from pathlib import Path
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from core import config
+from core.procs import file_lock
+
+migrations = Migrations("nerlab")
+
+
+#: How long a writer waits for another process's lock before giving up (milliseconds).
+BUSY_TIMEOUT_MS = 15_000
+
+
+def now() -> str:
+    """UTC timestamp, ISO 8601 with seconds, as stored in every ``*_at`` column."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    """The tables of DESIGN.md."""
+    db.executescript(
+        """
+        CREATE TABLE projects (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            description TEXT NOT NULL DEFAULT '',
+            fixed_labels INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE labels (
+            id INTEGER PRIMARY KEY,
+            project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            color TEXT NOT NULL,
+            hotkey TEXT NOT NULL DEFAULT '',
+            description TEXT NOT NULL DEFAULT '',
+            position INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (project_id, name)
+        );
+        CREATE TABLE sentences (
+            id INTEGER PRIMARY KEY,
+            project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+            position INTEGER NOT NULL,
+            text TEXT NOT NULL,
+            tokens TEXT,
+            split TEXT NOT NULL DEFAULT 'train' CHECK (split IN ('train', 'dev', 'test')),
+            source TEXT NOT NULL DEFAULT '',
+            hash TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'unlabelled'
+                CHECK (status IN ('unlabelled', 'labelled')),
+            annotator TEXT,
+            version INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            UNIQUE (project_id, hash)
+        );
+        CREATE INDEX idx_sentences_project_position ON sentences(project_id, position);
+        CREATE INDEX idx_sentences_project_status ON sentences(project_id, status);
+        CREATE TABLE spans (
+            id INTEGER PRIMARY KEY,
+            sentence_id INTEGER NOT NULL REFERENCES sentences(id) ON DELETE CASCADE,
+            start INTEGER NOT NULL,
+            "end" INTEGER NOT NULL,
+            label_id INTEGER NOT NULL REFERENCES labels(id) ON DELETE CASCADE,
+            origin TEXT NOT NULL DEFAULT 'gold' CHECK (origin IN ('gold', 'suggested', 'model')),
+            annotator TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            CHECK (start >= 0 AND "end" > start)
+        );
+        CREATE INDEX idx_spans_sentence ON spans(sentence_id);
+        CREATE INDEX idx_spans_label ON spans(label_id);
+        CREATE TABLE templates (
+            id INTEGER PRIMARY KEY,
+            project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            instruction TEXT NOT NULL,
+            output_format TEXT NOT NULL,
+            settings TEXT NOT NULL DEFAULT '{}',
+            created_at TEXT NOT NULL,
+            UNIQUE (project_id, name, version)
+        );
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+            name TEXT NOT NULL DEFAULT '',
+            kind TEXT NOT NULL,
+            config TEXT NOT NULL DEFAULT '{}',
+            base_model TEXT NOT NULL DEFAULT '',
+            template_id INTEGER REFERENCES templates(id),
+            status TEXT NOT NULL DEFAULT 'queued'
+                CHECK (status IN ('queued', 'running', 'finished', 'failed', 'stopped')),
+            pid INTEGER,
+            heartbeat_at TEXT,
+            stop_requested INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            started_at TEXT,
+            finished_at TEXT,
+            error_kind TEXT,
+            error_message TEXT,
+            log_tail TEXT,
+            artifact_path TEXT
+        );
+        CREATE INDEX idx_runs_project ON runs(project_id);
+        CREATE INDEX idx_runs_status ON runs(status);
+        CREATE TABLE run_metrics (
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            step INTEGER NOT NULL,
+            total_steps INTEGER,
+            epoch REAL,
+            loss REAL,
+            eval_loss REAL,
+            lr REAL,
+            tokens_per_s REAL,
+            gpu_mem_mb REAL,
+            eta_s REAL,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX idx_run_metrics_run ON run_metrics(run_id, step);
+        CREATE TABLE predictions (
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            sentence_id INTEGER NOT NULL REFERENCES sentences(id) ON DELETE CASCADE,
+            split TEXT NOT NULL,
+            raw_output TEXT NOT NULL DEFAULT '',
+            spans TEXT NOT NULL DEFAULT '[]',
+            parse_status TEXT NOT NULL DEFAULT 'ok',
+            created_at TEXT NOT NULL,
+            UNIQUE (run_id, sentence_id)
+        );
+        CREATE INDEX idx_predictions_sentence ON predictions(sentence_id);
+        CREATE TABLE evaluations (
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            split TEXT NOT NULL,
+            mode TEXT NOT NULL DEFAULT 'default',
+            metrics TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            UNIQUE (run_id, split, mode)
+        );
+        """
+    )
+
+
+def get_db(path: str | Path | None = None) -> Database:
+    """Open the NERLab database (default: the one in the data directory) and migrate it.
+
+    Args:
+        path: a database file, or ``":memory:"``; defaults to :func:`core.config.db_path`.
+
+    Returns:
+        A sqlite-utils ``Database`` with foreign keys on, WAL journal and a busy timeout.
+    """
+    if path is None:
+        path = config.db_path()
+    if str(path) == ":memory:":
+        db = Database(memory=True)
+        db.execute("PRAGMA foreign_keys = ON")
+        migrations.apply(db)
+        return db
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000)
+    db = Database(conn)
+    db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    db.execute("PRAGMA foreign_keys = ON")
+    if db.journal_mode != "wal":
+        db.enable_wal()
+    db.execute("PRAGMA synchronous = NORMAL")
+    if migrations.pending(db):
+        with file_lock(Path(f"{path}.migrate.lock")):  # the UI and a worker may open a new file at once
+            migrations.apply(db)
+    return db
+
+
+@migrations()
+def m_eval_001_prediction_details_and_try(db: Database) -> None:
+    """Evaluation: what the parser flagged per prediction (hallucinated entities, unknown types),
+    and the Compare page's "type a sentence" requests, answered by a short worker process."""
+    db.executescript(
+        """
+        ALTER TABLE predictions ADD COLUMN details TEXT NOT NULL DEFAULT '{}';
+        CREATE TABLE try_requests (
+            id INTEGER PRIMARY KEY,
+            project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+            text TEXT NOT NULL,
+            run_ids TEXT NOT NULL DEFAULT '[]',
+            status TEXT NOT NULL DEFAULT 'queued'
+                CHECK (status IN ('queued', 'running', 'finished', 'failed')),
+            outputs TEXT NOT NULL DEFAULT '{}',
+            error_message TEXT,
+            pid INTEGER,
+            created_at TEXT NOT NULL,
+            finished_at TEXT
+        );
+        """
+    )

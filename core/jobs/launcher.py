@@ -1,0 +1,288 @@
+"""Background runs: launch (one at a time, the rest queued), watch, stop."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from core import config
+from core.data.db import now
+from core.data.runs import _decode, create_run, fail_run, get_run, log_path, run_dir
+from core.errors import NerlabError
+from core.prediction import baselines
+from core.procs import file_lock, free_port, pid_alive, spawn
+from core.prompts.plan import run_template
+from core.training.runconfig import FIELDS, RunConfig
+
+#: A running worker whose heartbeat is older than this is considered hung.
+HEARTBEAT_STALE_S = 300
+#: How often the worker beats (see core.jobs.worker).
+HEARTBEAT_EVERY_S = 5
+ACTIVE_STATUSES = ("queued", "running")
+#: What the command line of a run's worker holds (liveness checks, see core.procs.pid_alive).
+WORKER = "core.jobs.worker"
+MERGER = "core.cli merge"
+
+
+def active_run(db: Database) -> dict | None:
+    """The run currently holding the machine (running, or queued with a live worker), if any."""
+    for row in db.query(
+        "SELECT * FROM runs WHERE status = 'running' OR (status = 'queued' AND pid IS NOT NULL)"
+        " ORDER BY id"
+    ):
+        if row["pid"] and pid_alive(row["pid"], WORKER):
+            return _decode(row)
+    return None
+
+
+def worker_command(run_id: int, gpus: int = 1, port: int | None = None) -> list[str]:
+    """The argument list that runs a run's worker: ``python -m core.jobs.worker ID``, or for a run on
+    several GPUs the same module under ``accelerate launch`` with one process per GPU (and the
+    run's own accelerate config, see :func:`write_accelerate_config`)."""
+    worker = ["-m", WORKER, str(int(run_id))]
+    if gpus <= 1:
+        return [sys.executable, *worker]
+    return [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(run_dir(run_id) / ACCELERATE_CONFIG), "--multi_gpu",
+        "--num_processes", str(int(gpus)), "--main_process_port", str(port or free_port()), *worker,
+    ]
+
+
+ACCELERATE_CONFIG = "accelerate.yaml"
+
+
+def write_accelerate_config(run_id: int, gpus: int) -> Path:
+    """The accelerate config a multi-GPU run is launched with, in its folder: one machine, N
+    processes, no mixed precision or compilation from accelerate (the trainer handles bf16).
+    Without it ``accelerate launch`` would read the user's default config, whose GPU ids, FSDP or
+    DeepSpeed settings do not apply to NERLab's loop; CUDA_VISIBLE_DEVICES picks the GPUs."""
+    path = run_dir(run_id) / ACCELERATE_CONFIG
+    path.write_text(
+        f"# Written by NERLab for run {run_id}: how `accelerate launch` starts its processes.\n"
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\n"
+        f"num_machines: 1\nmachine_rank: 0\nnum_processes: {gpus}\ngpu_ids: all\n"
+        "mixed_precision: 'no'\nuse_cpu: false\ndebug: false\ndynamo_config: {}\n"
+    )
+    return path
+
+
+def run_gpus(run: dict) -> int:
+    """How many processes a run's worker starts (``train.gpus`` of a training run, else 1)."""
+    if run.get("kind") != "train":
+        return 1
+    return max(1, int(((run.get("config") or {}).get("train") or {}).get("gpus") or 1))
+
+
+def launch(db: Database, run_id: int) -> bool:
+    """Start the run's worker unless another run holds the machine; return True if started.
+
+    A run that cannot start now stays "queued"; the worker of the active run starts the next
+    queued run when it ends (and :func:`refresh` does, when a worker died).
+    """
+    with file_lock(config.home() / ".launch.lock"):  # the UI, the CLI and finishing workers
+        run = get_run(db, run_id)
+        if run["status"] != "queued":
+            raise NerlabError(f"Run {run_id} is {run['status']}; only a queued run can start.")
+        if run["pid"] and pid_alive(run["pid"], WORKER):
+            return True
+        busy = active_run(db)
+        if busy is not None and busy["id"] != run_id:
+            return False
+        _spawn(db, run_id)
+        return True
+
+
+def _spawn(db: Database, run_id: int) -> int:
+    gpus = run_gpus(get_run(db, run_id))
+    if gpus > 1:
+        write_accelerate_config(run_id, gpus)
+    pid = spawn(worker_command(run_id, gpus), log_path(run_id))
+    db.execute("UPDATE runs SET pid = ? WHERE id = ?", [pid, run_id])
+    db.conn.commit()
+    return pid
+
+
+def launch_next(db: Database) -> int | None:
+    """Start the oldest queued run if nothing is active; return its id."""
+    if active_run(db) is not None:
+        return None
+    for row in db.query("SELECT id FROM runs WHERE status = 'queued' AND stop_requested = 0 ORDER BY id"):
+        try:
+            if launch(db, row["id"]):
+                return row["id"]
+        except NerlabError:
+            continue
+        return None
+    return None
+
+
+def request_stop(db: Database, run_id: int) -> str:
+    """Ask a run to stop: a queued run is stopped at once; a running one gets SIGTERM and the
+    ``stop_requested`` flag, saves its adapter and ends "stopped". Returns what happened."""
+    run = get_run(db, run_id)
+    if run["status"] in config.FINAL_STATUSES:
+        return f"Run {run_id} already ended ({run['status']})."
+    db.execute("UPDATE runs SET stop_requested = 1 WHERE id = ?", [run_id])
+    db.conn.commit()
+    if run["status"] == "queued" and not (run["pid"] and pid_alive(run["pid"], WORKER)):
+        db.execute(
+            "UPDATE runs SET status = 'stopped', finished_at = ? WHERE id = ? AND status = 'queued'",
+            [now(), run_id],
+        )
+        db.conn.commit()
+        return f"Run {run_id} was removed from the queue."
+    if run["pid"] and pid_alive(run["pid"], WORKER):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(run["pid"], signal.SIGTERM)
+    return f"Run {run_id} is stopping: it saves its adapter and ends."
+
+
+def _age_s(stamp: str | None) -> float | None:
+    if not stamp:
+        return None
+    then = _dt.datetime.fromisoformat(stamp)
+    return (_dt.datetime.now(_dt.timezone.utc) - then).total_seconds()
+
+
+def refresh(db: Database, start_queued: bool = True) -> list[int]:
+    """Mark runs whose worker died (or hangs) as failed, with the reason; return their ids.
+
+    A "running" run whose process is gone (killed, crashed hard, machine rebooted) or whose
+    heartbeat is older than :data:`HEARTBEAT_STALE_S` fails; so does a queued run whose worker
+    died before it started. Then, with ``start_queued``, the next queued run starts if the
+    machine is free.
+    """
+    failed: list[int] = []
+    for row in list(db.query("SELECT * FROM runs WHERE status IN ('queued', 'running')")):
+        pid = row["pid"]
+        if row["status"] == "queued" and not pid:
+            continue
+        if not pid_alive(pid, WORKER):
+            if row["status"] == "queued":
+                message = (f"The worker (pid {pid}) exited before the run started; see the log.")
+            else:
+                message = (
+                    f"The worker process (pid {pid}) ended without reporting: it was killed "
+                    "(e.g. kill -9, or the system ran out of memory) or crashed hard. The adapter "
+                    "saved last, if any, is kept."
+                )
+            fail_run(db, row["id"], "other", message)
+            failed.append(row["id"])
+            continue
+        age = _age_s(row["heartbeat_at"])
+        if row["status"] == "running" and age is not None and age > HEARTBEAT_STALE_S:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+            fail_run(db, row["id"], "other",
+                  f"No heartbeat from the worker (pid {pid}) for {age:.0f} s: it hung and was ended.")
+            failed.append(row["id"])
+    if start_queued:
+        launch_next(db)
+    return failed
+
+
+def wait(db: Database, run_id: int, timeout_s: float | None = None, poll_s: float = 1.0) -> dict:
+    """Block until the run reaches a final status (refreshing liveness); return its row."""
+    import time
+
+    started = time.monotonic()
+    while True:
+        refresh(db, start_queued=False)
+        run = get_run(db, run_id)
+        if run["status"] in config.FINAL_STATUSES:
+            return run
+        if timeout_s is not None and time.monotonic() - started > timeout_s:
+            return run
+        time.sleep(poll_s)
+
+
+def cli_command(run: dict[str, Any], project_name: str) -> str:
+    """The ``nerlab train`` command line that starts a run with the same settings."""
+    cfg = RunConfig.from_dict(run["config"])
+    base = RunConfig()
+    parts = ["nerlab", "train", _quote(project_name)]
+    flat, defaults = cfg.flat(), base.flat()
+    for name, (_section, _f) in FIELDS.items():
+        if name == "preset":
+            continue
+        value, default = flat[name], defaults[name]
+        if value == default:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else f"--no-{name.replace('_', '-')}")
+        elif isinstance(value, tuple):
+            parts.append(f"{flag} {','.join(value)}")
+        else:
+            parts.append(f"{flag} {_quote(str(value))}")
+    return " ".join(parts)
+
+
+def _quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+def submit(db: Database, project_id: int, kind: str, settings: dict, name: str = "",
+           base_model: str = "") -> tuple[int, bool]:
+    """Store a run and start it, or queue it behind the active run; a run that prompts a model
+    records the template version it will use now. Returns ``(run_id, started_now)``."""
+    run_id = create_run(db, project_id, kind, settings, name=name, base_model=base_model)
+    if kind == "train" or kind in baselines.PROMPTED:
+        run_template(db, get_run(db, run_id))
+    return run_id, launch(db, run_id)
+
+
+def submit_training(db: Database, project_id: int, cfg: RunConfig, name: str = "") -> tuple[int, bool]:
+    """:func:`submit` a fine-tuning run with this config."""
+    return submit(db, project_id, "train", cfg.to_dict(), name, cfg.base_model)
+
+
+def submit_baseline(db: Database, project_id: int, kind: str, settings: dict,
+                    name: str = "") -> tuple[int, bool]:
+    """:func:`submit` a baseline run; its settings are checked first (:func:`baselines.settings`)."""
+    cfg = baselines.settings(kind, settings)
+    return submit(db, project_id, kind, cfg, name, cfg.get("base_model", ""))
+
+
+def launch_merge(run_id: int) -> int:
+    """Start ``nerlab merge RUN_ID`` in the background (log: ``runs/<id>/merge.log``); return
+    its pid. The merged model lands in ``runs/<id>/merged``."""
+    folder = run_dir(run_id)
+    if merge_state(run_id) == "running":
+        raise NerlabError(f"Run {run_id}'s adapter is already being merged.")
+    pid = spawn(["-m", "core.cli", "merge", str(int(run_id))], folder / "merge.log")
+    (folder / "merge.pid").write_text(str(pid))
+    return pid
+
+
+def merge_state(run_id: int) -> str:
+    """``"none"``, ``"running"``, ``"done"`` (``runs/<id>/merged`` is complete) or ``"failed"``."""
+    folder = config.runs_dir() / str(run_id)
+    pid_file = folder / "merge.pid"
+    if pid_file.is_file() and pid_alive(int(pid_file.read_text().strip() or 0), MERGER):
+        return "running"
+    if (folder / "merged" / "config.json").is_file():
+        return "done"
+    return "failed" if (folder / "merge.log").is_file() else "none"
+
+
+def format_duration(seconds: float | None) -> str:
+    """``1 h 02 min``, ``3 min 05 s`` or ``12 s``."""
+    if seconds is None:
+        return "?"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    if s >= 60:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s} s"

@@ -1,0 +1,114 @@
+"""A run's adapter on disk: save, find, load, merge."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from core import config
+from core.data.runs import get_run
+from core.errors import NerlabError
+from core.models import loader
+from core.models.loader import set_threads
+
+ADAPTER_DIR = "adapter"
+
+
+MERGED_DIR = "merged"
+
+
+META_FILE = "nerlab.json"
+
+
+@contextlib.contextmanager
+def _peft_quietly() -> Iterator[None]:
+    """peft 0.21 reads transformers 5's deprecated ``is_gradient_checkpointing`` when it wraps a
+    model: a FutureWarning in every run's log that the user can do nothing about."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        yield
+
+
+def save_adapter(model: Any, tokenizer: Any, folder: Path, meta: dict) -> Path:
+    """Save the adapter (PEFT format), the tokenizer and ``nerlab.json`` (config, template
+    version, labels) atomically: a crash mid-save keeps the previous adapter."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def adapter_path(db: Database, run_id: int) -> Path:
+    """The saved adapter folder of a run, or a NerlabError saying why there is none."""
+    run = get_run(db, run_id)
+    if run["kind"] != "train":
+        raise NerlabError(f"Run {run_id} is a {run['kind']} run; only training runs have adapters.")
+    folder = Path(run["artifact_path"] or config.runs_dir() / str(run_id) / ADAPTER_DIR)
+    if not (folder / "adapter_config.json").is_file():
+        raise NerlabError(f"Run {run_id} has no saved adapter (status {run['status']}).")
+    return folder
+
+
+def load_adapter(folder: str | Path, device: str | None = None, merge: bool = False):
+    """Load a saved run's base model with its adapter: ``(model, tokenizer)``.
+
+    The base model is the one recorded in ``nerlab.json`` (full precision, even for QLoRA runs).
+    """
+    from peft import PeftModel
+
+    folder = Path(folder)
+    meta = json.loads((folder / META_FILE).read_text())
+    base = meta["config"]["base_model"]
+    model, tokenizer = loader.load_model(base, device=device)
+    if (folder / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    with _peft_quietly():
+        model = PeftModel.from_pretrained(model, str(folder))
+    if merge:
+        model = model.merge_and_unload()
+    model.eval()
+    return model, tokenizer
+
+
+def merge_run(db: Database, run_id: int, out: str | Path | None = None,
+              log: Callable[[str], None] = print) -> Path:
+    """Merge a run's adapter into its base model and save the result (with the tokenizer) to
+    ``runs/<id>/merged`` (or ``out``); return the folder. Loadable with ``from_pretrained``."""
+    started = time.perf_counter()
+    folder = adapter_path(db, run_id)
+    target = Path(out) if out else config.runs_dir() / str(run_id) / MERGED_DIR
+    set_threads()
+    model, tokenizer = load_adapter(folder, device="cpu", merge=True)
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    shutil.copy(folder / META_FILE, tmp / META_FILE)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    log(f"Merged run {run_id}'s adapter into its base model in {time.perf_counter() - started:.1f} s: "
+        f"{target}")
+    return target

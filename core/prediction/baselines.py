@@ -1,0 +1,113 @@
+"""Baselines, run by the worker like any other run: what fine-tuning has to beat.
+
+- ``zero-shot``: the base model with the instruction template and no examples.
+- ``few-shot``: the base model with ``shots`` examples in the prompt, the same for every
+  sentence (``selection="fixed"``) or the most similar training sentences
+  (``selection="retrieved"``, the template's retrieval).
+- ``crf``: a linear-chain CRF (sklearn-crfsuite) on word-shape, affix and context features,
+  trained on the labelled training sentences in seconds on a CPU.
+
+Each predicts the labelled sentences of its splits (default dev and test), stores them in
+``predictions`` and scores them (:func:`core.evaluate.evaluate_run`). Settings come from the
+run's config; :data:`DEFAULTS` lists them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlite_utils import Database
+
+from core import config
+from core.data.runs import RunContext
+from core.errors import NerlabError
+from core.evaluation import run_scores, scoring
+from core.models import loader
+from core.models.loader import set_threads
+from core.prediction import predict
+from core.prediction.crf import run_crf
+from core.prediction.decoding import DEFAULT_BATCH_SIZE
+from core.prediction.predict import PredictSettings
+from core.prompts.plan import PromptPlan, plan_for_run
+
+KINDS = ("zero-shot", "few-shot", "crf")
+#: The kinds that prompt a model with the project's template.
+PROMPTED = ("zero-shot", "few-shot")
+
+
+KIND_TITLES = {
+    "zero-shot": "Zero-shot base model",
+    "few-shot": "Few-shot base model",
+    "crf": "CRF (word features)",
+}
+
+
+#: Settings each kind reads from the run's config, with their defaults.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "zero-shot": {"base_model": config.BUNDLED_MODEL, "splits": ["dev", "test"], "limit": 0,
+                  "eval_batch_size": 16, "max_new_tokens": 0},
+    "few-shot": {"base_model": config.BUNDLED_MODEL, "shots": 5, "selection": "fixed",
+                 "splits": ["dev", "test"], "limit": 0, "eval_batch_size": 16, "max_new_tokens": 0},
+    "crf": {"c1": 0.1, "c2": 0.05, "max_iterations": 100, "splits": ["dev", "test"], "limit": 0},
+}
+
+
+def settings(kind: str, cfg: dict | None = None) -> dict:
+    """The kind's defaults overlaid with the run's config; unknown kinds are an error."""
+    if kind not in DEFAULTS:
+        raise NerlabError(f"Unknown baseline kind {kind!r}; use one of {', '.join(KINDS)}.")
+    out = dict(DEFAULTS[kind])
+    out.update({k: v for k, v in (cfg or {}).items() if v is not None})
+    if kind == "zero-shot":
+        out["shots"] = 0
+    if kind == "few-shot":
+        out["shots"] = int(out["shots"])
+        if out["shots"] < 1:
+            raise NerlabError(f"A few-shot baseline needs at least 1 example, got {out['shots']}.")
+        if out["selection"] not in ("fixed", "retrieved"):
+            raise NerlabError(f"Example selection {out['selection']!r} is not 'fixed' or 'retrieved'.")
+    bad = [s for s in out["splits"] if s not in config.SPLITS]
+    if bad:
+        raise NerlabError(f"Split(s) {', '.join(bad)} are not among {', '.join(config.SPLITS)}.")
+    return out
+
+
+def predict_settings(cfg: dict) -> PredictSettings:
+    """How an LLM baseline with these settings (from :func:`settings`) predicts."""
+    return PredictSettings(splits=tuple(cfg["splits"]), limit=int(cfg.get("limit") or 0) or None,
+                           batch_size=int(cfg.get("eval_batch_size") or DEFAULT_BATCH_SIZE),
+                           max_new_tokens=int(cfg.get("max_new_tokens") or 0) or None)
+
+
+def run_plan(db: Database, run: dict) -> PromptPlan:
+    """The prompt plan a run predicts with: an LLM baseline's examples, else its template's."""
+    if run["kind"] in PROMPTED:
+        cfg = settings(run["kind"], run["config"])
+        return plan_for_run(db, run, shots=cfg["shots"], selection=cfg.get("selection"))
+    return plan_for_run(db, run)
+
+
+def run(ctx: RunContext) -> None:
+    """Execute a baseline run (called by the worker, which owns the run's status)."""
+    kind = ctx.run["kind"]
+    cfg = settings(kind, ctx.config)
+    if kind == "crf":
+        run_crf(ctx, cfg)
+    else:
+        run_llm(ctx, cfg)
+    results = run_scores.evaluate_run(ctx.db, ctx.run_id, splits=cfg["splits"])
+    for split, by_mode in results.items():
+        ctx.log(f"{split}: {scoring.summary_line(by_mode['default'])}")
+
+
+def run_llm(ctx: RunContext, cfg: dict) -> None:
+    """Zero- or few-shot predictions of the base model."""
+    set_threads()
+    plan = run_plan(ctx.db, ctx.run)
+    base = ctx.run.get("base_model") or cfg["base_model"]
+    ctx.log(f"Loading {base}…")
+    started = time.perf_counter()
+    model, tokenizer = loader.load_model(base)
+    ctx.log(f"Loaded in {time.perf_counter() - started:.1f} s on {loader.device_info().describe()}.")
+    predict.predict_run(ctx, model, tokenizer, plan, predict_settings(cfg))

@@ -1,0 +1,139 @@
+"""A run's predictions on its dev/test sentences, stored."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlite_utils import Database
+
+from core.data import projects
+from core.data.db import now
+from core.data.runs import RunContext
+from core.data.spans import Example
+from core.prediction.decoding import DEFAULT_BATCH_SIZE, generate, token_budget
+from core.prompts.formats import parse_output
+from core.prompts.plan import PromptPlan
+
+#: Sentences generated (and stored) between two stop checks and progress rows.
+CHUNK = 64
+
+
+def store_predictions(db: Database, run_id: int, split: str, rows: Sequence[dict]) -> None:
+    """Insert or replace predictions (one per sentence) in one transaction.
+
+    Each row has ``sentence_id``, ``raw_output``, ``spans`` (list of Span), ``parse_status`` and
+    optionally ``details`` (dict: hallucinated, unknown_types).
+    """
+    stamp = now()
+    with db.atomic():
+        db.conn.executemany(
+            "INSERT INTO predictions (run_id, sentence_id, split, raw_output, spans, parse_status,"
+            " details, created_at) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (run_id, sentence_id) DO"
+            " UPDATE SET split = excluded.split, raw_output = excluded.raw_output, spans ="
+            " excluded.spans, parse_status = excluded.parse_status, details = excluded.details,"
+            " created_at = excluded.created_at",
+            [
+                (run_id, r["sentence_id"], split, r.get("raw_output", ""),
+                 json.dumps([s.to_dict() for s in r["spans"]]), r.get("parse_status", "ok"),
+                 json.dumps(r.get("details") or {}), stamp)
+                for r in rows
+            ],
+        )
+
+
+def predict_examples(
+    model: Any, tokenizer: Any, plan: PromptPlan, examples: Sequence[Example],
+    batch_size: int = DEFAULT_BATCH_SIZE, progress: Callable[[int, int], None] | None = None,
+    max_new_tokens: int | None = None,
+) -> list[dict]:
+    """Generate and parse answers for examples; returns prediction rows for :func:`store_predictions`.
+
+    ``max_new_tokens`` lowers every sentence's budget (a quick look; answers may be cut short).
+    """
+    prompts = [plan.prompt(tokenizer, ex.id, ex.text) for ex in examples]
+    caps = [token_budget(tokenizer, ex.text, plan.template.output_format) for ex in examples]
+    if max_new_tokens:
+        caps = [min(c, int(max_new_tokens)) for c in caps]
+    raws = generate(model, tokenizer, prompts, caps, batch_size=batch_size, progress=progress)
+    rows = []
+    for ex, raw in zip(examples, raws, strict=True):
+        parsed = parse_output(plan.template, raw, ex.text, plan.label_names)
+        rows.append({
+            "sentence_id": ex.id,
+            "raw_output": raw,
+            "spans": list(parsed.spans),
+            "parse_status": parsed.status,
+            "details": {"hallucinated": list(parsed.hallucinated),
+                        "unknown_types": list(parsed.unknown_types)},
+        })
+    return rows
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    """What a run predicts after its model is ready, and how.
+
+    Attributes:
+        splits: the splits whose labelled sentences are predicted.
+        limit: at most this many sentences per split (None = all).
+        batch_size: prompts generated together.
+        max_new_tokens: a cap on every answer's length (None = from the sentence).
+        progress_rows: write a progress row per batch (a training run keeps its rows for its
+            loss curve and only beats the heartbeat).
+    """
+
+    splits: tuple[str, ...] = ("dev", "test")
+    limit: int | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    max_new_tokens: int | None = None
+    progress_rows: bool = True
+
+
+def predict_run(ctx: RunContext, model: Any, tokenizer: Any, plan: PromptPlan,
+                settings: PredictSettings) -> None:
+    """Predict the labelled sentences of the settings' splits and store them.
+
+    Called by the worker after training (with the trained model still in memory and the prompt
+    plan it was trained with) and by the LLM baselines. Checks for a stop request between
+    batches; what was stored stays stored.
+    """
+    db, run = ctx.db, ctx.run
+    todo = {}
+    for split in settings.splits:
+        items = projects.examples(db, run["project_id"], split=split)
+        todo[split] = items[: settings.limit] if settings.limit else items
+    total = sum(len(v) for v in todo.values())
+    if total == 0:
+        ctx.log(f"No labelled sentences in {', '.join(settings.splits)} to predict.")
+        return
+    shots = f", {plan.shots} {plan.selection} example(s)" if plan.shots else ""
+    ctx.log(f"Predicting {total} sentence(s) with template {plan.template.label}{shots}, "
+            f"batch size {settings.batch_size}.")
+    done = 0
+    started = time.perf_counter()
+    for split, items in todo.items():
+        for c in range(0, len(items), CHUNK):
+            ctx.check_stop()
+            chunk = items[c : c + CHUNK]
+
+            def batch_done(k: int, _n: int, before: int = done) -> None:
+                now_done = before + k
+                rate = now_done / max(time.perf_counter() - started, 1e-9)
+                if settings.progress_rows:
+                    ctx.progress(now_done, total, eta_s=(total - now_done) / rate if rate else None)
+                else:
+                    ctx.heartbeat()
+                ctx.check_stop()  # between batches: a stop does not wait for the whole chunk
+
+            rows = predict_examples(model, tokenizer, plan, chunk, batch_size=settings.batch_size,
+                                    max_new_tokens=settings.max_new_tokens, progress=batch_done)
+            store_predictions(db, run["id"], split, rows)
+            done += len(chunk)
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            failed = sum(r["parse_status"] == "unparsable" for r in rows)
+            ctx.log(f"  {split}: {min(c + CHUNK, len(items))}/{len(items)} sentences "
+                    f"({rate:.2f} sentences/s; {failed} unparsable in this chunk)")

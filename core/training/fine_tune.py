@@ -1,0 +1,113 @@
+"""The worker's entry for a training run: data, model, loop, save, then predict and score."""
+
+from __future__ import annotations
+
+import json
+
+from core.data import projects
+from core.data.runs import RunContext
+from core.errors import DataError
+from core.evaluation import run_scores, scoring
+from core.models import loader
+from core.models.adapters import ADAPTER_DIR, save_adapter
+from core.models.loader import set_threads
+from core.prediction import predict
+from core.prediction.predict import PredictSettings
+from core.prompts.plan import plan_for_run
+from core.training.batches import encode_examples
+from core.training.distributed import Group
+from core.training.loop import Hooks, build_model, train_loop
+from core.training.runconfig import RunConfig
+
+
+def run(ctx: RunContext) -> None:
+    """Fine-tune as the run's config says, save the adapter, then predict and score dev/test.
+
+    ``ctx`` is the worker's :class:`core.data.runs.RunContext`. A stop request ends training between steps; the
+    adapter is saved and the run ends "stopped" (the worker decides the status). In a
+    multi-process run (``ctx.group``, several GPUs) every process trains its share; rank 0 alone
+    saves, reports, and predicts and scores dev/test once the others have left.
+    """
+    db = ctx.db
+    group: Group = ctx.group
+    cfg = RunConfig.from_dict(ctx.config)
+    project_id = ctx.run["project_id"]
+    threads = set_threads()
+    plan = plan_for_run(db, ctx.run)
+    tpl, labels = plan.template, plan.labels
+    if not labels:
+        raise DataError("The project has no entity types.")
+    train_ex = projects.examples(db, project_id, split="train")
+    dev_ex = projects.examples(db, project_id, split="dev")
+    if not train_ex:
+        raise DataError("The project has no labelled training sentences.")
+    ctx.log(f"Template {tpl.name!r} v{tpl.version}; {len(train_ex)} training and {len(dev_ex)} dev "
+            f"sentences; {len(labels)} entity types; {threads} CPU threads.")
+    info = loader.device_info()
+    ctx.log(f"Device: {info.describe()}"
+            + (f"; {group.world} processes ({group.backend}), one per "
+               + ("GPU" if info.device == "cuda" else "share of the CPU") if group.enabled else "")
+            + ".")
+    model, tokenizer, dtype = build_model(cfg, info.device, log=ctx.log, group=group)
+    shots = (lambda ex: plan.shots_for(ex.id, ex.text)) if plan.shots else None
+    try:
+        train_enc, stats = encode_examples(tokenizer, tpl, train_ex, labels, cfg.train.max_length,
+                                           shots)
+        dev_enc, _dev_stats = encode_examples(tokenizer, tpl, dev_ex[: cfg.train.dev_loss_sentences],
+                                              labels, cfg.train.max_length, shots)
+    except (KeyError, ValueError) as exc:
+        raise DataError(f"Could not render the training data with the template: {exc}") from exc
+    if stats.truncated or stats.skipped:
+        ctx.log(f"Max length {cfg.train.max_length}: {stats.truncated} answers cut short, "
+                f"{stats.skipped} sentences skipped (prompt too long). Raise max length to keep them.")
+    if not train_enc:
+        raise DataError(f"Every training prompt is longer than max length {cfg.train.max_length} "
+                        "tokens; raise max length.")
+    lengths = sorted(len(e.ids) for e in train_enc)
+    ctx.log(f"Tokens per example: median {lengths[len(lengths) // 2]}, max {lengths[-1]}.")
+    folder = ctx.run_dir / ADAPTER_DIR
+    meta = {
+        "run_id": ctx.run_id, "config": cfg.to_dict(), "template": tpl.to_dict(),
+        "labels": [r["name"] for r in labels], "base_model": cfg.base_model,
+        "device": info.device, "dtype": dtype, "processes": group.world,
+    }
+
+    def save(reason: str) -> None:
+        save_adapter(model, tokenizer, folder, {**meta, "saved_because": reason})
+        ctx.set_artifact(folder)
+        ctx.log(f"Adapter saved ({reason}) to {folder}.")
+
+    if group.main:
+        hooks = Hooks(log=ctx.log, progress=ctx.progress, should_stop=ctx.should_stop, save=save)
+    else:
+        hooks = Hooks(log=ctx.log, should_stop=ctx.should_stop)
+    result = train_loop(model, tokenizer, train_enc, dev_enc, cfg, info.device, dtype, hooks,
+                        group)
+    result.truncated, result.skipped = stats.truncated, stats.skipped
+    if not group.main:
+        return
+    meta["result"] = {
+        "steps": result.steps, "total_steps": result.total_steps, "epochs": result.epochs_done,
+        "train_loss": result.train_loss, "dev_losses": result.dev_losses,
+        "tokens_per_s": result.tokens_per_s, "seconds": result.seconds,
+        "stopped": result.stopped,
+    }
+    save("stop" if result.stopped else "end")
+    (ctx.run_dir / "result.json").write_text(json.dumps(meta["result"], indent=2))
+    if result.stopped or ctx.should_stop():
+        return
+    if not cfg.train.eval_after:
+        ctx.log("Evaluation after training is off.")
+        return
+    model.eval()
+    model.config.use_cache = True
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_disable()
+    tokenizer.padding_side = "left"
+    ctx.log("Predicting the dev and test splits with the trained adapter.")
+    predict.predict_run(ctx, model, tokenizer, plan, PredictSettings(
+        limit=cfg.train.eval_limit or None, progress_rows=False))
+    if ctx.should_stop():
+        return
+    for split, by_mode in run_scores.evaluate_run(db, ctx.run_id).items():
+        ctx.log(f"{split}: {scoring.summary_line(by_mode['default'])}")

@@ -1,0 +1,344 @@
+"""The training loop: the model with its adapter, the optimiser, answer-only loss, dev loss."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.errors import DataError, ModelError
+from core.models import loader
+from core.models.adapters import _peft_quietly
+from core.training.batches import (
+    Encoded,
+    micro_batches,
+    optimizer_batches,
+    plan_steps,
+    share_prefix_enabled,
+    shared_prefix,
+)
+from core.training.distributed import SINGLE, Group, shard
+from core.training.runconfig import RunConfig
+
+
+def resolve_precision(cfg: RunConfig, device: str, bf16_supported: bool) -> str:
+    """"bfloat16" on a GPU that supports it (unless fp32 was asked for), else "float32"."""
+    if device == "cuda" and bf16_supported and cfg.train.precision in ("auto", "bf16"):
+        return "bfloat16"
+    return "float32"
+
+
+def build_model(cfg: RunConfig, device: str | None = None, log: Callable[[str], None] = print,
+                group: Group = SINGLE):
+    """Load the base model (4-bit NF4 for QLoRA) and attach a fresh LoRA/DoRA adapter.
+
+    In a multi-process run every process starts from rank 0's adapter weights.
+    Returns ``(peft_model, tokenizer, dtype_name)``.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    info = loader.device_info()
+    device = device or info.device
+    dtype = resolve_precision(cfg, device, info.bf16)
+    started = time.perf_counter()
+    model, tokenizer = loader.load_model(
+        cfg.base_model, dtype=dtype, quantization=cfg.quantization, device=device,
+        padding_side="right",
+    )
+    log(f"Loaded {cfg.base_model} ({dtype}{', 4-bit NF4' if cfg.quantization else ''}) on {device} "
+        f"in {time.perf_counter() - started:.1f} s.")
+    model.config.use_cache = False
+    if cfg.quantization:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.train.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    names = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
+             if type(mod).__name__ in ("Linear", "Linear4bit", "Linear8bitLt")}
+    missing = [t for t in cfg.lora.targets if t not in names]
+    if len(missing) == len(cfg.lora.targets):
+        raise ModelError(
+            f"None of the target modules {', '.join(cfg.lora.targets)} exist in "
+            f"{cfg.base_model}; its linear layers are: {', '.join(sorted(names)) or 'none'}."
+        )
+    if missing:
+        log(f"Target modules not in this model (skipped): {', '.join(missing)}.")
+    torch.manual_seed(cfg.train.seed)
+    lora = LoraConfig(
+        r=cfg.lora.rank,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=[t for t in cfg.lora.targets if t in names],
+        use_dora=cfg.method == "dora",
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    with _peft_quietly():
+        model = get_peft_model(model, lora)
+    group.broadcast_params([p for p in model.parameters() if p.requires_grad])
+    trainable, total = model.get_nb_trainable_parameters()
+    log(f"{cfg.method}: {trainable:,} trainable parameters of {total:,} "
+        f"({100 * trainable / max(total, 1):.2f}%).")
+    return model, tokenizer, dtype
+
+
+def build_optimizer(model: Any, cfg: RunConfig):
+    """AdamW over the adapter, or peft's LoRA+ optimiser (B groups at lr × ratio) for loraplus.
+
+    LoRA+'s weight decay goes in as ``loraplus_weight_decay`` (peft ignores ``weight_decay``).
+    """
+    import torch
+
+    t = cfg.train
+    if cfg.uses_loraplus:
+        from peft.optimizers import create_loraplus_optimizer
+
+        return create_loraplus_optimizer(
+            model, torch.optim.AdamW, lr=t.lr, loraplus_lr_ratio=cfg.lora.loraplus_ratio,
+            loraplus_weight_decay=t.weight_decay,
+        )
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def _lm_parts(model: Any) -> tuple[Any, Any, float | None]:
+    """(decoder, lm_head, logit softcap) of a causal LM, peft-wrapped or not."""
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    softcap = getattr(causal.config, "final_logit_softcapping", None)
+    return causal.get_decoder(), causal.get_output_embeddings(), softcap
+
+
+def answer_loss_sum(model: Any, chunk: Sequence[Encoded], pad_id: int, device: str,
+                    autocast_dtype: Any = None, prefix: int = 0) -> tuple[Any, int]:
+    """Sum of the cross-entropy over the answer tokens of a micro-batch, and their count.
+
+    The hidden states are projected onto the vocabulary only at the positions that predict an
+    answer token (never at prompt or padding positions). With ``prefix`` > 0 (the length of the
+    token prefix all of ``chunk`` shares, shorter than every prompt), the prefix is run once and
+    its key/value cache repeated for the sentences: same loss and gradients, less compute.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    longest = max(len(e.ids) for e in chunk)
+    width = longest - prefix
+    ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(chunk), longest), dtype=torch.long)
+    rows, cols, targets = [], [], []
+    for i, e in enumerate(chunk):
+        ids[i, : len(e.ids) - prefix] = torch.tensor(e.ids[prefix:])
+        mask[i, : len(e.ids)] = 1
+        for pos in range(e.n_prompt, len(e.ids)):
+            rows.append(i)
+            cols.append(pos - 1 - prefix)
+            targets.append(e.ids[pos])
+    ids, mask = ids.to(device), mask.to(device)
+    decoder, head, softcap = _lm_parts(model)
+    ctx = (torch.autocast(device_type=device, dtype=autocast_dtype) if autocast_dtype is not None
+           else contextlib.nullcontext())
+    with ctx:
+        if prefix:
+            shared = torch.tensor([chunk[0].ids[:prefix]], device=device)
+            cache = decoder(input_ids=shared, use_cache=True).cache
+            if len(chunk) > 1:
+                cache.batch_repeat_interleave(len(chunk))
+            hidden = decoder(input_ids=ids, attention_mask=mask, cache=cache,
+                             use_cache=True).last_hidden_state
+        else:
+            hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        picked = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
+        logits = head(picked).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    loss = F.cross_entropy(logits, torch.tensor(targets, device=device), reduction="sum")
+    return loss, len(targets)
+
+
+@dataclass
+class TrainResult:
+    steps: int = 0
+    total_steps: int = 0
+    epochs_done: float = 0.0
+    stopped: bool = False
+    train_loss: float | None = None
+    dev_losses: list[tuple[int, float]] = field(default_factory=list)
+    tokens: int = 0
+    seconds: float = 0.0
+    truncated: int = 0
+    skipped: int = 0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class Hooks:
+    """How the loop talks to its surroundings (the worker's RunContext, or a benchmark)."""
+
+    log: Callable[[str], None] = print
+    progress: Callable[..., None] | None = None
+    should_stop: Callable[[], bool] = lambda: False
+    save: Callable[[str], None] | None = None  # called with a reason: "epoch", "stop", "end"
+
+
+def dev_loss(model: Any, data: Sequence[Encoded], pad_id: int, device: str, token_budget: int,
+             autocast_dtype: Any = None, prefix: int | None = None,
+             group: Group = SINGLE) -> float | None:
+    """Per-token mean loss on the answers of ``data`` (no gradients, dropout off); in a
+    multi-process run each process scores its share and the sums are added up."""
+    import torch
+
+    if not data:
+        return None
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        if prefix is None:
+            prefix = shared_prefix(data)
+        mine = shard(data, group, length=lambda e: len(e.ids))
+        for chunk in micro_batches(mine, token_budget, prefix):
+            loss, n = answer_loss_sum(model, chunk, pad_id, device, autocast_dtype, prefix)
+            total += float(loss)
+            count += n
+    total, count = group.sum_floats([total, count], device)
+    if was_training:
+        model.train()
+    return total / max(count, 1)
+
+
+def train_loop(
+    model: Any,
+    tokenizer: Any,
+    train: Sequence[Encoded],
+    dev: Sequence[Encoded],
+    cfg: RunConfig,
+    device: str,
+    dtype: str = "float32",
+    hooks: Hooks | None = None,
+    group: Group = SINGLE,
+) -> TrainResult:
+    """Train the adapter: mixed random batches, length-sorted micro-batches, answer-only logits.
+
+    Reports a progress row per optimiser step, the dev loss after each epoch (and at the end),
+    calls ``hooks.save`` after each epoch and when stopping, and stops cleanly between steps
+    when ``hooks.should_stop()`` turns true. With a multi-process ``group`` (several GPUs) each
+    process computes its share of every step and the gradients are summed (see
+    :mod:`core.training.distributed`): the same optimisation as in one process.
+    """
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    hooks = hooks or Hooks()
+    if not train:
+        raise DataError("No training examples left after encoding (all prompts longer than max length?).")
+    t = cfg.train
+    per_epoch, total = plan_steps(len(train), cfg)
+    per_step = t.batch_size * t.grad_accum
+    # Memory per forward pass stays within what batch_size sentences of the longest length take.
+    budget = t.batch_size * min(t.max_length, max(len(e.ids) for e in train))
+    prefix = 0 if t.gradient_checkpointing or not share_prefix_enabled() else shared_prefix(train)
+    warmup = int(round(t.warmup_ratio * total))
+    optimizer = build_optimizer(model, cfg)
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)
+    autocast = torch.bfloat16 if (device == "cuda" and dtype == "bfloat16") else None
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    params = [p for p in model.parameters() if p.requires_grad]
+    if group.enabled:
+        torch.manual_seed(t.seed + group.rank)  # different dropout masks on each process
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    result = TrainResult(total_steps=total)
+    hooks.log(f"Training {len(train)} sentences, {per_epoch} steps per epoch, {total} steps "
+              f"(batch {t.batch_size} × accumulation {t.grad_accum}, warm-up {warmup}); "
+              + (f"the {prefix}-token prompt prefix they share is computed once per micro-batch"
+                 if prefix else "no shared prompt prefix")
+              + (f"; each step is split over {group.world} processes." if group.enabled else "."))
+    model.train()
+    started = time.perf_counter()
+    step, epoch = 0, 0
+    last_loss: float | None = None
+    while step < total and not result.stopped:
+        batches = optimizer_batches(len(train), per_step, t.seed, epoch)
+        for i, batch in enumerate(batches):
+            if step >= total:
+                break
+            step_started = time.perf_counter()
+            items = [train[j] for j in batch]
+            n_answer = sum(e.n_answer for e in items)  # of the whole step, on every process
+            loss_total = 0.0
+            mine = shard(items, group, length=lambda e: len(e.ids))
+            for chunk in micro_batches(mine, budget, prefix):
+                loss_sum, _n = answer_loss_sum(model, chunk, pad_id, device, autocast, prefix)
+                (loss_sum / n_answer).backward()
+                loss_total += float(loss_sum.detach())
+            stop_now = hooks.should_stop()
+            if group.enabled:
+                group.sum_grads(params)
+                loss_total, stops = group.sum_floats([loss_total, float(stop_now)], device)
+                stop_now = stops > 0
+            if t.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens = sum(len(e.ids) for e in items)
+            result.tokens += tokens
+            elapsed = time.perf_counter() - started
+            step_s = time.perf_counter() - step_started
+            last_loss = loss_total / n_answer
+            frac_epoch = epoch + (i + 1) / len(batches)
+            if hooks.progress:
+                hooks.progress(
+                    step, total, epoch=frac_epoch, loss=last_loss,
+                    lr=optimizer.param_groups[0]["lr"], tokens_per_s=tokens / step_s,
+                    gpu_mem_mb=torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+                    eta_s=elapsed / step * (total - step),
+                )
+            if stop_now:
+                result.stopped = True
+                break
+        else:
+            epoch += 1
+            result.epochs_done = epoch
+            if t.dev_loss_sentences and dev and step < total:
+                _dev_report(model, dev, pad_id, device, budget, autocast, step, total, epoch,
+                            result, hooks, group)
+                if hooks.save:
+                    hooks.save("epoch")
+            continue
+        break
+    result.seconds = time.perf_counter() - started
+    result.steps = step
+    result.train_loss = last_loss
+    result.epochs_done = step / per_epoch
+    if t.dev_loss_sentences and dev and not result.stopped:
+        _dev_report(model, dev, pad_id, device, budget, autocast, step, total,
+                    result.epochs_done, result, hooks, group)
+    hooks.log(f"Trained {step} steps in {result.seconds:.1f} s: {result.tokens_per_s:.0f} tokens/s"
+              + (f", last loss {last_loss:.4f}" if last_loss is not None else "") + ".")
+    return result
+
+
+def _dev_report(model, dev, pad_id, device, budget, autocast, step, total, epoch, result, hooks,
+                group=SINGLE):
+    started = time.perf_counter()
+    value = dev_loss(model, dev, pad_id, device, budget, autocast,
+                     None if share_prefix_enabled() else 0, group)
+    if value is None:
+        return
+    result.dev_losses.append((step, value))
+    hooks.log(f"Epoch {epoch:.2f}: dev loss {value:.4f} ({len(dev)} sentences, "
+              f"{time.perf_counter() - started:.1f} s).")
+    if hooks.progress:
+        hooks.progress(step, total, epoch=epoch, eval_loss=value)
