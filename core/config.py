@@ -15,7 +15,6 @@ DB_FILENAME = "nerlab.db"
 
 SPLITS = ("train", "dev", "test")
 SPAN_ORIGINS = ("gold", "suggested", "model")
-RUN_STATUSES = ("queued", "running", "finished", "failed", "stopped")
 FINAL_STATUSES = ("finished", "failed", "stopped")
 
 #: Name under which the bundled SmolLM2 model is offered as a base model.

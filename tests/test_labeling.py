@@ -11,7 +11,7 @@ import pytest
 from core.data import io, label_session, labeling, projects
 from core.data.label_session import Action, LabelSession
 from core.data.labeling import QueueFilter
-from core.data.spans import Span, tokenize
+from core.data.spans import Span
 from core.errors import NerlabError, NotFound
 
 
@@ -117,12 +117,6 @@ def test_parse_action_rejects_bad_input():
             label_session.parse_action(bad)
 
 
-def test_snap_to_tokens():
-    text = "The plasma levels of ANP"
-    toks = tokenize(text)
-    assert label_session.snap_to_tokens(toks, 5, 8) == (4, 10)  # "las" → "plasma"
-    assert label_session.snap_to_tokens(toks, 6, 13) == (4, 17)  # "lasma le" → "plasma levels"
-    assert label_session.snap_to_tokens(toks, 10, 11) is None  # only the space
 
 
 def _edit(session, sid, spans, version=None, kind="edit", seq=None):

@@ -14,7 +14,6 @@ from core.training.runconfig import (
     LoraSettings,
     RunConfig,
     TrainSettings,
-    field_help,
     get_preset,
 )
 
@@ -89,7 +88,7 @@ def test_unknown_settings_are_rejected_by_name():
 
 def test_every_setting_has_help_and_overrides_apply():
     for name in FIELDS:
-        assert field_help(name), name
+        assert FIELDS[name][1].metadata.get("help"), name
     cfg = RunConfig().with_overrides(rank=4, lr=1e-3, targets="q_proj, v_proj", max_steps=7)
     assert cfg.lora.rank == 4 and cfg.train.lr == 1e-3 and cfg.train.max_steps == 7
     assert cfg.lora.targets == ("q_proj", "v_proj")

@@ -149,15 +149,6 @@ def parse_action(raw: Any) -> Action:
     return Action(kind, sid, spans, version, int(seq) if isinstance(seq, (int, float)) else 0)
 
 
-def snap_to_tokens(tokens: Sequence[tuple[int, int]], start: int, end: int) -> tuple[int, int] | None:
-    """Widen a character range to whole tokens (what the widget does with a mouse selection).
-
-    Returns None when the range covers no token (only spaces).
-    """
-    inside = [(s, e) for s, e in tokens if s < end and e > start]
-    if not inside:
-        return None
-    return inside[0][0], inside[-1][1]
 
 
 def _saved_spans(db: Database, sentence_id: int) -> list[Span]:

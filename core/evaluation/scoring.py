@@ -212,17 +212,6 @@ class SpanOutcome:
     gold: Span | None
     pred: Span | None
 
-    @property
-    def gold_label(self) -> str:
-        return self.gold.label if self.gold else SPURIOUS
-
-    @property
-    def pred_label(self) -> str:
-        if self.pred is None:
-            return MISSED
-        return self.pred.label
-
-
 def match_spans(gold: Sequence[Span], pred: Sequence[Span]) -> list[SpanOutcome]:
     """Pair gold and predicted spans of one sentence and classify each pair.
 

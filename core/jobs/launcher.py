@@ -25,7 +25,6 @@ from core.training.runconfig import FIELDS, RunConfig
 HEARTBEAT_STALE_S = 300
 #: How often the worker beats (see core.jobs.worker).
 HEARTBEAT_EVERY_S = 5
-ACTIVE_STATUSES = ("queued", "running")
 #: What the command line of a run's worker holds (liveness checks, see core.procs.pid_alive).
 WORKER = "core.jobs.worker"
 MERGER = "core.cli merge"

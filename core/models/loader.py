@@ -135,9 +135,6 @@ def device_info() -> DeviceInfo:
     return DeviceInfo("cpu", "CPU", False, None)
 
 
-def cuda_available() -> bool:
-    """True when a CUDA GPU is usable (imports torch: call it off the page's hot path)."""
-    return device_info().device == "cuda"
 
 
 def load_tokenizer(name: str, padding_side: str = "left"):

@@ -38,7 +38,6 @@ PRECISIONS = ("auto", "bf16", "fp32")
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 def _help(text: str, **widget: Any) -> dict[str, Any]:
@@ -264,9 +263,6 @@ def _fields_index() -> dict[str, tuple[str, dataclasses.Field]]:
 FIELDS: dict[str, tuple[str, dataclasses.Field]] = _fields_index()
 
 
-def field_help(name: str) -> str:
-    """The help text of a setting (used for widget ``help=`` and CLI ``--help``)."""
-    return FIELDS[name][1].metadata.get("help", "")
 
 
 @dataclass(frozen=True)
@@ -334,8 +330,6 @@ PRESETS: dict[str, Preset] = {
 DEFAULT_PRESET = "Small model on CPU"
 
 
-def preset_names() -> list[str]:
-    return list(PRESETS)
 
 
 def get_preset(name: str) -> Preset:
