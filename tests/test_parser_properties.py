@@ -13,7 +13,7 @@ import json
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from core.data.spans import Span, validate_spans
+from core.data.spans import Span, split_at_spans, tokenize, validate_spans
 from core.prompts.formats import OUTPUT_FORMATS, parse_output, render_answer
 from core.prompts.template import default_template
 
@@ -66,6 +66,12 @@ def labelled_sentences(draw) -> tuple[str, list[Span]]:
     return text, spans
 
 
+def stored_tokens(text: str, gold: list[Span]) -> list[tuple[int, int]]:
+    """The tokens such a sentence is stored with: its words, cut at the gold spans' ends (as an
+    import keeps them); placement puts mentions on whole tokens only."""
+    return split_at_spans(tokenize(text), gold)
+
+
 def occurrences(text: str, needle: str) -> list[int]:
     return [i for i in range(len(text)) if text.startswith(needle, i)]
 
@@ -94,7 +100,7 @@ def test_json_formats_round_trip(sentence, fmt):
     text, gold = sentence
     assume(unambiguous(text, gold))
     tpl = TEMPLATES[fmt]
-    result = parse_output(tpl, render_answer(tpl, text, gold), text, TYPES)
+    result = parse_output(tpl, render_answer(tpl, text, gold), text, TYPES, stored_tokens(text, gold))
     assert result.status == "ok"
     assert result.spans == gold
     assert result.hallucinated == [] and result.unknown_types == []
@@ -114,7 +120,7 @@ def test_inline_tags_round_trip_even_when_ambiguous(sentence):
     text, gold = sentence
     assume(not any(text[s.start : s.end].endswith("]") for s in gold))
     tpl = TEMPLATES["inline_tags"]
-    result = parse_output(tpl, render_answer(tpl, text, gold), text, TYPES)
+    result = parse_output(tpl, render_answer(tpl, text, gold), text, TYPES, stored_tokens(text, gold))
     assert result.status == "ok"
     assert result.spans == gold
 
@@ -156,7 +162,7 @@ def test_truncated_answers_keep_only_complete_entities(sentence, fmt, data):
     tpl = TEMPLATES[fmt]
     answer = render_answer(tpl, text, gold)
     cut = data.draw(st.integers(0, len(answer)))
-    result = parse_output(tpl, answer[:cut], text, TYPES)
+    result = parse_output(tpl, answer[:cut], text, TYPES, stored_tokens(text, gold))
     check_valid(result, text)
     mentions = {(text[s.start : s.end], s.label) for s in gold}
     assert {(text[s.start : s.end], s.label) for s in result.spans} <= mentions
@@ -178,4 +184,4 @@ def test_json_answers_survive_reformatting(sentence):
         "```json\n" + json.dumps(items) + "\n```",
         "The entities are: " + json.dumps(items) + " (done)",
     ):
-        assert parse_output(tpl, raw, text, TYPES).spans == gold
+        assert parse_output(tpl, raw, text, TYPES, stored_tokens(text, gold)).spans == gold

@@ -49,6 +49,19 @@ def tokenize(text: str) -> list[tuple[int, int]]:
     return [(m.start(), m.end()) for m in _TOKEN_RE.finditer(text)]
 
 
+def split_at_spans(tokens: Sequence[tuple[int, int]], spans: Sequence[Span]) -> list[tuple[int, int]]:
+    """The tokens, each cut where a span starts or ends inside it, so that every span falls on
+    token boundaries (a tokenisation that agrees with the labels: what an imported sentence
+    without tokens of its own is stored with)."""
+    cuts = {b for s in spans for b in (s.start, s.end)}
+    out: list[tuple[int, int]] = []
+    for start, end in tokens:
+        inner = sorted(c for c in cuts if start < c < end)
+        for a, b in zip([start, *inner], [*inner, end], strict=True):
+            out.append((a, b))
+    return out
+
+
 def validate_spans(text: str, spans: Sequence[Span]) -> list[Span]:
     """Return the spans sorted, or raise :class:`SpanError` naming the first bad one."""
     ordered = sorted(spans)

@@ -68,6 +68,7 @@ def load_scored(db: Database, run_id: int, split: str) -> list[Scored]:
                 raw_output=row["raw_output"],
                 hallucinated=list(details.get("hallucinated", [])),
                 unknown_types=list(details.get("unknown_types", [])),
+                loose=[tuple(x) for x in details.get("loose", [])],
             )
         )
     return items

@@ -285,6 +285,8 @@ class Scored:
     raw_output: str = ""
     hallucinated: list[str] = field(default_factory=list)
     unknown_types: list[str] = field(default_factory=list)
+    #: ``(mention, kind)`` not copied exactly (see :mod:`core.prompts.place`).
+    loose: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def gold(self) -> list[Span]:
@@ -327,6 +329,7 @@ def score(
         },
         hallucinated=sum(len(it.hallucinated) for it in items),
         unknown_types=sum(len(it.unknown_types) for it in items),
+        loose=dict(Counter(kind for it in items for _mention, kind in it.loose)),
     )
     return metrics
 

@@ -61,15 +61,9 @@ def predict_examples(
     raws = generate(model, tokenizer, prompts, caps, batch_size=batch_size, progress=progress)
     rows = []
     for ex, raw in zip(examples, raws, strict=True):
-        parsed = parse_output(plan.template, raw, ex.text, plan.label_names)
-        rows.append({
-            "sentence_id": ex.id,
-            "raw_output": raw,
-            "spans": list(parsed.spans),
-            "parse_status": parsed.status,
-            "details": {"hallucinated": list(parsed.hallucinated),
-                        "unknown_types": list(parsed.unknown_types)},
-        })
+        parsed = parse_output(plan.template, raw, ex.text, plan.label_names, ex.token_offsets())
+        rows.append({"sentence_id": ex.id, "raw_output": raw, "spans": list(parsed.spans),
+                     "parse_status": parsed.status, "details": parsed.details()})
     return rows
 
 

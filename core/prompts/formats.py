@@ -29,7 +29,7 @@ class OutputFormat:
         description: what ``{format}`` becomes in the prompt (kept short: every token here is
             paid for in every training step and every prediction).
         render: ``(sentence, sorted spans) -> answer`` (no end-of-sequence).
-        parse: ``(answer, sentence, label names) -> ParseResult``.
+        parse: ``(answer, sentence, label names, sentence tokens) -> ParseResult``.
         budget: new tokens an answer may need: ``factor × sentence tokens + extra``.
     """
 
@@ -37,7 +37,7 @@ class OutputFormat:
     title: str
     description: str
     render: Callable[[str, Sequence[Span]], str]
-    parse: Callable[[str, str, Sequence[str]], ParseResult]
+    parse: Callable[[str, str, Sequence[str], Sequence[tuple[int, int]] | None], ParseResult]
     budget: tuple[float, int]
 
 
@@ -96,18 +96,23 @@ def render_answer(tpl: Any, text: str, spans: Sequence[Span]) -> str:
     return get_format(tpl.output_format).render(text, sorted(spans))
 
 
-def parse_output(tpl: Any, raw: str, text: str, label_names: Sequence[str]) -> ParseResult:
-    """Turn a model's output into spans on ``text``. Never raises.
+def parse_output(tpl: Any, raw: str, text: str, label_names: Sequence[str],
+                 tokens: Sequence[tuple[int, int]] | None = None) -> ParseResult:
+    """Turn a model's output into spans on ``text``. Never raises; linear in the output's and
+    the sentence's lengths.
 
     Args:
         tpl: the template the output was generated with (anything with an ``output_format``).
         raw: the generated text (without the prompt).
         text: the sentence.
         label_names: the project's entity types; other types are reported in ``unknown_types``.
+        tokens: the sentence's tokens (``Example.token_offsets()``); spans fall on them. Default:
+            :func:`core.data.spans.tokenize`.
     """
     try:
         if not isinstance(raw, str) or not raw.strip():
             return ParseResult([], "unparsable", [], [])
-        return get_format(tpl.output_format).parse(clean_output(raw), text, list(label_names))
+        return get_format(tpl.output_format).parse(clean_output(raw), text, list(label_names),
+                                                   tokens)
     except Exception:  # noqa: BLE001 - the contract is "never raises"; a bad output is data
         return ParseResult([], "unparsable", [], [])

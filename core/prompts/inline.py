@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 from core.data.spans import Span
-from core.prompts.parse import (
-    ParseResult,
-    _canonical_types,
-    _place_all,
-    _resolve_type,
-    _strip_fences,
-)
+from core.prompts.parse import ParseResult, _strip_fences
+from core.prompts.place import MAX_LISTED, Placer, canonical_types, place_all, resolve_type
 
 _TAG_OPEN_RE = re.compile(r"\[\s*([^\[\]:\n\"{}]{1,40}?)\s*:[ \t]?")
 
@@ -23,7 +19,6 @@ _AlignPath = Any  # tuple[_AlignPath, Span | str] | None
 
 def _align_inline(
     body: str, start: int, text: str, label_names: Sequence[str], canon: dict[str, str],
-    budget: int = 200_000,
 ) -> tuple[list[Span], list[str], bool, int] | None:
     """Align a tagged output with the sentence it should copy.
 
@@ -35,8 +30,11 @@ def _align_inline(
     Returns ``(spans, unknown types, truncated, sentence position reached)`` for the first
     alignment that copies the whole sentence, else for the one that gets furthest before the
     output ends (a truncated answer), or None when the output is not a copy of the sentence.
+    The work is bounded by a budget proportional to the two lengths (each state and each
+    closing bracket tried costs one), so a long garbage answer costs milliseconds.
     """
     n, m = len(body), len(text)
+    budget = 8 * (n + m) + 1000
     # A path is a linked list (parent path, span or unknown type name) shared between branches.
     stack: list[tuple[int, int, _AlignPath]] = [(start, 0, None)]
     dead: set[tuple[int, int]] = set()
@@ -59,14 +57,17 @@ def _align_inline(
         opener = _TAG_OPEN_RE.match(body, i)
         if opener:
             kind = opener.group(1).strip()
-            label = _resolve_type(kind, label_names, canon)
-            close = body.find("]", opener.end())
-            while close != -1:
+            label = resolve_type(kind, label_names, canon)
+            # An entity is at most the rest of the sentence: no closing bracket beyond that.
+            limit = opener.end() + (m - j) + 1
+            close = body.find("]", opener.end(), limit)
+            while close != -1 and budget > 0:
+                budget -= 1
                 content = body[opener.end() : close]
                 if content and text.startswith(content, j):
                     item = Span(j, j + len(content), label) if label else kind
                     children.append((close + 1, j + len(content), (path, item)))
-                close = body.find("]", close + 1)
+                close = body.find("]", close + 1, limit)
             tail = body[opener.end() :]
             if "]" not in tail and text.startswith(tail, j) and (best is None or j >= best[0]):
                 best = (j, path, True)  # the output stops inside this tag
@@ -95,10 +96,11 @@ def _align_inline(
     return sorted(spans), unknown, cut, j
 
 
-def parse_inline(raw: str, text: str, label_names: Sequence[str]) -> ParseResult:
+def parse_inline(raw: str, text: str, label_names: Sequence[str],
+                 tokens: Sequence[tuple[int, int]] | None = None) -> ParseResult:
     """Read an answer that copies the sentence with each entity written ``[Type: entity]``."""
     body = _strip_fences(raw)
-    canon = _canonical_types(label_names)
+    canon = canonical_types(label_names)
     n = len(body)
     i = 0
     # Skip a preamble such as "Answer:" when the sentence itself starts later in the output.
@@ -118,7 +120,10 @@ def parse_inline(raw: str, text: str, label_names: Sequence[str]) -> ParseResult
         # An output that ends before the sentence does is truncated, unless only punctuation
         # is missing.
         truncated = cut or any(c.isalnum() for c in text[j:])
-        return ParseResult(spans, "partial" if truncated else "ok", [], unknown)
+        placer = Placer(text, tokens)
+        whole = [sp for sp in spans if placer.aligned(sp.start, sp.end)]
+        loose = [(text[sp.start:sp.end], "inside a word") for sp in spans if sp not in whole]
+        return ParseResult(whole, "partial" if truncated else "ok", [], unknown, loose[:MAX_LISTED])
 
     # The model changed the sentence: read its tags and find their entities by search.
     entities: list[tuple[str, str]] = []
@@ -142,21 +147,19 @@ def parse_inline(raw: str, text: str, label_names: Sequence[str]) -> ParseResult
         if _similar(body, text):
             return ParseResult([], "partial" if truncated else "ok", [], [])
         return ParseResult([], "unparsable", [], [])
-    spans, hallucinated, unknown = _place_all(entities, text, label_names)
-    return ParseResult(spans, "partial" if truncated else "ok", hallucinated, unknown)
+    return ParseResult.placed(place_all(entities, text, label_names, tokens),
+                              "partial" if truncated else "ok")
 
 
 def _similar(a: str, b: str) -> bool:
-    """Whether an output without tags is the sentence (whitespace and case aside)."""
-    squash = lambda s: " ".join(s.split()).casefold()  # noqa: E731
-    a, b = squash(a), squash(b)
-    if a == b:
-        return True
-    if not a or not b:
+    """Whether an output without tags is the sentence, case and spacing aside (at least 80% of
+    its words in common; linear in the two lengths)."""
+    wa, wb = a.casefold().split(), b.casefold().split()
+    if not wa or not wb:
+        return wa == wb
+    if not 0.8 <= len(wa) / len(wb) <= 1.25:
         return False
-    import difflib
-
-    return difflib.SequenceMatcher(None, a[: 4 * len(b)], b, autojunk=False).ratio() >= 0.8
+    return sum((Counter(wa) & Counter(wb)).values()) >= 0.8 * max(len(wa), len(wb))
 
 
 def render_inline(text: str, spans: Sequence[Span]) -> str:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from core.data.spans import Span
+from core.prompts.place import Placement, place_all
 
 ParseStatus = Literal["ok", "partial", "unparsable"]
 
@@ -23,20 +24,29 @@ class ParseResult:
             ``unparsable`` (nothing could be read).
         hallucinated: entity strings that do not occur in the sentence.
         unknown_types: types the model used that are not entity types of the project.
+        loose: ``(mention, kind)`` of mentions that are not exact whole-token copies of the
+            sentence (:data:`core.prompts.place.LOOSE_KINDS`); ``case`` and ``spacing`` ones
+            are placed, ``inside a word`` ones are not.
     """
 
     spans: list[Span] = field(default_factory=list)
     status: ParseStatus = "ok"
     hallucinated: list[str] = field(default_factory=list)
     unknown_types: list[str] = field(default_factory=list)
+    loose: list[tuple[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def placed(cls, placement: Placement, status: ParseStatus) -> ParseResult:
+        return cls(placement.spans, status, placement.hallucinated, placement.unknown_types,
+                   placement.loose)
+
+    def details(self) -> dict[str, Any]:
+        """What is stored with a prediction besides its spans and status."""
+        return {"hallucinated": list(self.hallucinated), "unknown_types": list(self.unknown_types),
+                "loose": [list(x) for x in self.loose]}
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "spans": [s.to_dict() for s in self.spans],
-            "status": self.status,
-            "hallucinated": list(self.hallucinated),
-            "unknown_types": list(self.unknown_types),
-        }
+        return {"spans": [s.to_dict() for s in self.spans], "status": self.status, **self.details()}
 
 
 _FENCE_RE = re.compile(r"(?:^|\n)[ \t]*```[A-Za-z0-9_-]*[ \t]*\n?(.*?)(?:```|$)", re.DOTALL)
@@ -264,102 +274,8 @@ def _entities_from_json(value: Any) -> tuple[list[tuple[str, str]], int] | None:
     return None
 
 
-def _canonical_types(label_names: Sequence[str]) -> dict[str, str]:
-    mapping: dict[str, str] = {}
-    for name in label_names:
-        mapping.setdefault(name.casefold(), name)
-    return mapping
-
-
-def _resolve_type(kind: str, label_names: Sequence[str], canon: dict[str, str]) -> str | None:
-    kind = kind.strip()
-    if kind in label_names:
-        return kind
-    return canon.get(kind.casefold())
-
-
-class _Placer:
-    """Map entity strings to free, non-overlapping occurrences in the sentence."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.folded = text.casefold() if len(text.casefold()) == len(text) else None
-        self.taken: list[tuple[int, int]] = []
-
-    def _free(self, start: int, end: int) -> bool:
-        return all(end <= s or start >= e for s, e in self.taken)
-
-    def _aligned(self, start: int, end: int) -> bool:
-        t = self.text
-        before = start == 0 or not (t[start - 1].isalnum() and t[start].isalnum())
-        after = end == len(t) or not (t[end - 1].isalnum() and t[end].isalnum())
-        return before and after
-
-    def _occurrences(self, haystack: str, needle: str) -> list[tuple[int, int]]:
-        found, i = [], haystack.find(needle)
-        while i != -1:
-            found.append((i, i + len(needle)))
-            i = haystack.find(needle, i + 1)
-        return found
-
-    def _tiers(self, mention: str) -> Iterable[list[tuple[int, int]]]:
-        yield self._occurrences(self.text, mention)
-        if self.folded is not None:
-            yield self._occurrences(self.folded, mention.casefold())
-        squeezed = "".join(mention.split())
-        if squeezed and len(squeezed) <= 500:
-            pattern = r"\s*".join(re.escape(c) for c in squeezed)
-            yield [(m.start(), m.end()) for m in re.finditer(pattern, self.text, re.IGNORECASE)]
-
-    def place(self, mention: str) -> tuple[int, int] | None | Literal[False]:
-        """Offsets for ``mention``; None when it is nowhere in the sentence, False when every
-        occurrence is already taken (a repeated mention)."""
-        mention = mention.strip()
-        if not mention:
-            return None
-        seen_any = False
-        for occurrences in self._tiers(mention):
-            if not occurrences:
-                continue
-            seen_any = True
-            free = [o for o in occurrences if self._free(*o)]
-            for start, end in sorted(free, key=lambda o: (not self._aligned(*o), o[0])):
-                self.taken.append((start, end))
-                return start, end
-        return False if seen_any else None
-
-
-def _place_all(
-    entities: Sequence[tuple[str, str]], text: str, label_names: Sequence[str]
-) -> tuple[list[Span], list[str], list[str]]:
-    """Spans for ``(type, mention)`` pairs; longer mentions are placed first so that a short
-    mention never takes an occurrence inside a longer one; repeated mentions of one string are
-    placed in their order."""
-    canon = _canonical_types(label_names)
-    spans: list[Span] = []
-    hallucinated: list[str] = []
-    unknown: list[str] = []
-    placer = _Placer(text)
-    order = sorted(range(len(entities)), key=lambda i: -len(entities[i][1].strip()))
-    for i in order:
-        kind, mention = entities[i]
-        label = _resolve_type(kind, label_names, canon)
-        if label is None:
-            if kind.strip() and kind.strip() not in unknown:
-                unknown.append(kind.strip())
-            continue
-        where = placer.place(mention)
-        if where is None:
-            if mention.strip():
-                hallucinated.append(mention.strip())
-            continue
-        if where is False:
-            continue
-        spans.append(Span(where[0], where[1], label))
-    return sorted(spans), hallucinated, unknown
-
-
-def parse_json(raw: str, text: str, label_names: Sequence[str]) -> ParseResult:
+def parse_json(raw: str, text: str, label_names: Sequence[str],
+               tokens: Sequence[tuple[int, int]] | None = None) -> ParseResult:
     """Read a JSON answer in either JSON shape (list of objects, or object keyed by type)."""
     body = _strip_fences(raw)
     starts = [m.start() for m in re.finditer(r"[\[{]", body)][:25]
@@ -379,9 +295,8 @@ def parse_json(raw: str, text: str, label_names: Sequence[str]) -> ParseResult:
     entities, bad, truncated = best
     if truncated and not entities:
         return ParseResult([], "unparsable", [], [])
-    spans, hallucinated, unknown = _place_all(entities, text, label_names)
-    status: ParseStatus = "partial" if (truncated or bad) else "ok"
-    return ParseResult(spans, status, hallucinated, unknown)
+    return ParseResult.placed(place_all(entities, text, label_names, tokens),
+                              "partial" if (truncated or bad) else "ok")
 
 
 _EOS_RE = re.compile(r"<\|im_end\|>|<\|eot_id\|>|<\|endoftext\|>|</s>")

@@ -87,7 +87,7 @@ def round_trip(
     for ex in examples:
         expected = sorted(ex.spans)
         answer = render_answer(tpl, ex.text, expected)
-        result = parse_output(tpl, answer, ex.text, label_names)
+        result = parse_output(tpl, answer, ex.text, label_names, ex.token_offsets())
         if result.spans != expected or result.status != "ok":
             failures.append(
                 RoundTripFailure(

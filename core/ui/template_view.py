@@ -425,10 +425,11 @@ def parser_tryout(tpl: PromptTemplate, data: PreviewData) -> None:
     if not raw.strip():
         return
     names = [r["name"] for r in data.labels]
-    result = parse_output(tpl, raw, ex.text, names)
+    result = parse_output(tpl, raw, ex.text, names, ex.token_offsets())
     verdict = {"ok": st.success, "partial": st.warning, "unparsable": st.error}[result.status]
     verdict(f"Parse status: {result.status} · {len(result.spans)} span(s) read"
             + (f" · not in the sentence: {', '.join(map(repr, result.hallucinated))}"
                if result.hallucinated else "")
-            + (f" · unknown types: {', '.join(result.unknown_types)}" if result.unknown_types else ""))
+            + (f" · unknown types: {', '.join(result.unknown_types)}" if result.unknown_types else "")
+            + ("".join(f" · {m!r}: {kind}" for m, kind in result.loose)))
     show_html(gold_pred_html(ex.text, ex.spans, [("parsed", result.spans)], colours(data.labels)))
