@@ -114,3 +114,20 @@ def test_demo_project_is_created_once(db):
     assert set(s["spans_per_label"]) == {"Chemical", "Disease"}
     labels = projects.list_labels(db, p["id"])
     assert all(r["description"] for r in labels)
+
+
+def test_carve_dev_moves_a_seeded_share_of_labelled_train_and_never_test(db):
+    p = projects.create_project(db, "carve", labels=["A"])
+    projects.add_sentences(db, p["id"], [SentenceRecord(f"sentence number {i} .", labelled=True) for i in range(40)],
+                  split="train")
+    projects.add_sentences(db, p["id"], [SentenceRecord(f"test sentence {i} .", labelled=True) for i in range(10)],
+                  split="test")
+    assert projects.carve_dev(db, p["id"], 0.1, seed=3) == 4
+    assert projects.split_counts(db, p["id"]) == {"train": 36, "dev": 4, "test": 10}
+    again = projects.create_project(db, "carve2", labels=["A"])
+    projects.add_sentences(db, again["id"], [SentenceRecord(f"sentence number {i} .", labelled=True)
+                                    for i in range(40)], split="train")
+    projects.carve_dev(db, again["id"], 0.1, seed=3)
+    dev = lambda pid: sorted(r["text"] for r in db.query(  # noqa: E731
+        "SELECT text FROM sentences WHERE project_id = ? AND split = 'dev'", [pid]))
+    assert dev(p["id"]) == dev(again["id"])  # the same seed picks the same sentences

@@ -464,6 +464,23 @@ def assign_splits(
     return split_counts(db, project_id)
 
 
+def carve_dev(db: Database, project_id: int, share: float = 0.1, seed: int = 0) -> int:
+    """Move a reproducible ``share`` of the labelled training sentences to dev (at least one);
+    test is never touched. Returns how many moved. What a project imported as train + test
+    files needs before it can be trained."""
+    if not 0 < share < 1:
+        raise NerlabError(f"The dev share must be between 0 and 1, got {share}.")
+    rows = list(db.query("SELECT id, hash FROM sentences WHERE project_id = ? AND split = 'train'"
+                         " AND status = 'labelled'", [project_id]))
+    if len(rows) < 2:
+        raise NerlabError("There are too few labelled training sentences to set some aside as dev.")
+    rows.sort(key=lambda r: random.Random(f"{seed}:{r['hash']}").random())
+    chosen = [r["id"] for r in rows[: max(1, round(share * len(rows)))]]
+    with db.atomic():
+        db.conn.executemany("UPDATE sentences SET split = 'dev' WHERE id = ?", [(i,) for i in chosen])
+    return len(chosen)
+
+
 def set_split(db: Database, sentence_ids: Sequence[int], split: str) -> int:
     """Move sentences to a split; refuses to move scored test sentences out of test."""
     if split not in config.SPLITS:
