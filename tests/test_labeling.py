@@ -110,8 +110,9 @@ def test_parse_action_rejects_bad_input():
         ({"type": "explode", "sentence_id": 1}, "Unknown labelling action"),
         ({"type": "edit", "sentence_id": "1"}, "names no sentence"),
         ({"type": "edit", "sentence_id": 1, "version": "x"}, "bad version"),
-        ({"type": "edit", "sentence_id": 1, "spans": {"a": 1}}, "must be a list"),
-        ({"type": "edit", "sentence_id": 1, "spans": [{"start": 0}]}, "Bad span"),
+        ({"type": "edit", "sentence_id": 1, "version": 0, "spans": {"a": 1}}, "must be a list"),
+        ({"type": "edit", "sentence_id": 1, "version": 0, "spans": [{"start": 0}]}, "Bad span"),
+        ({"type": "edit", "sentence_id": 1, "spans": []}, "does not say which version"),
     ]:
         with pytest.raises(NerlabError, match=message):
             label_session.parse_action(bad)
@@ -369,3 +370,15 @@ def test_hf_export_is_a_zip_of_a_datasets_folder(db, small):
     assert name == "Small-hf.zip" and mime == "application/zip"
     names = zipfile.ZipFile(_io.BytesIO(data)).namelist()
     assert "Small/dataset_dict.json" in names
+
+
+def test_a_save_from_a_tab_that_never_saw_the_sentence_is_refused(db, demo):
+    """Every save is checked against a version: an action naming none, from a tab that has not
+    shown the sentence, is not applied unchecked."""
+    sid = projects.examples(db, demo["id"], split="train", labelled_only=False)[-1].id
+    session = label_session.LabelSession()
+    action = label_session.Action("accept", sid, (), None, 1)
+    label_session.apply_action(db, demo["id"], session, action, "ann", labeling.QueueFilter())
+    assert session.notice.level == "error" and "reload" in session.notice.text
+    assert projects.get_sentence(db, sid)["version"] == 0
+

@@ -134,6 +134,9 @@ def parse_action(raw: Any) -> Action:
     version = raw.get("version")
     if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
         raise NerlabError("The labelling action has a bad version number.")
+    if version is None and kind in ("edit", "accept", "reopen"):
+        raise NerlabError("The labelling action does not say which version of the sentence it "
+                          "changes; reload the page.")
     spans = None
     if raw.get("spans") is not None:
         if not isinstance(raw["spans"], list):
@@ -180,11 +183,14 @@ def _save(
     """Save with optimistic concurrency; on a conflict set the notice and return False."""
     sid = sentence["id"]
     before = UndoEntry(sid, _saved_spans(db, sid), sentence["status"])
+    expected = session.expected_version(sid, base)
+    if expected is None:  # every save is checked against the version this tab has seen
+        session.notice = Notice("error", f"Not saved: this tab has not seen sentence "
+                                f"{number_of(db, sentence)} yet; reload the page.", unsaved=list(spans))
+        return False
     try:
-        version = projects.save_annotation(
-            db, sid, list(spans), annotator or "anonymous",
-            expected_version=session.expected_version(sid, base), status=status,
-        )
+        version = projects.save_annotation(db, sid, list(spans), annotator or "anonymous",
+                                           expected_version=expected, status=status)
     except Conflict:
         session.notice = Notice("error", _describe_conflict(db, sid), unsaved=list(spans))
         session.seen(projects.get_sentence(db, sid))

@@ -383,7 +383,8 @@ def save_annotation(
                 for s in ordered
             ],
         )
-    return get_sentence(db, sentence_id)["version"]
+        # Read inside the transaction: after it, another process may have saved a newer one.
+        return db.execute("SELECT version FROM sentences WHERE id = ?", [sentence_id]).fetchone()[0]
 
 
 def examples(
