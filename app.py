@@ -9,7 +9,7 @@ import streamlit as st
 
 from core.data import overview, projects
 from core.errors import NerlabError
-from core.ui import draw_shell, navigation, open_project, serving, show_error
+from core.ui import PROJECT_KEY, draw_shell, navigation, open_project, serving, show_error
 
 
 def home() -> None:
@@ -70,6 +70,9 @@ def home() -> None:
     else:
         st.info("There is no project yet. Create one below, then import or type the sentences to label.")
 
+    if project is not None:
+        manage(db, project)
+
     with st.expander("Create a new project", expanded=not rows):
         with st.form("home_create"):
             name = st.text_input("Name", key="home_new_name", placeholder="e.g. Contracts 2026")
@@ -87,6 +90,47 @@ def home() -> None:
                     show_error(exc)
                 else:
                     open_project(created["id"])
+
+
+def manage(db, project: dict) -> None:
+    """Rename the open project, or delete it after saying what goes with it."""
+    with st.expander(f"Rename or delete {project['name']}"):
+        with st.form("home_rename"):
+            new_name = st.text_input("New name", value=project["name"], key="home_rename_name")
+            if st.form_submit_button("Rename"):
+                try:
+                    projects.rename_project(db, project["id"], new_name)
+                except projects.NerlabError as exc:
+                    show_error(exc)
+                else:
+                    st.toast(f"Renamed to {new_name.strip()}.")
+                    st.rerun()
+        if st.session_state.get("home_confirm_delete") != project["id"]:
+            if st.button(f"Delete {project['name']}…", key="home_delete"):
+                st.session_state["home_confirm_delete"] = project["id"]
+                st.rerun()
+            return
+        gone = projects.footprint(db, project["id"])
+        st.warning(
+            f"Delete **{project['name']}** with its {gone['sentences']} sentence(s) "
+            f"({gone['labelled']} labelled, {gone['spans']} span(s)), {gone['templates']} template "
+            f"version(s) and {gone['runs']} run(s) with their files ({gone['run_files_mb']} MB)? "
+            "This cannot be undone; export the data first if you may need it."
+        )
+        c1, c2 = st.columns(2)
+        if c1.button("Yes, delete", key="home_delete_yes", type="primary"):
+            st.session_state.pop("home_confirm_delete", None)
+            try:
+                projects.delete_project(db, project["id"])
+            except projects.NerlabError as exc:
+                show_error(exc)
+            else:
+                st.session_state.pop(PROJECT_KEY, None)
+                st.toast(f"Deleted {project['name']}.")
+                st.rerun()
+        if c2.button("Cancel", key="home_delete_no"):
+            st.session_state.pop("home_confirm_delete", None)
+            st.rerun()
 
 
 st.set_page_config(page_title="NERLab", page_icon="🏷️", layout="wide")

@@ -12,6 +12,10 @@ from core.data import overview, projects
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _button(at: AppTest, label: str):
+    return next(b for b in at.button if b.label == label)
+
+
 def test_steps_follow_the_project_state(db):
     p = projects.create_project(db, "empty")
     steps = overview.steps(db, p["id"])
@@ -44,7 +48,7 @@ def test_home_page_renders_the_demo_and_creates_a_project(home):
     assert any("Next: Label" in m.value for m in at.info)
     at.text_input(key="home_new_name").set_value("Contracts")
     at.text_input(key="home_new_labels").set_value("PARTY, DATE")
-    at.button[0].click().run()
+    _button(at, "Create project").click().run()
     assert not at.exception
     assert at.session_state["project_id"] != 1
     assert any("Next: Import sentences" in m.value for m in at.info)
@@ -53,7 +57,7 @@ def test_home_page_renders_the_demo_and_creates_a_project(home):
 def test_home_page_says_what_is_wrong(home):
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
     at.text_input(key="home_new_name").set_value("BC5CDR demo")
-    at.button[0].click().run()
+    _button(at, "Create project").click().run()
     assert any("already exists" in e.value for e in at.error)
 
 
@@ -64,7 +68,7 @@ def test_open_project_and_name_hold_on_every_page(home):
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
     at.text_input(key="home_new_name").set_value("Contracts")
     at.text_input(key="home_new_labels").set_value("PARTY, DATE")
-    at.button[0].click().run()
+    _button(at, "Create project").click().run()
     new = at.session_state["project_id"]
     at.sidebar.text_input(key="shell_name").set_value("alice").run()
     for path, _title, _icon in (*PAGES, *reversed(PAGES)):
@@ -74,3 +78,23 @@ def test_open_project_and_name_hold_on_every_page(home):
         assert at.sidebar.selectbox(key="shell_project").value == new, path
         assert at.sidebar.text_input(key="shell_name").value == "alice", path
     assert at.query_params["project"] in ([str(new)], str(new))
+
+
+def test_rename_and_delete_the_open_project(home):
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    at.text_input(key="home_new_name").set_value("Scratch")
+    at.text_input(key="home_new_labels").set_value("A")
+    _button(at, "Create project").click().run()
+    at.text_input(key="home_rename_name").set_value("Scratch 2")
+    _button(at, "Rename").click().run()
+    assert not at.exception, at.exception
+    assert at.sidebar.selectbox(key="shell_project").format_func(at.session_state["project_id"]) == "Scratch 2"
+    at.button(key="home_delete").click().run()
+    assert any("0 sentence(s)" in w.value for w in at.warning)
+    at.button(key="home_delete_yes").click().run()
+    assert not at.exception, at.exception
+    from core.data import projects
+    from core.data.db import get_db
+
+    assert projects.list_project_names(get_db()) == ["BC5CDR demo"]
+    assert at.metric[0].value == "547"  # the demo is open again

@@ -131,3 +131,27 @@ def test_carve_dev_moves_a_seeded_share_of_labelled_train_and_never_test(db):
     dev = lambda pid: sorted(r["text"] for r in db.query(  # noqa: E731
         "SELECT text FROM sentences WHERE project_id = ? AND split = 'dev'", [pid]))
     assert dev(p["id"]) == dev(again["id"])  # the same seed picks the same sentences
+
+
+def test_rename_and_delete_a_project_with_what_goes(db, home):
+    from core import config
+
+    p = projects.create_project(db, "old name", labels=["A"])
+    projects.add_sentences(db, p["id"], [projects.SentenceRecord("A b .", [Span(0, 1, "A")]),
+                                          projects.SentenceRecord("c d .", labelled=False)])
+    assert projects.rename_project(db, p["id"], "  new name ")["name"] == "new name"
+    projects.create_project(db, "taken")
+    with pytest.raises(NerlabError, match="already exists"):
+        projects.rename_project(db, p["id"], "taken")
+    run_id = db["runs"].insert({"project_id": p["id"], "kind": "crf", "status": "running",
+                                "created_at": "t"}).last_pk
+    folder = config.runs_dir() / str(run_id)
+    folder.mkdir(parents=True)
+    (folder / "crf.model").write_bytes(b"x" * 2048)
+    with pytest.raises(NerlabError, match="stop them first"):
+        projects.delete_project(db, p["id"])
+    db.execute("UPDATE runs SET status = 'finished' WHERE id = ?", [run_id])
+    gone = projects.delete_project(db, p["id"])
+    assert (gone["sentences"], gone["labelled"], gone["spans"], gone["runs"]) == (2, 1, 1, 1)
+    assert not folder.exists() and "new name" not in projects.list_project_names(db)
+    assert db["spans"].count == 0

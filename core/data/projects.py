@@ -11,6 +11,7 @@ import hashlib
 import json
 import random
 import re
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -91,9 +92,54 @@ def list_projects(db: Database) -> list[dict]:
     return [dict(r) for r in rows]
 
 
-def delete_project(db: Database, project_id: int) -> None:
+def rename_project(db: Database, project_id: int, name: str) -> dict:
+    """Give a project another name (unique); return its row."""
+    name = name.strip()
+    if not name:
+        raise NerlabError("A project needs a name.")
+    current = get_project(db, project_id)
+    if name != current["name"] and _name_exists(db, name):
+        raise NerlabError(f"A project called {name!r} already exists.")
+    db.execute("UPDATE projects SET name = ? WHERE id = ?", [name, project_id])
+    db.conn.commit()
+    return get_project(db, project_id)
+
+
+def footprint(db: Database, project_id: int) -> dict:
+    """What deleting a project removes: counts of its rows, and its run folders' size."""
+    row = db.execute(
+        "SELECT (SELECT COUNT(*) FROM sentences WHERE project_id = :p),"
+        " (SELECT COUNT(*) FROM sentences WHERE project_id = :p AND status = 'labelled'),"
+        " (SELECT COUNT(*) FROM spans sp JOIN sentences s ON s.id = sp.sentence_id"
+        "   WHERE s.project_id = :p),"
+        " (SELECT COUNT(*) FROM runs WHERE project_id = :p),"
+        " (SELECT COUNT(*) FROM templates WHERE project_id = :p)", {"p": project_id},
+    ).fetchone()
+    counts = dict(zip(("sentences", "labelled", "spans", "runs", "templates"), row, strict=True))
+    size = 0
+    for (run_id,) in db.execute("SELECT id FROM runs WHERE project_id = ?", [project_id]):
+        folder = config.runs_dir() / str(run_id)
+        if folder.is_dir():
+            size += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    counts["run_files_mb"] = round(size / 2**20, 1)
+    return counts
+
+
+def delete_project(db: Database, project_id: int) -> dict:
+    """Delete a project with its sentences, labels, templates, runs and their folders on disk;
+    return what went (:func:`footprint`). Refused while one of its runs is queued or running."""
+    gone = footprint(db, project_id)
+    busy = [r[0] for r in db.execute("SELECT id FROM runs WHERE project_id = ? AND status IN"
+                                     " ('queued', 'running')", [project_id])]
+    if busy:
+        raise NerlabError(f"Run(s) {', '.join(map(str, busy))} of this project are queued or "
+                          "running: stop them first.")
+    run_ids = [r[0] for r in db.execute("SELECT id FROM runs WHERE project_id = ?", [project_id])]
     with db.atomic():
         db.execute("DELETE FROM projects WHERE id = ?", [project_id])
+    for run_id in run_ids:
+        shutil.rmtree(config.runs_dir() / str(run_id), ignore_errors=True)
+    return gone
 
 
 def list_labels(db: Database, project_id: int) -> list[dict]:
