@@ -37,9 +37,10 @@ run_id = c1.selectbox("Run", list(by_id), format_func=lambda i: compare.run_titl
                       key="eval_run")
 run = by_id[run_id]
 splits = [s for s in ("test", "dev", "train") if s in run["predicted"]]
-if st.session_state.get("eval_split") not in splits:
-    st.session_state["eval_split"] = splits[0]
-split = c2.radio("Split", splits, horizontal=True, key="eval_split",
+split_key = f"eval_split_{run_id}"  # one per run: their splits and counts differ
+if st.session_state.get(split_key) not in splits:
+    st.session_state[split_key] = splits[0]
+split = c2.radio("Split", splits, horizontal=True, key=split_key,
                  format_func=lambda s: f"{s} ({run['predicted'][s]})")
 mode = c3.radio(
     "Scoring", scoring.MODES, horizontal=True, key="eval_mode",
@@ -61,17 +62,19 @@ if metrics is None:
     st.info("No predictions on this split.")
     st.stop()
 
-ev.headline(metrics)
+ev.headline(metrics, run["kind"])
 
 st.subheader("Per entity type")
-left, right = st.columns([3, 2])
+left, right = st.columns([1, 1])
 with left:
     st.plotly_chart(charts.per_class_bars(metrics), key="eval_bars")
 with right:
     st.dataframe(
-        ev.per_class_frame(metrics), hide_index=True, key="eval_table",
-        column_config={k: st.column_config.NumberColumn(format="%.3f")
-                       for k in ("precision", "recall", "f1")},
+        ev.per_class_frame(metrics), hide_index=True, key="eval_table", width="stretch",
+        column_config={**{k: st.column_config.NumberColumn(format="%.3f", width=70)
+                          for k in ("precision", "recall", "f1")},
+                       "support": st.column_config.NumberColumn("gold", width=55),
+                       "predicted": st.column_config.NumberColumn(width=75)},
     )
     rare = [n for n, r in metrics["per_class"].items() if 0 < r["support"] < 10]
     if rare:

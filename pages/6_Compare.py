@@ -7,7 +7,7 @@ from core.data import projects
 from core.data.db import get_db
 from core.evaluation import compare, scoring
 from core.prediction import tryout
-from core.ui import charts, init_page, show_error
+from core.ui import charts, init_page, plain, show_error
 from core.ui import eval_view as ev
 
 db, project = init_page("Compare", icon="⚖️")
@@ -96,7 +96,7 @@ st.dataframe(
     table, hide_index=True, key="compare_table",
     column_config={c: st.column_config.NumberColumn(format="%.3f") for c in table.columns[1:]},
 )
-st.caption(f"Δ: difference from {short[ref]}. With {len(rows)} sentences, differences inside the "
+st.caption(f"Δ: difference from {plain(short[ref])}. With {len(rows)} sentences, differences inside the "
            "95% intervals may be chance.")
 st.plotly_chart(charts.compare_per_class({short[i]: scores[i] for i in run_ids}),
                 key="compare_bars")

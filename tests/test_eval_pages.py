@@ -138,3 +138,24 @@ def test_compare_page_try_box_creates_a_request(seeded, db, monkeypatch):
     assert set(req["outputs"]) == {str(a), str(b)}
     at.run()
     assert not at.exception
+
+
+def test_evaluate_page_fits_the_kind_of_run(seeded):
+    """A CRF tags words: no 'Unparsable' for it, and the baseline form asks a CRF nothing about
+    prompts; each run keeps its own split choice."""
+    demo, a, b = seeded
+    at = _page("5_Evaluate.py")
+    at.run()
+    labels = [x.label for x in at.metric]
+    assert "Sentences" in labels and "Unparsable" not in labels
+    at.selectbox(key="eval_bl_kind").set_value("few-shot").run()
+    keys = {w.key for w in at.text_input} | {w.key for w in at.number_input}
+    assert {"eval_bl_base", "eval_bl_shots"} <= keys
+    at.selectbox(key="eval_bl_kind").set_value("crf").run()
+    keys = {w.key for w in at.text_input} | {w.key for w in at.number_input}
+    assert not {"eval_bl_base", "eval_bl_shots"} & keys
+    for run_id in (b, a, b):
+        at.selectbox(key="eval_run").set_value(run_id).run()
+        split = at.radio(key=f"eval_split_{run_id}")
+        assert split.value in split.options or split.value == "test"  # always one chosen
+    assert not at.exception

@@ -73,6 +73,11 @@ def settings(kind: str, cfg: dict | None = None) -> dict:
     return out
 
 
+def writes_answers(kind: str) -> bool:
+    """Whether runs of this kind answer in text that is parsed (an LLM), not tags."""
+    return kind == "train" or kind in PROMPTED
+
+
 def predict_settings(cfg: dict) -> PredictSettings:
     """How an LLM baseline with these settings (from :func:`settings`) predicts."""
     return PredictSettings(splits=tuple(cfg["splits"]), limit=int(cfg.get("limit") or 0) or None,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import re
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -194,6 +195,15 @@ def _name_field() -> None:
             _cookie_writer(key="shell_name_cookie", height=0, data={
                 "name": NAME_COOKIE, "value": name, "max_age": _NAME_COOKIE_DAYS * 86400})
         state[_NAME_SAVED_KEY] = name
+
+
+_MARKDOWN_CHARS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
+
+
+def plain(text: str) -> str:
+    """``text`` escaped for Streamlit's Markdown, so that a user's string (a run's name) shows as
+    typed: ``![i](x)`` must not make the browser fetch a URL."""
+    return _MARKDOWN_CHARS.sub(r"\\\1", str(text))
 
 
 def show_error(exc: Exception) -> None:

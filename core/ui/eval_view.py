@@ -15,7 +15,7 @@ from core.data.spans import Span
 from core.evaluation import scoring
 from core.jobs import launcher
 from core.prediction import baselines
-from core.ui import show_error
+from core.ui import plain, show_error
 
 _FALLBACK = "#dddddd"
 
@@ -80,8 +80,9 @@ def show_html(markup: str) -> None:
     st.markdown(f'<div style="line-height:1.9">{markup}</div>', unsafe_allow_html=True)
 
 
-def headline(metrics: dict) -> None:
-    """Micro/macro F1 with the bootstrap interval, P/R, and the parse counts, as st.metric."""
+def headline(metrics: dict, kind: str) -> None:
+    """Micro/macro F1 with the bootstrap interval, P/R, and for runs that write answers as text
+    (an LLM) how many could not be read, as st.metric."""
     ci = metrics.get("ci") or {}
     interval = (f"95% CI {ci['f1_low']:.3f}–{ci['f1_high']:.3f}"
                 if ci.get("f1_low") is not None else "no interval")
@@ -97,11 +98,17 @@ def headline(metrics: dict) -> None:
                    help="Share of predicted entities that are right (type and boundaries).")
     cols[4].metric("Recall", f"{metrics['micro']['recall']:.3f}",
                    help="Share of gold entities found (type and boundaries).")
-    p = metrics["parse"]
-    cols[5].metric("Unparsable", f"{p['unparsable']} / {metrics['n_sentences']}", help=(
-        f"Answers that could not be read at all ({p['partial']} more were read in part). "
-        f"Hallucinated entities (not in the sentence): {metrics['hallucinated']}; unknown "
-        f"types: {metrics['unknown_types']}."))
+    if baselines.writes_answers(kind):
+        p = metrics["parse"]
+        loose = metrics.get("loose") or {}
+        cols[5].metric("Unparsable", f"{p['unparsable']} / {metrics['n_sentences']}", help=(
+            f"Answers that could not be read at all ({p['partial']} more were read in part). "
+            f"Entities not in the sentence: {metrics['hallucinated']}; unknown types: "
+            f"{metrics['unknown_types']}; not copied exactly: "
+            + (", ".join(f"{k} {n}" for k, n in loose.items()) or "none") + "."))
+    else:
+        cols[5].metric("Sentences", metrics["n_sentences"],
+                       help="This model tags words directly: there is no text answer to read.")
     st.caption(f"{interval} · {metrics['n_sentences']} sentences · {metrics['n_gold']} gold and "
                f"{metrics['n_pred']} predicted entities · {metrics['mode']} scoring")
 
@@ -136,32 +143,36 @@ def baseline_form(db, project: dict) -> None:
             "on the same labelled training sentences. They run in the background like training "
             "runs (one run at a time) and are scored on dev and test."
         )
+        # Outside the form: the form's fields depend on the kind.
+        kind = st.selectbox("Kind", baselines.KINDS, format_func=baselines.KIND_TITLES.get,
+                            key="eval_bl_kind")
         with st.form("eval_baseline_form"):
-            kind = st.selectbox("Kind", baselines.KINDS, format_func=baselines.KIND_TITLES.get,
-                                key="eval_bl_kind")
-            c1, c2, c3 = st.columns(3)
-            shots = c1.number_input("Examples per prompt (few-shot)", 1, 20, 5, key="eval_bl_shots")
-            selection = c2.selectbox(
-                "Which examples (few-shot)", ("fixed", "retrieved"), key="eval_bl_selection",
-                help="fixed: the same short examples covering every type for each sentence; "
-                "retrieved: the most similar labelled training sentences (the template's retrieval).")
-            limit = c3.number_input("At most N sentences per split (0 = all)", 0, 100_000, 0,
-                                    key="eval_bl_limit",
-                                    help="A quick look on CPU: the bundled model answers ~1 sentence/s.")
-            base = st.text_input("Base model (zero-/few-shot)", config.BUNDLED_MODEL, key="eval_bl_base")
+            cfg: dict = {}
+            if kind == "few-shot":
+                c1, c2 = st.columns(2)
+                cfg["shots"] = int(c1.number_input("Examples per prompt", 1, 20, 5,
+                                                   key="eval_bl_shots"))
+                cfg["selection"] = c2.selectbox(
+                    "Which examples", ("fixed", "retrieved"), key="eval_bl_selection",
+                    help="fixed: the same short examples covering every type for each sentence; "
+                    "retrieved: the most similar labelled training sentences (the template's "
+                    "retrieval).")
+            limit = st.number_input(
+                "At most N sentences per split (0 = all)", 0, 100_000, 0, key="eval_bl_limit",
+                help="A quick look on CPU: the bundled model answers about one sentence a second."
+                if kind in baselines.PROMPTED else "The CRF predicts thousands a second.")
+            if limit:
+                cfg["limit"] = int(limit)
+            if kind in baselines.PROMPTED:
+                cfg["base_model"] = st.text_input("Base model", config.BUNDLED_MODEL,
+                                                  key="eval_bl_base").strip()
             submitted = st.form_submit_button("Start baseline", type="primary")
         if submitted:
             try:
-                cfg: dict = {"limit": int(limit)} if limit else {}
-                if kind != "crf":
-                    cfg["base_model"] = base.strip()
-                if kind == "few-shot":
-                    cfg.update(shots=int(shots), selection=selection)
                 run_id, started = launcher.submit_baseline(db, project["id"], kind, cfg)
                 st.success(f"Run #{run_id} ({kind}) " + ("started." if started else
                            "queued: it starts when the active run ends."))
             except Exception as exc:  # noqa: BLE001 - shown to the user
-
                 show_error(exc)
     active_runs(db, project)
 
@@ -184,7 +195,7 @@ def active_runs(db, project: dict) -> None:
         for r in rows:
             last = r.get("last_metrics") or {}
             total = last.get("total_steps")
-            text = f"#{r['id']} {r['name']} ({r['kind']}): {r['status']}"
+            text = f"#{r['id']} {plain(r['name'])} ({r['kind']}): {r['status']}"
             if total:
                 st.progress(min(1.0, last["step"] / total), text=f"{text} · {last['step']}/{total}")
             else:
