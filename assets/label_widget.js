@@ -31,6 +31,14 @@ export default function (component) {
   const ack = data.ack || 0;
   memory.seq = Math.max(memory.seq, ack);
   if (memory.pending && ack >= memory.pending) memory.pending = 0;
+  if (data.focus && data.focus !== memory.focus) {
+    // The queue's filters changed (e.g. Enter in "Search text"): give the keys back to the
+    // sentence, or the next hotkeys would type into the box.
+    memory.focus = data.focus;
+    const active = document.activeElement;
+    if (memory.seenFocus && active && TYPING_TAGS.has(active.tagName)) active.blur();
+  }
+  memory.seenFocus = true;
   const sameSentence = memory.sentenceId === data.sentence_id;
   memory.sentenceId = data.sentence_id;
 

@@ -67,6 +67,7 @@ if link and link != session.link_handled and not acted:
 
 # A changed filter (or project) opens the first sentence of the new queue.
 if session.filter_key != filter_key:
+    session.focus += 1  # e.g. Enter in "Search text": the hotkeys go to the sentence again
     if session.filter_key is not None or session.current is None:
         session.current = labeling.first(db, pid, flt)
     session.filter_key = filter_key
@@ -104,20 +105,8 @@ else:
     data = label_session.widget_data(
         db, sentence, labels,
         queue_index=labeling.rank(db, pid, flt, sentence["position"]) if in_queue else None,
-        queue_total=queue_total, ack=session.ack,
+        queue_total=queue_total, ack=session.ack, focus=session.focus,
     )
-    notice = session.notice
-    session.notice = None
-    if notice is not None:
-        {"success": st.success, "info": st.info, "warning": st.warning, "error": st.error}.get(
-            notice.level, st.info
-        )(notice.text)
-        if notice.unsaved is not None:
-            with st.expander("Your change that was not saved"):
-                st.write(
-                    ", ".join(f"{s.label}: “{sentence['text'][s.start:s.end]}”" for s in notice.unsaved)
-                    or "no entities"
-                )
     label_widget(data, on_action=action_handler(session, pid, flt, ANNOTATOR_KEY))
 
     sid = sentence["id"]
@@ -138,6 +127,21 @@ else:
               disabled=sentence["status"] != "labelled",
               help="Put this sentence back in the queue of sentences to label.",
               on_click=button_handler(session, pid, flt, ANNOTATOR_KEY, "reopen", sid))
+
+    # What the last action did: successes as a toast, problems under the buttons, so that the
+    # sentence never moves down the page.
+    notice = session.notice
+    session.notice = None
+    if notice is not None and notice.level in ("success", "info"):
+        st.toast(notice.text)
+    elif notice is not None:
+        {"warning": st.warning, "error": st.error}.get(notice.level, st.error)(notice.text)
+        if notice.unsaved is not None:
+            with st.expander("Your change that was not saved"):
+                st.write(
+                    ", ".join(f"{s.label}: “{sentence['text'][s.start:s.end]}”" for s in notice.unsaved)
+                    or "no entities"
+                )
 
     st.query_params["sentence"] = str(sid)
     session.link_handled = str(sid)

@@ -67,6 +67,8 @@ class LabelSession:
     filter_key: tuple | None = None
     link_handled: str | None = None
     acted: bool = False
+    #: Raised when the queue's filters change, so that the widget takes the keys back.
+    focus: int = 0
     #: Sentences this tab moved away from (accept, next, jump): "previous" walks back along it.
     trail: list[int] = field(default_factory=list)
 
@@ -332,8 +334,10 @@ def widget_data(
     queue_index: int | None,
     queue_total: int,
     ack: int = 0,
+    focus: int = 0,
 ) -> dict:
-    """Everything the widget needs to draw one sentence (JSON-serialisable)."""
+    """Everything the widget needs to draw one sentence (JSON-serialisable). A new ``focus``
+    number makes the widget take the keyboard back from a text box (after a search)."""
     tokens = json.loads(sentence["tokens"]) if sentence["tokens"] else tokenize(sentence["text"])
     return {
         "sentence_id": sentence["id"],
@@ -350,4 +354,5 @@ def widget_data(
         "queue_index": queue_index,
         "queue_total": queue_total,
         "ack": ack,
+        "focus": focus,
     }

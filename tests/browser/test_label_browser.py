@@ -268,3 +268,24 @@ def test_data_page_upload_and_download(browser_page, app_server, app_home):
     db = _db(app_home)
     labelled = db.execute("SELECT COUNT(*) FROM sentences WHERE status = 'labelled'").fetchone()[0]
     assert len([b for b in content.split("\n\n") if b.strip()]) == labelled
+
+
+def test_after_a_search_the_hotkeys_label_again(browser_page, app_server, app_home):
+    """Enter in "Search text" filters the queue; the next keys go to the sentence, not the box."""
+    page = browser_page
+    db = _db(app_home)
+    sid = _unlabelled_ids(app_home)[20]
+    word = max((projects.get_sentence(db, sid)["text"][s:e] for s, e in tokenize(
+        projects.get_sentence(db, sid)["text"])), key=len)
+    _open(page, app_server, sid)
+    box = page.get_by_label("Search text")
+    box.fill(word)
+    box.press("Enter")
+    _wait_for(lambda: page.locator(".nl-root").get_attribute("data-sentence") is not None
+              and word in page.locator(WIDGET).inner_text(), what="the searched sentence")
+    time.sleep(1.0)
+    shown = int(page.locator(".nl-root").get_attribute("data-sentence"))
+    for key in ("ArrowRight", "2"):
+        page.keyboard.press(key)
+    assert box.input_value() == word  # nothing typed into the box
+    _wait_for(lambda: projects.sentence_spans(_db(app_home), shown), what="a span from the hotkey")
