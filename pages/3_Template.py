@@ -19,7 +19,7 @@ st.caption(
 )
 flash = st.session_state.pop("template_flash", None)
 if flash:
-    st.success(flash)
+    st.toast(flash)  # seen wherever the page is scrolled (Save sits below the fold)
 
 tpl = tv.template_picker(db, project)
 left, right = st.columns([1, 1], gap="large")

@@ -81,7 +81,7 @@ def test_errors_block_saving_and_saves_make_versions(page):
     assert not at.exception
     saved = get_template(db, p["id"])
     assert (saved.version, saved.n_examples) == (2, 1)
-    assert any("Saved 'default' v2" in s.value for s in at.success)
+    assert any("Saved 'default' v2" in t.value for t in at.toast)
     assert at.selectbox(key="template_version").value == 2
     assert at.button(key="template_save").disabled  # nothing to save now
 

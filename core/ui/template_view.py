@@ -57,7 +57,8 @@ DEFAULT_MAX_LENGTH = 512
 # -- cached resources -------------------------------------------------------------------------
 
 
-@st.cache_resource(show_spinner="Loading the base model's tokenizer…", max_entries=4)
+@st.cache_resource(show_spinner="Loading the base model's tokenizer (once per server: 10-20 s)…",
+                   max_entries=4)
 def _tokenizer(name: str) -> Any:
     if loader.is_bundled(name) and not (loader.bundled_model_dir() / "config.json").is_file():
         # Not converted yet: the GGUF file's own tokenizer (same vocabulary and chat template)
@@ -135,10 +136,27 @@ def _load_into_editor(tpl: PromptTemplate) -> None:
     st.session_state["template_loaded"] = tpl.id
 
 
+def _edited(tpl: PromptTemplate) -> tuple[PromptTemplate | None, list[str]]:
+    """The editor's content as a template (None if invalid) and what is wrong with it."""
+    values = {attr: st.session_state[key] for key, attr in EDITOR_KEYS.items()}
+    values["n_examples"] = int(values["n_examples"] or 0)
+    errors = validation_errors(values["instruction"], values["system"], values["n_examples"])
+    if errors:
+        return None, errors
+    try:
+        return PromptTemplate(name=tpl.name, version=tpl.version, id=tpl.id, **values), []
+    except TemplateError as exc:
+        return None, [str(exc)]
+
+
 def editor(tpl: PromptTemplate) -> tuple[PromptTemplate | None, list[str]]:
-    """The edit form for ``tpl``; returns the edited template (None if invalid) and its errors."""
+    """The edit form for ``tpl``; returns the edited template (None if invalid) and its errors,
+    which are shown above the fields (where they are seen while typing)."""
     if st.session_state.get("template_loaded") != tpl.id:
         _load_into_editor(tpl)
+    edited, errors = _edited(tpl)
+    for message in errors:
+        st.error(message)
     st.radio("Output format", OUTPUT_FORMATS, key="template_format", format_func=FORMAT_TITLES.get,
              horizontal=True, help="How the model writes its answer. The parser reads all three.")
     st.text_area(
@@ -162,16 +180,8 @@ def editor(tpl: PromptTemplate) -> tuple[PromptTemplate | None, list[str]]:
     c2.selectbox("Retrieval", list(RETRIEVAL_TITLES), key="template_retrieval",
                  format_func=RETRIEVAL_TITLES.get, disabled=not st.session_state["template_n_examples"])
     st.caption("Placeholders: " + " ".join(f"`{{{k}}}`" for k in PLACEHOLDERS))
-    values = {attr: st.session_state[key] for key, attr in EDITOR_KEYS.items()}
-    values["n_examples"] = int(values["n_examples"] or 0)
-    errors = validation_errors(values["instruction"], values["system"], values["n_examples"])
-    edited = None
-    if not errors:
-        try:
-            edited = PromptTemplate(name=tpl.name, version=tpl.version, id=tpl.id, **values)
-        except TemplateError as exc:
-            errors = [str(exc)]
-    if "examples" in placeholders_in(values["instruction"]) and not values["n_examples"]:
+    if "examples" in placeholders_in(st.session_state["template_instruction"]) and not \
+            st.session_state["template_n_examples"]:
         st.caption("{examples} stays empty until *Retrieved examples* is above 0.")
     return edited, errors
 
@@ -182,9 +192,7 @@ def is_dirty(tpl: PromptTemplate, edited: PromptTemplate | None) -> bool:
 
 def save_controls(db: Database, project: dict, tpl: PromptTemplate, edited: PromptTemplate | None,
                   errors: list[str]) -> None:
-    """Errors, Save (a new version) and Discard, plus "save as a new template"."""
-    for message in errors:
-        st.error(message)
+    """Save (a new version) and Discard, plus "save as a new template"."""
     dirty = is_dirty(tpl, edited)
     latest = get_template(db, project["id"], tpl.name)
     old = tpl.version != latest.version
