@@ -344,10 +344,10 @@ def _check_record(rec: SentenceRecord, labels: dict, result: AddResult, allow_ne
             except NerlabError as exc:
                 raise NerlabError(f"{where}{exc}") from None
             result.new_labels.append(span.label)
-    if rec.tokens is None and rec.spans:
-        default = tokenize(rec.text)
-        cut = split_at_spans(default, rec.spans)
-        if cut != default:
+    if rec.spans:  # the tokens must agree with the labels: cut where a span starts or ends inside one
+        base = rec.tokens if rec.tokens is not None else tokenize(rec.text)
+        cut = split_at_spans(base, rec.spans)
+        if cut != base:
             rec.tokens = cut
 
 
