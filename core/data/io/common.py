@@ -156,15 +156,17 @@ def label_name(value: Any, where: str, what: str) -> str:
     return value.strip()
 
 
-def make_span(start: Any, end: Any, label: Any, text: str, where: str, what: str = "span") -> Span:
+def make_span(start: Any, end: Any, label: Any, text: str, where: str, what: str = "span",
+              keys: tuple[str, str, str] = ("start", "end", "label")) -> Span:
     """A span from a file's values, each checked: integer offsets inside the text, a label.
-    ``what`` names the field (e.g. ``"spans"[2]``) in the message."""
-    start = offset(start, where, f"{what} start")
-    end = offset(end, where, f"{what} end")
-    label = label_name(label, where, f"{what} label")
+    ``what`` names the field (e.g. ``"spans"[2]``) and ``keys`` its parts in the message."""
+    start = offset(start, where, f"{what}.{keys[0]}")
+    end = offset(end, where, f"{what}.{keys[1]}")
+    label = label_name(label, where, f"{what}.{keys[2]}")
     if start < 0 or end > len(text) or end <= start:
+        bad = keys[0] if start < 0 or start >= len(text) else keys[1]
         fail(where, f"span {start}-{end} ({label}) is out of range for a text of {len(text)} "
-                    f"characters ({what}).")
+                    f"characters ({what}.{bad}).")
     return Span(start, end, label)
 
 
@@ -221,10 +223,12 @@ def check_tokens(text: str, tokens: list[tuple[int, int]], spans: Sequence[Span]
     previous = 0
     for i, (start, end) in enumerate(tokens):
         if start < 0 or end > len(text) or end <= start:
+            bad = "start" if start < 0 or start >= len(text) else "end"
             fail(where, f"token {i} ({start}-{end}) is empty or outside the text of "
-                        f"{len(text)} characters.")
+                        f"{len(text)} characters (its {bad}).")
         if start < previous:
-            fail(where, f"token {i} ({start}-{end}) overlaps or comes before the token before it.")
+            fail(where, f"token {i} ({start}-{end}) overlaps or comes before the token before it "
+                        "(its start).")
         previous = end
     starts = {s for s, _ in tokens}
     ends = {e for _, e in tokens}

@@ -39,13 +39,15 @@ def parse_doccano(text: str, name: str = "file", **_options) -> Records:
         for i, item in enumerate(raw or []):
             if not isinstance(item, list) or len(item) != 3:
                 fail(where, f'each label must be [start, end, type], got {show(item)} ("{key}"[{i}]).')
-            spans.append(make_span(item[0], item[1], item[2], sentence, where, f'"{key}"[{i}]'))
+            spans.append(make_span(item[0], item[1], item[2], sentence, where, f'"{key}"[{i}]',
+                                   ("[0] (start)", "[1] (end)", "[2] (type)")))
         entities = get(obj, "entities", list, where)
         for i, ent in enumerate(entities or []):
             if not isinstance(ent, dict):
                 fail(where, f'"entities"[{i}] must be an object with start_offset, end_offset, label.')
             spans.append(make_span(ent.get("start_offset"), ent.get("end_offset"), ent.get("label"),
-                                   sentence, where, f'"entities"[{i}]'))
+                                   sentence, where, f'"entities"[{i}]',
+                                   ("start_offset", "end_offset", "label")))
         labelled = get(obj, "labelled", bool, where)
         if labelled is None:
             labelled = raw is not None or entities is not None

@@ -76,7 +76,7 @@ def _record(obj: dict, lineno: int, where: str, answer: str | None) -> SentenceR
             said = tok.get("text")
             if said is not None and (not isinstance(said, str) or
                                      (0 <= start < end <= len(sentence) and sentence[start:end] != said)):
-                fail(where, f'"tokens"[{i}] text {str(said)[:30]!r} is not the text at '
+                fail(where, f'"tokens"[{i}] text {str(said)[:30]!r} is not the text at its start-end '
                             f"{start}-{end} ({sentence[max(start, 0):max(end, 0)][:30]!r}).")
             tokens.append((start, end))
         check_tokens(sentence, tokens, spans, where)

@@ -220,7 +220,8 @@ def _region(value: dict, labels: Any, sentence: str, where: str, what: str) -> l
             start, end = fixed
         else:
             fail(where, f"the region says {said[:30]!r} but the text at {start}-{end} is "
-                        f"{sentence[max(start, 0):max(end, 0)][:30]!r} ({what}).")
+                        f"{sentence[max(start, 0):max(end, 0)][:30]!r}: its start or end is wrong "
+                        f"({what}.value).")
     return [make_span(start, end, label, sentence, where, what) for label in labels]
 
 
