@@ -247,6 +247,33 @@ def conll_shapes() -> Iterator[Shape]:
         yield Shape(f"conll:{name}", "conll", text.encode())
 
 
+def binary_shapes() -> Iterator[Shape]:
+    """Files that start like a zip, a parquet file or a spaCy DocBin and are not."""
+    import io as _io
+    import zipfile
+
+    def zipped(files: dict[str, bytes]) -> bytes:
+        buffer = _io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as zf:
+            for name, data in files.items():
+                zf.writestr(name, data)
+        return buffer.getvalue()
+
+    shapes = {
+        "zip-truncated": zipped({"d/dataset_dict.json": b'{"splits": ["train"]}'})[:40],
+        "zip-junk": b"PK\x03\x04" + bytes(range(200)),
+        "zip-empty": zipped({}),
+        "zip-fake-dataset": zipped({"d/dataset_dict.json": b'{"splits": ["train"]}',
+                                    "d/train/state.json": b"not json", "d/train/dataset_info.json": b"{}"}),
+        "zip-bad-rows": zipped({"train.jsonl": b'{"tokens": "x", "ner_tags": 5}\n'}),
+        "zip-slip": zipped({"../../evil.jsonl": b'{"tokens": ["a"], "ner_tags": ["O"]}\n'}),
+        "parquet-junk": b"PAR1" + bytes(range(256)) + b"PAR1",
+        "docbin-junk": b"\x78\x9c" + bytes(range(100)),
+    }
+    for name, data in shapes.items():
+        yield Shape(f"binary:{name}", "spacy" if name.startswith("docbin") else "hf", data)
+
+
 def label_shapes() -> Iterator[Shape]:
     """Entity-type names no project should accept (NUL, zero-width, control, format characters)."""
     for name, label in {"nul": "\x00", "zwsp": "\u200b", "zwj": "A\u200dB", "bell": "Chem\x07",
@@ -257,7 +284,7 @@ def label_shapes() -> Iterator[Shape]:
 
 
 def shapes() -> list[Shape]:
-    return [*field_shapes(), *file_shapes(), *conll_shapes(), *label_shapes()]
+    return [*field_shapes(), *file_shapes(), *conll_shapes(), *binary_shapes(), *label_shapes()]
 
 
 #: The 134 shapes that crashed the importers before this change (AttributeError, TypeError,

@@ -38,6 +38,14 @@ def test_formats_are_read_from_the_content(name, fmt):
     assert io.detect_format((DATA / name).read_bytes(), "upload.dat") == fmt
 
 
+def test_a_conll_file_with_a_bad_line_is_still_read_as_conll():
+    """Content first, but a CoNLL name and mostly token lines keep a broken CoNLL file CoNLL, so
+    the error names its line instead of importing it as sentences."""
+    assert io.detect_format(b"Aspirin B-Chemical\nworks Q\n", "bad.conll") == "conll"
+    assert io.detect_format(b"Aspirin B-Chemical\ncauses O\nworks Q\n", "upload") == "conll"
+    assert io.detect_format(b"Aspirin helps.\nIt works.\n", "notes.conll.txt") == "text"
+
+
 def test_doccano_without_a_format_is_doccano_not_jsonl_with_no_spans(db):
     """Before: a doccano .jsonl was read as NERLab JSONL and imported 0 spans without a word."""
     pid, result = _import(db, "doccano.jsonl")

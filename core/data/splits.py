@@ -68,7 +68,7 @@ class SplitReport:
                  else "Moved no sentence")
         kept = ("; kept where they were: " + "; ".join(f"{v} {k}" for k, v in self.kept.items())
                 if self.kept else "")
-        counts = ", ".join(f"{k} {v}" for k, v in self.counts.items())
+        counts = ", ".join(f"{k}: {v}" for k, v in self.counts.items())
         return f"{moved} (dev share {self.dev:g}, test share {self.test:g}){kept}. Now: {counts}."
 
 

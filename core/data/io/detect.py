@@ -103,9 +103,12 @@ def _conll_or_text(text: str, name: str) -> tuple[str, str]:
         parts = [p for p in (line.split("\t") if "\t" in line else re.split(r"[ \t]+", line)) if p]
         return len(parts) >= 2 and bool(_TAG.match(parts[-1].strip()))
 
-    if sample and all(is_token_line(line) for line in sample):
+    share = sum(map(is_token_line, sample)) / len(sample) if sample else 0.0
+    if share == 1.0:
         return "conll", "CoNLL (a token and a BIO tag on every line)"
     suffix = Path(name).suffix.lower()
-    if sample and suffix in (".conll", ".tsv", ".bio", ".iob") and sum(map(is_token_line, sample)) > len(sample) / 2:
-        return "conll", f"mostly token and tag lines, and a {suffix} file"
+    if sample and (share >= 0.5 or suffix in (".conll", ".tsv", ".bio", ".iob")):
+        # Mostly token lines, or a CoNLL file name: read as CoNLL so that the reader names the
+        # line that is wrong, rather than importing the file as sentences.
+        return "conll", f"CoNLL ({share:.0%} of the lines are a token and a tag)"
     return "text", "plain text (one sentence a line)"

@@ -88,7 +88,10 @@ def to_spacy(rows: list[ExportRow]) -> tuple[bytes, list[str]]:
 
 def parse_spacy_bytes(data: bytes, name: str = "file", **_options) -> Records:
     """Records from a ``DocBin``: each Doc's text and entities (and NERLab's user data)."""
-    spacy, _Doc, DocBin = _spacy()
+    try:
+        spacy, _Doc, DocBin = _spacy()
+    except NerlabError as exc:
+        fail(name, str(exc))
     try:
         docs = list(DocBin().from_bytes(data).get_docs(spacy.blank("xx").vocab))
     except Exception as exc:  # noqa: BLE001 - msgpack/zlib/spaCy errors of a broken file
