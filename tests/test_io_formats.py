@@ -325,3 +325,21 @@ def test_invisible_entity_type_names_are_refused(db, label):
     with pytest.raises(projects.NerlabError, match="not allowed"):
         projects.add_label(db, project["id"], label)
     assert projects.list_labels(db, project["id"]) == []
+
+
+def test_errors_found_after_parsing_name_the_task_or_row(db, tmp_path):
+    project = projects.create_project(db, "where")
+    tasks = [{"data": {"text": "Fine."}},
+             {"data": {"text": "Aspirin works."}, "annotations": [{"result": [
+                 {"value": {"start": 0, "end": 7, "text": "Aspirin", "labels": ["A", "B"]}}]}]}]
+    with pytest.raises(ImportFormatError, match=r"^ls\.json, task 2: spans overlap"):
+        io.import_bytes(db, project["id"], json.dumps(tasks).encode(), None, name="ls.json")
+    import datasets
+
+    rows = {"tokens": [["a"], ["b", "c"]], "ner_tags": [["O"], ["B-X", "O"]],
+            "text": ["a", "b c"], "spans": [[], [{"start": 0, "end": 3, "label": "X"},
+                                                 {"start": 2, "end": 3, "label": "Y"}]]}
+    datasets.DatasetDict({"validation": datasets.Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "ds"))
+    with pytest.raises(ImportFormatError, match=r"^ds, validation row 2: spans overlap"):
+        io.import_file(db, project["id"], tmp_path / "ds")
+    assert projects.stats(db, project["id"])["sentences"] == 0

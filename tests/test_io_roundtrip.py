@@ -191,3 +191,16 @@ def test_spacy_export_says_how_to_install_spacy(db, demo, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_spacy)
     with pytest.raises(projects.NerlabError, match=r"pip install 'nerlab\[spacy\]'"):
         io.export(db, demo["id"], "spacy")
+
+
+@pytest.mark.parametrize("fmt", ["conll", "jsonl", "labelstudio", "doccano"])
+def test_sentences_no_split_was_named_for_stay_movable(db, fmt):
+    """A sentence that landed in train because nothing named a split comes back as such, so a
+    later random split may still draw it into dev."""
+    p = projects.create_project(db, "plain")
+    projects.add_sentences(db, p["id"], [projects.SentenceRecord("Just text .", labelled=True)])
+    out = io.export(db, p["id"], fmt)
+    back = projects.create_project(db, "back")
+    io.import_bytes(db, back["id"], out.encode(), None, name=f"x.{fmt}")
+    (row,) = io.export_rows(db, back["id"])
+    assert (row.split, row.split_source) == ("train", "default")

@@ -295,7 +295,7 @@ def add_sentences(
                 text, spans, was_labelled, number, line = kept[digest]
                 if (labelled or rec.spans) and (labelled != was_labelled or
                                                 anchored(rec.text, rec.spans) != anchored(text, spans)):
-                    result.conflicts.append(DuplicateConflict(rec.line, number, line))
+                    result.conflicts.append(DuplicateConflict(rec.line, number, line, rec.unit))
                 continue
             result.added += 1
             kept[digest] = (rec.text, rec.spans, labelled, before + result.added, rec.line)
@@ -321,7 +321,7 @@ def add_sentences(
 
 def _check_record(rec: SentenceRecord, labels: dict, result: AddResult, allow_new: bool) -> None:
     """Validate one record before anything is written; say which line is wrong."""
-    where = f"line {rec.line}: " if rec.line else ""
+    where = f"{rec.unit} {rec.line}: " if rec.line else ""
     if not rec.text.strip():
         raise NerlabError(f"{where}empty sentence.")
     if "\x00" in rec.text:
@@ -352,7 +352,8 @@ def _check_record(rec: SentenceRecord, labels: dict, result: AddResult, allow_ne
 
 
 def _split_source(rec: SentenceRecord, split: str | None) -> str:
-    if rec.split and rec.split_source in SPLIT_SOURCES and rec.split_source != "default":
+    if rec.split and rec.split_source in SPLIT_SOURCES and (
+            rec.split_source != "default" or rec.split == "train"):
         return rec.split_source  # NERLab's own export says how the split was set
     if rec.split or split:
         return "import"

@@ -33,13 +33,14 @@ class SentenceRecord:
     labelled: bool | None = None
     source: str = ""
     line: int | None = None  # where it came from in its file, for error messages
+    unit: str = "line"  # what ``line`` counts: line, task, row, doc (or "validation row")
     annotator: str | None = None  # who labelled it, when the file says
     created_at: str | None = None  # ISO 8601, when the file says
     updated_at: str | None = None
     split_source: str | None = None  # only NERLab's own exports say; else derived on import
 
     def where(self) -> str:
-        return f"line {self.line}" if self.line else "a record"
+        return f"{self.unit} {self.line}" if self.line else "a record"
 
 
 @dataclass
@@ -49,12 +50,14 @@ class DuplicateConflict:
     line: int | None  # the dropped copy's line (or task) in the file
     number: int | None  # the kept copy's sentence number in the project (None: not added)
     kept_line: int | None  # the kept copy's line when it came from the same file
+    unit: str = "line"
 
     def describe(self) -> str:
         kept = (f"sentence {self.number}" if self.number else "the copy kept") + (
-            f" (line {self.kept_line} of this file)" if self.kept_line else " (already in the project)"
+            f" ({self.unit} {self.kept_line} of this file)" if self.kept_line
+            else " (already in the project)"
         )
-        return f"line {self.line} differs from {kept}"
+        return f"{self.unit} {self.line} differs from {kept}"
 
 
 @dataclass

@@ -71,7 +71,8 @@ def import_records(db: Database, project_id: int, records: Records, fmt: str, na
                                         allow_new_labels=allow_new_labels, update=update)
     except NerlabError as exc:
         msg = str(exc)
-        raise ImportFormatError(f"{name}, {msg}" if msg.startswith("line ") else f"{name}: {msg}") from None
+        placed = re.match(r"^[\w-]*\s?(line|task|row|doc) \d+: ", msg)
+        raise ImportFormatError(f"{name}, {msg}" if placed else f"{name}: {msg}") from None
     result.notes = list(records.notes) + result.notes
     result.format = fmt
     return result

@@ -159,7 +159,8 @@ def parse_hf_json(text: str, name: str = "file", tags: Any = None, **_options) -
         rows = [(f"{name}, line {n}", r) for n, r in json_lines(text, name)]
     records = records_from_rows(rows, name, names)
     for rec, (where, _) in zip(records, rows, strict=True):
-        rec.line = int(where.rsplit(" ", 1)[1])
+        rec.unit, number = where.rsplit(", ", 1)[1].split(" ")
+        rec.line = int(number)
     return records
 
 
@@ -181,13 +182,14 @@ def _class_names(features: Any) -> list[str] | None:
     return list(inner.names) if getattr(inner, "names", None) else None
 
 
-def _from_dataset(ds: Any, split: str | None, name: str, tag_names: list[str] | None) -> Records:
+def _from_dataset(ds: Any, split: str | None, name: str, tag_names: list[str] | None,
+                  key: str = "") -> Records:
     names = tag_names or _class_names(ds.features)
-    label = split or "train"
-    rows = [(f"{name}, {label} row {i}", r) for i, r in enumerate(ds.to_list(), start=1)]
+    unit = f"{key} row" if key else "row"
+    rows = [(f"{name}, {unit} {i}", r) for i, r in enumerate(ds.to_list(), start=1)]
     records = records_from_rows(rows, name, names, split)
     for i, rec in enumerate(records, start=1):
-        rec.line = i
+        rec.line, rec.unit = i, unit
     return records
 
 
@@ -200,7 +202,7 @@ def _from_parquet(source: Any, split: str | None, name: str, tag_names: list[str
     rows = [(f"{name}, row {i}", r) for i, r in enumerate(table.to_pylist(), start=1)]
     records = records_from_rows(rows, name, names, split)
     for i, rec in enumerate(records, start=1):
-        rec.line = i
+        rec.line, rec.unit = i, "row"
     return records
 
 
@@ -242,7 +244,7 @@ def _load_dir(path: Path, name: str, tag_names: list[str] | None, split: str | N
             for key, ds in loaded.items():
                 if key.lower() not in SPLIT_NAMES:
                     fail(name, f"split {key!r} is not train, validation (dev) or test.")
-                out += _from_dataset(ds, SPLIT_NAMES[key.lower()], f"{name}/{key}", tag_names)
+                out += _from_dataset(ds, SPLIT_NAMES[key.lower()], name, tag_names, key)
                 ids += ds["id"] if "id" in ds.column_names else [None] * len(ds)
             if all(isinstance(i, int) for i in ids):  # NERLab's export: back in project order
                 out = Records((r for _, r in sorted(zip(ids, out, strict=True), key=lambda p: p[0])),

@@ -144,7 +144,7 @@ def _full_task(task: dict, i: int, name: str, field: str | None, report: _Report
             valid.append((j, ann))
     truth = [(j, a) for j, a in valid if get(a, "ground_truth", bool, f"{where}, annotation {j + 1}")]
     pick = truth[0] if truth else valid[0] if valid else None
-    rec = SentenceRecord(text=sentence, labelled=pick is not None, line=i,
+    rec = SentenceRecord(text=sentence, labelled=pick is not None, line=i, unit="task",
                          split=split_name(data.get("split"), where, "data.split"))
     _nerlab(rec, data, where)
     if pick is not None:
@@ -271,6 +271,7 @@ def _min_task(rows: list[dict], i: int, name: str, field: str | None, report: _R
                 spans += placed
     labelled = found or "annotation_id" in row or "annotator" in row
     rec = SentenceRecord(text=sentence, spans=spans, labelled=labelled and not missing, line=i,
+                         unit="task",
                          split=split_name(row.get("split"), where))
     _nerlab(rec, row, where)
     rec.annotator = annotator(row.get("annotator"), where, "annotator") or rec.annotator

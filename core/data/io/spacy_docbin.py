@@ -109,7 +109,7 @@ def parse_spacy_bytes(data: bytes, name: str = "file", **_options) -> Records:
         tokens = [(t.idx, t.idx + len(t.text)) for t in doc if not t.is_space]
         labelled = data.get("labelled")
         rec = SentenceRecord(
-            text=doc.text, spans=spans, tokens=tokens, line=i,
+            text=doc.text, spans=spans, tokens=tokens, line=i, unit="doc",
             labelled=labelled if isinstance(labelled, bool) else True,
             split=split_name(data.get("split"), where),
             annotator=annotator(data.get("annotator"), where, "annotator"),
