@@ -343,3 +343,15 @@ def test_errors_found_after_parsing_name_the_task_or_row(db, tmp_path):
     with pytest.raises(ImportFormatError, match=r"^ds, validation row 2: spans overlap"):
         io.import_file(db, project["id"], tmp_path / "ds")
     assert projects.stats(db, project["id"])["sentences"] == 0
+
+
+def test_a_json_list_of_span_records_is_read_as_jsonl(db):
+    project = projects.create_project(db, "array")
+    data = json.dumps([{"text": "Aspirin works.", "spans": [{"start": 0, "end": 7, "label": "C"}]},
+                       {"text": "Bad one.", "spans": [{"start": 0, "end": 70, "label": "C"}]}])
+    with pytest.raises(ImportFormatError, match=r"^a\.json, item 2: span 0-70"):
+        io.import_bytes(db, project["id"], data.encode(), None, name="a.json")
+    with pytest.raises(ImportFormatError, match="task 1: this looks like a NERLab / spaCy record"):
+        io.import_bytes(db, project["id"], data.encode(), "labelstudio", name="a.json")
+    good = json.dumps([{"text": "Aspirin works.", "spans": [{"start": 0, "end": 7, "label": "C"}]}])
+    assert io.import_bytes(db, project["id"], good.encode(), None, name="a.json").format == "jsonl"

@@ -86,6 +86,8 @@ def _array(body: str) -> tuple[str, str]:
         return "hf", 'a JSON list of Hugging Face rows ("tokens" and "ner_tags")'
     if any("data" in i or "annotations" in i for i in dicts):
         return "labelstudio", 'Label Studio JSON (tasks with "data")'
+    if any(isinstance(i.get("spans"), list) for i in dicts):
+        return "jsonl", 'a JSON list of NERLab / spaCy / Prodigy records ("spans")'
     return "labelstudio", "Label Studio JSON-MIN (a JSON list of flat rows)"
 
 

@@ -23,8 +23,10 @@ from core.data.io.common import (
     get_text,
     json_lines,
     lines,
+    load_json,
     make_span,
     offset,
+    show,
     split_name,
     timestamp,
 )
@@ -36,13 +38,25 @@ def parse_jsonl(text: str, name: str = "file", **_options) -> Records:
     """Records from NERLab/spaCy/Prodigy JSONL (see the module docstring)."""
     records = Records()
     skipped: list[int] = []
-    for lineno, obj in json_lines(text, name):
-        where = f"{name}, line {lineno}"
+    unit = "line"
+    if text.lstrip("\ufeff \t\r\n").startswith("["):  # the same records as one JSON list
+        items = load_json(text, name)
+        if not isinstance(items, list) or not items:
+            fail(name, f"expected a JSON list of records, got {show(items)}.")
+        for i, obj in enumerate(items, start=1):
+            if not isinstance(obj, dict):
+                fail(f"{name}, item {i}", f"expected a JSON object, got {show(obj)}.")
+        pairs, unit = list(enumerate(items, start=1)), "item"
+    else:
+        pairs = json_lines(text, name)
+    for lineno, obj in pairs:
+        where = f"{name}, {unit} {lineno}"
         answer = get(obj, "answer", str, where)
         if answer in ("reject", "ignore"):
             skipped.append(lineno)
             continue
         records.append(_record(obj, lineno, where, answer))
+        records[-1].unit = unit
     if skipped:
         records.notes.append(
             f"{len(skipped)} Prodigy example(s) answered reject or ignore were skipped (lines "

@@ -251,6 +251,9 @@ def _groups(tasks: list[dict]) -> list[tuple[int, list[dict]]]:
 def _min_task(rows: list[dict], i: int, name: str, field: str | None, report: _Report) -> SentenceRecord:
     where = f"{name}, task {i}"
     row = rows[0]
+    if isinstance(row.get("spans"), list):
+        fail(where, 'this looks like a NERLab / spaCy record ("spans"), not a Label Studio task: '
+                    "import it as jsonl.")
     sentence = _text(row, field, where)
     spans, missing, found = [], 0, False
     for key, value in row.items():
