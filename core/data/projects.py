@@ -300,7 +300,7 @@ def add_sentences(
             result.added += 1
             kept[digest] = (rec.text, rec.spans, labelled, before + result.added, rec.line)
             who = rec.annotator or (annotator if labelled else None)
-            created = rec.created_at or stamp
+            created = rec.created_at or rec.updated_at or stamp
             cursor = db.execute(
                 "INSERT INTO sentences (project_id, position, text, tokens, split, split_source,"
                 " source, hash, status, annotator, created_at, updated_at)"
