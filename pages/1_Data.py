@@ -5,6 +5,7 @@ import streamlit as st
 from core import config
 from core.data import io, labeling, projects
 from core.errors import NerlabError
+from core.evaluation import compare
 from core.ui import init_page, show_error
 
 db, project = init_page("Data", icon="📥")
@@ -192,24 +193,36 @@ with tab_types:
 # --- Import ------------------------------------------------------------------------------------
 with tab_import:
     st.markdown(
-        "CoNLL/BIO (IOB1, IOB2, IOBES), JSONL with character spans (spaCy / Prodigy), plain text "
-        "(one sentence a line), Label Studio JSON or doccano JSONL. A file with an error imports "
-        "nothing and says which line is wrong; sentences already in the project are skipped."
+        "CoNLL/BIO (IOB1, IOB2, IOBES), JSONL with character spans (NERLab, spaCy, Prodigy), plain "
+        "text (one sentence a line), Label Studio JSON or JSON-MIN, doccano JSONL, a Hugging Face "
+        "dataset (zipped `save_to_disk` folder, parquet or JSON with `tokens` and `ner_tags`) or a "
+        "spaCy `.spacy` file. The format is read from the content. A file with an error imports "
+        "nothing and says which line is wrong."
     )
     upload = st.file_uploader(
         "File to import", key="data_upload",
-        type=["conll", "tsv", "bio", "iob", "txt", "jsonl", "json"],
+        type=["conll", "tsv", "bio", "iob", "txt", "jsonl", "json", "parquet", "zip", "spacy"],
     )
+    pasted = st.text_area("…or paste the file's content", key="data_import_paste", height=100)
+    if upload is not None:
+        payload, payload_name = upload.getvalue(), upload.name
+    elif pasted.strip():
+        payload, payload_name = pasted.encode("utf-8"), "pasted text"
+    else:
+        payload, payload_name = None, ""
     i1, i2, i3 = st.columns(3)
-    guessed = io.guess_format(upload.name) if upload is not None else None
-    fmt_options = ["auto", *io.IMPORT_FORMATS]
     fmt = i1.selectbox(
-        "Format", fmt_options, key="data_import_format",
-        format_func=lambda f: "from the file name" if f == "auto" else f,
+        "Format", ["auto", *io.IMPORT_FORMATS], key="data_import_format",
+        format_func=lambda f: "from the content" if f == "auto" else io.FORMATS[f].title,
     )
-    if upload is not None and fmt == "auto":
-        i1.caption(f"{upload.name}: read as **{guessed}**." if guessed
-                   else f"Cannot tell the format of {upload.name} from its name: choose it.")
+    chosen_fmt = None if fmt == "auto" else fmt
+    if payload is not None and fmt == "auto":
+        try:
+            chosen_fmt, why = io.detect(payload, payload_name)
+        except NerlabError as exc:
+            i1.caption(str(exc))
+        else:
+            i1.caption(f"{payload_name}: read as **{chosen_fmt}** ({why}).")
     target = i2.selectbox(
         "Split", ["file", *config.SPLITS], key="data_import_split",
         format_func=lambda s: "as in the file (else train)" if s == "file" else s,
@@ -218,48 +231,84 @@ with tab_import:
         "Allow new entity types", value=not project["fixed_labels"], key="data_import_new",
         help="Off: a file with an entity type the project does not have is refused.",
     )
-    if st.button("Import", key="data_import", type="primary", disabled=upload is None):
-        chosen_fmt = guessed if fmt == "auto" else fmt
-        if chosen_fmt is None:
-            st.error(f"Cannot tell the format of {upload.name!r} from its name: choose it above.")
+    update = i3.checkbox(
+        "Update sentences already here", key="data_import_update",
+        help="A labelled sentence of the file that is already in the project replaces its "
+        "annotation there (the report says what changed). Off: such duplicates are skipped, and "
+        "the report lists those whose labels differ.",
+    )
+    options: dict = {}
+    if chosen_fmt == "labelstudio":
+        field = st.text_input("Label Studio text field", key="data_import_text_field",
+                              placeholder="text", help="The data field the labelling config's "
+                              '<Text value="$field"> names; empty: text.')
+        options["text_field"] = field.strip() or None
+    if chosen_fmt == "hf":
+        tags = st.text_input("Tag names (when ner_tags are numbers the dataset does not name)",
+                             key="data_import_tags", placeholder="O,B-PER,I-PER,B-ORG,I-ORG")
+        options["tags"] = tags.strip() or None
+    if st.button("Import", key="data_import", type="primary", disabled=payload is None):
+        try:
+            result = io.import_bytes(
+                db, pid, payload, chosen_fmt, name=payload_name,
+                split=None if target == "file" else target, allow_new_labels=allow_new,
+                update=update, **options,
+            )
+        except Exception as exc:  # noqa: BLE001 - a message, never a traceback, whatever the file
+            st.session_state["data_import_result"] = None
+            show_error(exc)
         else:
-            try:
-                result = io.import_bytes(
-                    db, pid, upload.getvalue(), chosen_fmt, name=upload.name,
-                    split=None if target == "file" else target, allow_new_labels=allow_new,
-                )
-            except NerlabError as exc:
-                show_error(exc)
-            else:
-                # Kept (not a one-shot notice) so that the outcome stays in view under the button
-                # until the next import, whatever reruns come in between.
-                st.session_state["data_import_result"] = f"{upload.name}: {result.summary()}"
-                st.rerun()
+            # Kept (not a one-shot notice) so that the outcome stays in view under the button
+            # until the next import, whatever reruns come in between.
+            st.session_state["data_import_result"] = {
+                "summary": f"{payload_name}: {result.summary()} (read as {result.format})",
+                "details": result.details(),
+            }
+            st.rerun()
     if last_import := st.session_state.get("data_import_result"):
-        st.success(last_import)
+        st.success(last_import["summary"])
+        if last_import["details"]:
+            st.warning("\n".join(f"- {line.strip()}" if not line.startswith("  ") else f"    - {line.strip()}"
+                                 for line in last_import["details"]))
 
 # --- Export ------------------------------------------------------------------------------------
 with tab_export:
     e1, e2, e3 = st.columns(3)
     exp_fmt = e1.selectbox(
         "Format", io.EXPORT_FORMATS, key="data_export_format",
-        format_func={"conll": "CoNLL (IOB2)", "jsonl": "JSONL (spans)",
-                     "hf": "Hugging Face datasets (zip)"}.get,
+        format_func=lambda f: io.FORMATS[f].title,
     )
     exp_split = e2.selectbox("Split", ["all", *config.SPLITS], key="data_export_split")
-    exp_unlabelled = e3.checkbox("Include sentences not done yet", key="data_export_unlabelled")
+    exp_unlabelled = e3.checkbox("Include sentences not done yet", key="data_export_unlabelled",
+                                 help="They are marked as not done in the file, so that importing "
+                                 "it back keeps them in the Label queue.")
     chosen_split = None if exp_split == "all" else exp_split
+    exp_run = None
+    if exp_fmt == "labelstudio":
+        runs = compare.scored_runs(db, pid)
+        by_run = {r["id"]: r for r in runs}
+        exp_run = e1.selectbox(
+            "Pre-annotations from a run", [None, *by_run], key="data_export_run",
+            format_func=lambda r: "none" if r is None else compare.run_title(by_run[r]),
+            help="The run's predictions become Label Studio pre-annotations to correct.",
+        )
+        with st.expander("Label Studio labelling config for these tasks"):
+            st.code(io.labelstudio_config(label_names), language="xml")
     n_export = labeling.count(
         db, pid, labeling.QueueFilter(
             status="all" if exp_unlabelled else "labelled", split=chosen_split
         ),
     )
+    blocked = exp_fmt == "spacy" and not io.spacy_available()
+    if blocked:
+        st.warning("The spaCy format needs spaCy, which is not installed here: "
+                   "`pip install 'nerlab[spacy]'`.")
     st.caption(f"{n_export} sentence(s) will be exported.")
     st.download_button(
-        "Download", key="data_download", type="primary", disabled=n_export == 0,
-        data=io.deferred_export(pid, exp_fmt, chosen_split, exp_unlabelled),
+        "Download", key="data_download", type="primary", disabled=n_export == 0 or blocked,
+        data=io.deferred_export(pid, exp_fmt, chosen_split, exp_unlabelled, exp_run),
         file_name=io.export_filename(project["name"], exp_fmt, chosen_split),
-        mime="application/zip" if exp_fmt == "hf" else "text/plain",
+        mime=io.FORMATS[exp_fmt].mime,
     )
 
 # --- Splits ------------------------------------------------------------------------------------
@@ -267,23 +316,33 @@ with tab_splits:
     s1, s2, s3 = st.columns(3)
     for col, name in zip((s1, s2, s3), config.SPLITS, strict=True):
         col.metric(name, counts[name])
-    st.markdown("**Assign every sentence at random** (reproducible: the same seed gives the same split; "
-                "sentences already scored as test data stay in test)")
+    st.markdown(
+        "**Draw dev (and test) sentences at random** (reproducible: the same seed gives the same "
+        "split). Test sentences stay in test, and sentences placed by hand (or dev sentences "
+        "placed by an import) stay where they are, unless you tick *also move*; sentences already "
+        "scored as test data never leave test. An empty share is 0 for a split that an import "
+        "or a person filled, else 0.1 for dev and 0.2 for test."
+    )
     a1, a2, a3, a4 = st.columns([1, 1, 1, 1.2], vertical_alignment="bottom")
-    dev = a1.number_input("Dev share", 0.0, 0.9, 0.1, 0.05, key="data_dev_share")
-    test = a2.number_input("Test share", 0.0, 0.9, 0.2, 0.05, key="data_test_share")
+    dev = a1.number_input("Dev share", 0.0, 0.9, None, 0.05, key="data_dev_share", placeholder="auto")
+    test = a2.number_input("Test share", 0.0, 0.9, None, 0.05, key="data_test_share",
+                           placeholder="auto")
     seed = a3.number_input("Seed", 0, 10_000, 0, 1, key="data_seed")
+    reassign = st.checkbox(
+        "Also move test sentences and sentences placed by hand or by an import",
+        key="data_reassign",
+    )
     if a4.button("Assign splits", key="data_assign"):
         try:
-            new = projects.assign_splits(db, pid, dev=dev, test=test, seed=int(seed))
+            report = projects.split_project(db, pid, dev=dev, test=test, seed=int(seed),
+                                            reassign=reassign)
         except NerlabError as exc:
             show_error(exc)
         else:
-            st.session_state["data_notice"] = (
-                "success", "Splits assigned: " + ", ".join(f"{k} {v}" for k, v in new.items()) + ".",
-            )
+            st.session_state["data_notice"] = ("success", report.summary())
             st.rerun()
-    st.markdown("**Move some sentences** (by number, as in the Sentences table)")
+    st.markdown("**Move some sentences by hand** (by number, as in the Sentences table; a "
+                "random split leaves them where you put them)")
     m1, m2, m3 = st.columns([2, 1, 1], vertical_alignment="bottom")
     numbers = m1.text_input("Sentence numbers", key="data_move_numbers", placeholder="e.g. 1-50, 75")
     move_to = m2.selectbox("To split", config.SPLITS, key="data_move_split")

@@ -12,12 +12,16 @@ from core.data.spans import Span
 from core.errors import ImportFormatError
 
 ROOT = Path(__file__).resolve().parent.parent
-BC5CDR = ROOT.parent / "shared" / "data" / "bc5cdr"
+#: /work/shared in a checkout at /work/main, one level further up in a worktree under /work/wt.
+BC5CDR = next((p / "shared" / "data" / "bc5cdr" for p in (ROOT.parent, ROOT.parent.parent)
+               if (p / "shared" / "data" / "bc5cdr").is_dir()), ROOT.parent / "shared" / "data" / "bc5cdr")
 
 
 def _sentences(text: str) -> list[list[tuple[str, str]]]:
     out, block = [], []
     for line in text.splitlines():
+        if line.startswith("# "):
+            continue  # NERLab's comment lines (split, status, text)
         if line.strip():
             token, tag = line.split("\t") if "\t" in line else line.split()
             block.append((token, tag))
@@ -72,11 +76,11 @@ def test_hf_export_has_tokens_and_tags(db, tmp_path):
     io.import_file(db, project["id"], ROOT / "assets/demo/test.conll", fmt="conll", split="test")
     folder = io.export(db, project["id"], "hf", path=tmp_path / "hf")
     dd = datasets.load_from_disk(str(folder))
-    assert set(dd) == {"dev", "test"}
-    names = dd["dev"].features["ner_tags"].feature.names
+    assert set(dd) == {"validation", "test"}  # the Hugging Face name of the dev split
+    names = dd["validation"].features["ner_tags"].feature.names
     assert names == ["O", "B-Chemical", "I-Chemical", "B-Disease", "I-Disease"]
     original = _unique(_sentences((ROOT / "assets/demo/dev.conll").read_text()))
-    first = dd["dev"][0]
+    first = dd["validation"][0]
     assert list(zip(first["tokens"], [names[i] for i in first["ner_tags"]], strict=True)) == original[0]
 
 

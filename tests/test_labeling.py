@@ -348,7 +348,8 @@ def test_export_files(db, small):
     pid, _ = small
     data, name, mime = io.export_file(db, pid, "conll", None, False)
     assert name == "Small.conll" and mime == "text/plain"
-    assert data.decode().startswith("Aspirin\tB-Drug\n")
+    assert data.decode().startswith("# split = train\n")  # what the project knows, then the tokens
+    assert "\nAspirin\tB-Drug\n" in data.decode()
     data, name, _ = io.export_file(db, pid, "jsonl", "train", True)
     assert name == "Small-train.jsonl" and len(data.decode().splitlines()) == 3
     assert io.export_filename("BC5CDR demo / v2", "hf", "test") == "BC5CDR_demo_v2-test-hf.zip"

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
 
 from core import config
 from core.cli import eval_cmds, run_cmds, template_cmds
@@ -41,31 +44,74 @@ def cmd_init(args) -> int:
 def cmd_import(args) -> int:
     db = get_db()
     project = _project(db, args.name)
-    result = io.import_file(
-        db, project["id"], args.file, fmt=args.format, split=args.split,
-        allow_new_labels=False if args.fixed_labels else None,
-    )
-    print(result.summary())
+    options = {"split": args.split, "allow_new_labels": False if args.fixed_labels else None,
+               "update": args.update, "text_field": args.text_field, "tags": args.tags}
+    if args.label_config:
+        options["label_config"] = _read_text(args.label_config)
+    fmt = None if args.format == "auto" else args.format
+    if args.file == "-":
+        result = io.import_bytes(db, project["id"], io.read_stdin(), fmt, name="stdin", **options)
+    else:
+        result = io.import_file(db, project["id"], args.file, fmt=fmt, **options)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        return 0
+    print(f"{result.summary()} (read as {result.format})")
+    for line in result.details():
+        print(line)
     return 0
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NerlabError(f"Cannot read {path}: {exc}") from None
 
 
 def cmd_export(args) -> int:
     db = get_db()
     project = _project(db, args.name)
+    to_stdout = args.file == "-"
+    if to_stdout and args.format == "hf":
+        raise NerlabError("The Hugging Face export is a folder: give a folder name, not -.")
+    notes: list[str] = []
     out = io.export(
-        db, project["id"], args.format, split=args.split,
-        include_unlabelled=args.include_unlabelled, path=args.file,
+        db, project["id"], args.format, split=args.split, include_unlabelled=args.include_unlabelled,
+        path=None if to_stdout else args.file, run_id=args.run, comments=not args.no_comments,
+        notes=notes,
     )
-    n = len(projects.examples(db, project["id"], split=args.split, labelled_only=not args.include_unlabelled))
-    print(f"Exported {n} sentence(s) to {args.file if args.format != 'hf' else out}.")
+    if to_stdout:
+        if isinstance(out, bytes):
+            sys.stdout.buffer.write(out)
+        else:
+            sys.stdout.write(out)
+        sys.stdout.flush()
+    elif args.format == "labelstudio":
+        names = [row["name"] for row in projects.list_labels(db, project["id"])]
+        config_path = Path(args.file).with_suffix(".config.xml")
+        config_path.write_text(io.labelstudio_config(names), encoding="utf-8")
+        notes.append(f"Label Studio labelling config for these tasks: {config_path}")
+    n = len(io.export_rows(db, project["id"], split=args.split,
+                           include_unlabelled=args.include_unlabelled))
+    # The report goes to stderr when the export itself goes to stdout.
+    report = sys.stderr if to_stdout else sys.stdout
+    print(f"Exported {n} sentence(s) to {'stdout' if to_stdout else out if args.format == 'hf' else args.file}.",
+          file=report)
+    for note in notes:
+        print(note, file=report)
     return 0
 
 
 def cmd_split(args) -> int:
     db = get_db()
     project = _project(db, args.name)
-    counts = projects.assign_splits(db, project["id"], dev=args.dev, test=args.test, seed=args.seed)
-    print(", ".join(f"{k}: {v}" for k, v in counts.items()))
+    report = projects.split_project(db, project["id"], dev=args.dev, test=args.test, seed=args.seed,
+                                    reassign=args.reassign)
+    if args.json:
+        print(json.dumps({**asdict(report), "summary": report.summary()}, indent=2))
+        return 0
+    print(report.summary())
     return 0
 
 
@@ -128,27 +174,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fixed-labels", action="store_true", help="reject imports with other types")
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("import", help="import sentences (atomic: a bad file writes nothing)")
+    p = sub.add_parser("import", help="import sentences (atomic: a bad file writes nothing)",
+                       description="Import a file (or a Hugging Face dataset folder); - reads "
+                       "standard input. The format is read from the content unless --format says.")
     p.add_argument("name", help="project")
-    p.add_argument("file")
-    p.add_argument("--format", choices=io.IMPORT_FORMATS, help="default: from the file name")
+    p.add_argument("file", help="file, dataset folder, or - for standard input")
+    p.add_argument("--format", choices=("auto", *io.IMPORT_FORMATS), default="auto",
+                   help="default: read from the content")
     p.add_argument("--split", choices=config.SPLITS, help="split for sentences that name none")
     p.add_argument("--fixed-labels", action="store_true", help="reject entity types not in the project")
+    p.add_argument("--update", action="store_true",
+                   help="apply the file's labels to sentences already in the project (and say what changed)")
+    p.add_argument("--text-field", help="Label Studio: the data field that holds the sentence")
+    p.add_argument("--label-config", metavar="FILE",
+                   help="Label Studio: the labelling config (XML), to find the text field")
+    p.add_argument("--tags", help="Hugging Face: tag names for numeric ner_tags, e.g. O,B-PER,I-PER")
+    p.add_argument("--json", action="store_true", help="print the import report as JSON")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("export", help="export labelled sentences")
+    p = sub.add_parser("export", help="export sentences (labelled ones unless asked)")
     p.add_argument("name", help="project")
-    p.add_argument("file", help="output file (a folder for --format hf)")
+    p.add_argument("file", help="output file, - for standard output (a folder for --format hf)")
     p.add_argument("--format", choices=io.EXPORT_FORMATS, default="conll")
     p.add_argument("--split", choices=config.SPLITS)
-    p.add_argument("--include-unlabelled", action="store_true")
+    p.add_argument("--include-unlabelled", action="store_true",
+                   help="also sentences not done yet (marked as such in the file)")
+    p.add_argument("--run", type=int, metavar="RUN_ID",
+                   help="Label Studio: add this run's predictions as pre-annotations")
+    p.add_argument("--no-comments", action="store_true",
+                   help="CoNLL: leave out the '# split = ...' lines (for readers that reject them)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("split", help="assign train/dev/test reproducibly")
+    p = sub.add_parser("split", help="draw dev (and test) sentences reproducibly",
+                       description="Draw dev and test sentences at random (same seed, same split). "
+                       "Test sentences, and sentences placed by hand or dev sentences placed by an "
+                       "import, stay where they are unless --reassign; a share you leave out is 0 "
+                       "for a split the import or a person filled, else 0.1 (dev) and 0.2 (test).")
     p.add_argument("name", help="project")
-    p.add_argument("--dev", type=float, default=0.1)
-    p.add_argument("--test", type=float, default=0.2)
+    p.add_argument("--dev", type=float, default=None, help="share of the movable sentences for dev")
+    p.add_argument("--test", type=float, default=None, help="share of the movable sentences for test")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reassign", action="store_true",
+                   help="also move sentences placed by hand or by an import, and test sentences "
+                   "(never those already scored as test data)")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("stats", help="counts per split and entity type")
@@ -177,7 +246,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return int(func(args) or 0)
+        code = int(func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (e.g. ``nerlab stats X | head``): stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except NerlabError as exc:
         print(f"nerlab: {exc}", file=sys.stderr)
         return 1

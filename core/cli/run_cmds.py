@@ -115,7 +115,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise NerlabError(f"{len(errors)} pre-flight check(s) failed (see above); fix them or "
                           "pass --force.")
     run_id, started = launcher.submit_training(db, project["id"], cfg, name=args.run_name or "")
-    print(run_id)
+    if getattr(args, "json", False):
+        print(json.dumps({"run_id": run_id, "queued": not started,
+                          "issues": [{"level": i.level, "title": i.title, "message": i.msg}
+                                     for i in issues]}))
+    else:
+        print(run_id)
     if not started:
         print(f"Run {run_id} is queued behind the active run.", file=sys.stderr)
     if not args.wait:
@@ -198,6 +203,8 @@ def register(subparsers) -> None:
     p.add_argument("--wait", action="store_true",
                    help="print progress until the run ends; exit 0 finished, 1 failed, 2 stopped")
     p.add_argument("--force", action="store_true", help="start despite failed pre-flight checks")
+    p.add_argument("--json", action="store_true",
+                   help="print the new run as JSON (run_id, queued, pre-flight issues) instead of its id")
     _add_setting_flags(p)
     p.set_defaults(func=cmd_train)
 

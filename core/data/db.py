@@ -211,3 +211,16 @@ def m_eval_001_prediction_details_and_try(db: Database) -> None:
         );
         """
     )
+
+
+@migrations()
+def m_io_001_split_source(db: Database) -> None:
+    """Where each sentence's split came from, so that a random split leaves alone what an import
+    or a person placed: ``default`` (nothing named a split: train), ``import``, ``hand``,
+    ``random``. Sentences stored before this migration are ``default`` in train and ``import``
+    in dev and test (their origin is unknown; keeping them where they are is the safe reading)."""
+    db.execute(
+        "ALTER TABLE sentences ADD COLUMN split_source TEXT NOT NULL DEFAULT 'default'"
+        " CHECK (split_source IN ('default', 'import', 'hand', 'random'))"
+    )
+    db.execute("UPDATE sentences SET split_source = 'import' WHERE split != 'train'")

@@ -9,17 +9,33 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import re
 import shutil
+import unicodedata
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 
 from sqlite_utils import Database
 
 from core import config
 from core.data.db import now
-from core.data.spans import Example, Span, SpanError, validate_spans
+from core.data.records import (  # noqa: F401 - re-exported: callers import them from here
+    SPLIT_SOURCES,
+    AddResult,
+    DuplicateConflict,
+    SentenceRecord,
+    anchored,
+    move_spans,
+)
+from core.data.spans import Example, Span, SpanError, split_at_spans, tokenize, validate_spans
+from core.data.splits import (  # noqa: F401 - re-exported
+    SplitReport,
+    assign_splits,
+    carve_dev,
+    locked_test_ids,
+    set_split,
+    split_counts,
+    split_project,
+)
 from core.errors import Conflict, NerlabError, NotFound  # noqa: F401 - re-exported
 
 _HOTKEYS = "123456789" + "qwertyuiopasdfghjklzxcvbnm"
@@ -154,10 +170,26 @@ def label_by_name(db: Database, project_id: int) -> dict[str, dict]:
 _LABEL_NAME_RE = re.compile(r"^[^\s\[\]{}:,\"']([^\[\]{}:,\"']*[^\s\[\]{}:,\"'])?$")
 
 
+#: Unicode categories no entity type name may contain: control, format (zero-width and
+#: direction marks), surrogates, private use, unassigned, line and paragraph separators.
+_INVISIBLE = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
 def _check_label_name(name: str) -> str:
+    if not isinstance(name, str):
+        raise NerlabError(f"An entity type name must be text, got {type(name).__name__}.")
     name = name.strip()
     if not name:
         raise NerlabError("An entity type needs a name.")
+    bad = next((ch for ch in name if unicodedata.category(ch) in _INVISIBLE), None)
+    if bad is not None:
+        raise NerlabError(
+            f"Entity type name {ascii(name)} is not allowed: it contains the control or invisible "
+            f"character U+{ord(bad):04X} ({unicodedata.name(bad, 'unnamed')}); names must be "
+            "readable text."
+        )
+    if not any(unicodedata.category(ch)[0] in "LNPS" for ch in name):
+        raise NerlabError(f"Entity type name {ascii(name)} is not allowed: it has no visible character.")
     if not _LABEL_NAME_RE.match(name) or len(name) > 40:
         raise NerlabError(
             f"Entity type name {name!r} is not allowed: use up to 40 characters without "
@@ -249,34 +281,6 @@ def delete_label(db: Database, label_id: int) -> int:
     return n
 
 
-@dataclass
-class SentenceRecord:
-    """A sentence to add: its text, optional token offsets and optional gold spans."""
-
-    text: str
-    spans: list[Span] = field(default_factory=list)
-    tokens: list[tuple[int, int]] | None = None
-    split: str | None = None
-    labelled: bool | None = None
-    source: str = ""
-    line: int | None = None  # where it came from in its file, for error messages
-
-
-@dataclass
-class AddResult:
-    added: int = 0
-    duplicates: int = 0
-    new_labels: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        parts = [f"{self.added} sentence(s) added"]
-        if self.duplicates:
-            parts.append(f"{self.duplicates} duplicate(s) skipped")
-        if self.new_labels:
-            parts.append("new entity type(s): " + ", ".join(self.new_labels))
-        return "; ".join(parts) + "."
-
-
 def add_sentences(
     db: Database,
     project_id: int,
@@ -284,12 +288,18 @@ def add_sentences(
     split: str | None = None,
     allow_new_labels: bool | None = None,
     annotator: str | None = "import",
+    update: bool = False,
 ) -> AddResult:
     """Add sentences (with their spans) in one transaction; nothing is written on error.
 
-    Sentences whose text is already in the project are skipped. Entity types not yet in the
-    project are added unless the project has a fixed label set (or ``allow_new_labels`` is
-    False), in which case the whole import is rejected with the first offending line.
+    A sentence whose text (whitespace aside) is already in the project, or earlier in
+    ``records``, is a duplicate: the first copy is kept, and the report lists every duplicate
+    whose labels differ from it. With ``update`` a labelled record replaces the annotation of
+    the copy already in the project instead (as :func:`save_annotation` would), and the report
+    says what changed. Entity types not yet in the project are added unless the project has a
+    fixed label set (or ``allow_new_labels`` is False), in which case the whole import is
+    rejected with the first offending line. A record with spans but no tokens of its own is
+    stored with the default tokens cut where a span starts or ends inside one.
     """
     project = db["projects"].get(project_id)
     if allow_new_labels is None:
@@ -300,71 +310,144 @@ def add_sentences(
     labels = label_by_name(db, project_id)
     result = AddResult()
     for rec in records:
-        where = f"line {rec.line}: " if rec.line else ""
-        if not rec.text.strip():
-            raise NerlabError(f"{where}empty sentence.")
-        try:
-            rec.spans = validate_spans(rec.text, rec.spans)
-        except SpanError as exc:
-            raise NerlabError(f"{where}{exc}") from None
-        if rec.split is not None and rec.split not in config.SPLITS:
-            raise NerlabError(f"{where}split {rec.split!r} is not one of {', '.join(config.SPLITS)}.")
-        for span in rec.spans:
-            if span.label not in labels and span.label not in result.new_labels:
-                if not allow_new_labels:
-                    raise NerlabError(
-                        f"{where}entity type {span.label!r} is not in this project's fixed label "
-                        f"set ({', '.join(labels) or 'none'})."
-                    )
-                _check_label_name(span.label)
-                result.new_labels.append(span.label)
+        _check_record(rec, labels, result, allow_new_labels)
     stamp = now()
     with db.atomic():
         for name in result.new_labels:
             add_label(db, project_id, name)
         labels = label_by_name(db, project_id)
-        seen = {
-            r["hash"] for r in db.query("SELECT hash FROM sentences WHERE project_id = ?", [project_id])
-        }
+        stored = {r["hash"]: dict(r, number=i) for i, r in enumerate(db.query(
+            "SELECT id, hash, text, tokens, status FROM sentences WHERE project_id = ?"
+            " ORDER BY position", [project_id]), start=1)}
+        before = len(stored)
+        kept: dict[str, tuple[str, list[Span], bool, int | None, int | None]] = {}
         position = db.execute(
             "SELECT COALESCE(MAX(position), -1) + 1 FROM sentences WHERE project_id = ?", [project_id]
         ).fetchone()[0]
         for rec in records:
             digest = text_hash(rec.text)
-            if digest in seen:
-                result.duplicates += 1
-                continue
-            seen.add(digest)
             labelled = rec.labelled if rec.labelled is not None else bool(rec.spans)
+            if digest in kept or digest in stored:
+                result.duplicates += 1
+                if digest not in kept:  # the first copy of this file: compare with the project's
+                    row = stored[digest]
+                    old = sentence_spans(db, row["id"])
+                    kept[digest] = (row["text"], old, row["status"] == "labelled", row["number"], None)
+                    if update and labelled:
+                        new = move_spans(rec.text, row["text"], rec.spans)
+                        _update(db, row, old, new, labels, rec.annotator or annotator, stamp, result)
+                        kept[digest] = (row["text"], new, True, row["number"], rec.line)
+                        continue
+                text, spans, was_labelled, number, line = kept[digest]
+                if (labelled or rec.spans) and (labelled != was_labelled or
+                                                anchored(rec.text, rec.spans) != anchored(text, spans)):
+                    result.conflicts.append(DuplicateConflict(rec.line, number, line, rec.unit))
+                continue
+            result.added += 1
+            kept[digest] = (rec.text, rec.spans, labelled, before + result.added, rec.line)
+            who = rec.annotator or (annotator if labelled else None)
+            created = rec.created_at or rec.updated_at or stamp
             cursor = db.execute(
-                "INSERT INTO sentences (project_id, position, text, tokens, split, source, hash,"
-                " status, annotator, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                [
-                    project_id,
-                    position,
-                    rec.text,
-                    json.dumps(rec.tokens) if rec.tokens else None,
-                    rec.split or split or "train",
-                    rec.source,
-                    digest,
-                    "labelled" if labelled else "unlabelled",
-                    annotator if labelled else None,
-                    stamp,
-                    stamp,
-                ],
+                "INSERT INTO sentences (project_id, position, text, tokens, split, split_source,"
+                " source, hash, status, annotator, created_at, updated_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                [project_id, position, rec.text, json.dumps(rec.tokens) if rec.tokens else None,
+                 rec.split or split or "train", _split_source(rec, split), rec.source, digest,
+                 "labelled" if labelled else "unlabelled", who, created, rec.updated_at or created],
             )
             position += 1
-            sentence_id = cursor.lastrowid
             db.conn.executemany(
                 'INSERT INTO spans (sentence_id, start, "end", label_id, origin, annotator,'
                 " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?)",
-                [
-                    (sentence_id, s.start, s.end, labels[s.label]["id"], "gold", annotator, stamp, stamp)
-                    for s in rec.spans
-                ],
+                [(cursor.lastrowid, s.start, s.end, labels[s.label]["id"], "gold",
+                  rec.annotator or annotator, created, rec.updated_at or created) for s in rec.spans],
             )
-            result.added += 1
     return result
+
+
+def _check_record(rec: SentenceRecord, labels: dict, result: AddResult, allow_new: bool) -> None:
+    """Validate one record before anything is written; say which line is wrong."""
+    where = f"{rec.unit} {rec.line}: " if rec.line else ""
+    if not rec.text.strip():
+        raise NerlabError(f"{where}empty sentence.")
+    if "\x00" in rec.text:
+        raise NerlabError(f"{where}the sentence contains a NUL character (is this a binary file?).")
+    try:
+        rec.spans = validate_spans(rec.text, rec.spans)
+    except SpanError as exc:
+        raise NerlabError(f"{where}{exc}") from None
+    if rec.split is not None and rec.split not in config.SPLITS:
+        raise NerlabError(f"{where}split {rec.split!r} is not one of {', '.join(config.SPLITS)}.")
+    for span in rec.spans:
+        if span.label not in labels and span.label not in result.new_labels:
+            if not allow_new:
+                raise NerlabError(
+                    f"{where}entity type {span.label!r} is not in this project's fixed label "
+                    f"set ({', '.join(labels) or 'none'})."
+                )
+            try:
+                _check_label_name(span.label)
+            except NerlabError as exc:
+                raise NerlabError(f"{where}{exc}") from None
+            result.new_labels.append(span.label)
+    if rec.spans:  # the tokens must agree with the labels: cut where a span starts or ends inside one
+        base = rec.tokens if rec.tokens is not None else tokenize(rec.text)
+        cut = split_at_spans(base, rec.spans)
+        if cut != base:
+            rec.tokens = cut
+
+
+def _split_source(rec: SentenceRecord, split: str | None) -> str:
+    if rec.split and rec.split_source in SPLIT_SOURCES and (
+            rec.split_source != "default" or rec.split == "train"):
+        return rec.split_source  # NERLab's own export says how the split was set
+    if rec.split or split:
+        return "import"
+    return "default"
+
+
+def _update(db: Database, row: dict, old: list[Span], new: list[Span], labels: dict,
+            annotator: str | None, stamp: str, result: AddResult) -> None:
+    """Apply a re-imported annotation to a sentence already in the project (``--update``)."""
+    before, after = anchored(row["text"], old), anchored(row["text"], new)
+    if before == after and row["status"] == "labelled":
+        return
+    try:
+        ordered = validate_spans(row["text"], new)
+    except SpanError as exc:
+        raise NerlabError(f"Sentence {row['number']}: {exc}") from None
+    tokens = [tuple(t) for t in json.loads(row["tokens"])] if row["tokens"] else None
+    cut = split_at_spans(tokens or tokenize(row["text"]), ordered)
+    if cut != (tokens or tokenize(row["text"])):
+        db.execute("UPDATE sentences SET tokens = ? WHERE id = ?", [json.dumps(cut), row["id"]])
+    _write_annotation(db, row["id"], ordered, labels, annotator or "import", "labelled", stamp)
+    result.updated += 1
+    result.updated_numbers.append(row["number"])
+    result.spans_added += len(after - before)
+    result.spans_removed += len(before - after)
+
+
+def _write_annotation(db: Database, sentence_id: int, ordered: Sequence[Span], labels: dict,
+                      annotator: str, status: str, stamp: str,
+                      expected_version: int | None = None) -> int:
+    """Replace a sentence's gold spans and status (inside the caller's transaction); returns how
+    many sentence rows changed (0: somebody saved it since ``expected_version``)."""
+    cur = db.execute(
+        "UPDATE sentences SET status = ?, annotator = ?, version = version + 1, updated_at = ?"
+        " WHERE id = ?" + (" AND version = ?" if expected_version is not None else ""),
+        [status, annotator, stamp, sentence_id]
+        + ([expected_version] if expected_version is not None else []),
+    )
+    if cur.rowcount == 0:
+        return 0
+    db.execute("DELETE FROM spans WHERE sentence_id = ? AND origin = 'gold'", [sentence_id])
+    db.conn.executemany(
+        'INSERT INTO spans (sentence_id, start, "end", label_id, origin, annotator,'
+        " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?)",
+        [(sentence_id, s.start, s.end, labels[s.label]["id"], "gold", annotator, stamp, stamp)
+         for s in ordered],
+    )
+    return cur.rowcount
 
 
 def get_sentence(db: Database, sentence_id: int) -> dict:
@@ -406,29 +489,14 @@ def save_annotation(
     for span in ordered:
         if span.label not in labels:
             raise NerlabError(f"Sentence {sentence_id}: unknown entity type {span.label!r}.")
-    stamp = now()
     with db.atomic():
-        cur = db.execute(
-            "UPDATE sentences SET status = ?, annotator = ?, version = version + 1, updated_at = ?"
-            " WHERE id = ?" + (" AND version = ?" if expected_version is not None else ""),
-            [status, annotator, stamp, sentence_id]
-            + ([expected_version] if expected_version is not None else []),
-        )
-        if cur.rowcount == 0:
+        if not _write_annotation(db, sentence_id, ordered, labels, annotator, status, now(),
+                                 expected_version):
             current = get_sentence(db, sentence_id)
             raise Conflict(
                 f"Sentence {sentence['position'] + 1} was changed by {current['annotator'] or 'someone'} "
                 f"at {current['updated_at']} after you opened it; reload it to see their version."
             )
-        db.execute("DELETE FROM spans WHERE sentence_id = ? AND origin = 'gold'", [sentence_id])
-        db.conn.executemany(
-            'INSERT INTO spans (sentence_id, start, "end", label_id, origin, annotator,'
-            " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?)",
-            [
-                (sentence_id, s.start, s.end, labels[s.label]["id"], "gold", annotator, stamp, stamp)
-                for s in ordered
-            ],
-        )
         # Read inside the transaction: after it, another process may have saved a newer one.
         return db.execute("SELECT version FROM sentences WHERE id = ?", [sentence_id]).fetchone()[0]
 
@@ -472,90 +540,6 @@ def examples(
         )
         for r in rows
     ]
-
-
-def locked_test_ids(db: Database, project_id: int) -> set[int]:
-    """Sentences that have been scored as test data: they never leave the test split."""
-    return {
-        r["sentence_id"]
-        for r in db.query(
-            "SELECT DISTINCT p.sentence_id FROM predictions p JOIN sentences s ON s.id = p.sentence_id"
-            " WHERE s.project_id = ? AND p.split = 'test'",
-            [project_id],
-        )
-    }
-
-
-def assign_splits(
-    db: Database, project_id: int, dev: float = 0.1, test: float = 0.2, seed: int = 0
-) -> dict[str, int]:
-    """Assign every sentence to train/dev/test reproducibly (same seed → same split).
-
-    The assignment depends only on each sentence's content hash and the seed, so adding
-    sentences later does not reshuffle the old ones. Sentences already scored as test data stay
-    in test. Returns the count per split.
-    """
-    if not (0 <= dev < 1 and 0 <= test < 1 and dev + test < 1):
-        raise NerlabError(f"Split ratios dev={dev} and test={test} must be in [0, 1) and sum below 1.")
-    locked = locked_test_ids(db, project_id)
-    rows = list(db.query("SELECT id, hash FROM sentences WHERE project_id = ?", [project_id]))
-    updates = []
-    for r in rows:
-        if r["id"] in locked:
-            updates.append(("test", r["id"]))
-            continue
-        u = random.Random(f"{seed}:{r['hash']}").random()
-        updates.append(("test" if u < test else "dev" if u < test + dev else "train", r["id"]))
-    with db.atomic():
-        db.conn.executemany("UPDATE sentences SET split = ? WHERE id = ?", updates)
-    return split_counts(db, project_id)
-
-
-def carve_dev(db: Database, project_id: int, share: float = 0.1, seed: int = 0) -> int:
-    """Move a reproducible ``share`` of the labelled training sentences to dev (at least one);
-    test is never touched. Returns how many moved. What a project imported as train + test
-    files needs before it can be trained."""
-    if not 0 < share < 1:
-        raise NerlabError(f"The dev share must be between 0 and 1, got {share}.")
-    rows = list(db.query("SELECT id, hash FROM sentences WHERE project_id = ? AND split = 'train'"
-                         " AND status = 'labelled'", [project_id]))
-    if len(rows) < 2:
-        raise NerlabError("There are too few labelled training sentences to set some aside as dev.")
-    rows.sort(key=lambda r: random.Random(f"{seed}:{r['hash']}").random())
-    chosen = [r["id"] for r in rows[: max(1, round(share * len(rows)))]]
-    with db.atomic():
-        db.conn.executemany("UPDATE sentences SET split = 'dev' WHERE id = ?", [(i,) for i in chosen])
-    return len(chosen)
-
-
-def set_split(db: Database, sentence_ids: Sequence[int], split: str) -> int:
-    """Move sentences to a split; refuses to move scored test sentences out of test."""
-    if split not in config.SPLITS:
-        raise NerlabError(f"Split {split!r} is not one of {', '.join(config.SPLITS)}.")
-    if not sentence_ids:
-        return 0
-    project_id = get_sentence(db, sentence_ids[0])["project_id"]
-    if split != "test":
-        stuck = locked_test_ids(db, project_id) & set(sentence_ids)
-        if stuck:
-            raise NerlabError(
-                f"{len(stuck)} of these sentences have been scored as test data and stay in test "
-                "(moving them would leak test data into training)."
-            )
-    with db.atomic():
-        db.conn.executemany(
-            "UPDATE sentences SET split = ? WHERE id = ?", [(split, i) for i in sentence_ids]
-        )
-    return len(sentence_ids)
-
-
-def split_counts(db: Database, project_id: int) -> dict[str, int]:
-    counts = dict.fromkeys(config.SPLITS, 0)
-    for r in db.query(
-        "SELECT split, COUNT(*) AS n FROM sentences WHERE project_id = ? GROUP BY split", [project_id]
-    ):
-        counts[r["split"]] = r["n"]
-    return counts
 
 
 def stats(db: Database, project_id: int) -> dict:
