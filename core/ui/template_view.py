@@ -152,7 +152,9 @@ def _edited(tpl: PromptTemplate) -> tuple[PromptTemplate | None, list[str]]:
 def editor(tpl: PromptTemplate) -> tuple[PromptTemplate | None, list[str]]:
     """The edit form for ``tpl``; returns the edited template (None if invalid) and its errors,
     which are shown above the fields (where they are seen while typing)."""
-    if st.session_state.get("template_loaded") != tpl.id:
+    # Widget state is dropped when the user visits another page: reload the fields then too.
+    if st.session_state.get("template_loaded") != tpl.id or any(
+            key not in st.session_state for key in EDITOR_KEYS):
         _load_into_editor(tpl)
     edited, errors = _edited(tpl)
     for message in errors:
