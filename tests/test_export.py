@@ -147,6 +147,13 @@ def trained(tmp_path_factory, bundled_model_path):
                 out = adapter.generate(**ids, max_new_tokens=8, do_sample=False)
                 n_prompt = ids["input_ids"].shape[1]
                 seqs.append((out, n_prompt, adapter(out).logits[0, n_prompt - 1:-1]))
+            changed = 0
+            with adapter.disable_adapter():  # the base model alone picks other tokens somewhere,
+                for out, n_prompt, _ref in seqs:  # so agreeing with the adapter means something
+                    base = adapter(out).logits[0, n_prompt - 1:-1]
+                    changed += int((base.argmax(-1) != out[0, n_prompt:]).sum())
+        print(f"base model differs from the adapter at {changed} greedy positions")
+        assert changed > 0
         yield SimpleNamespace(db=db, run_id=run_id, project=project, home=home, tok=tok,
                               seqs=seqs, labels=plan.label_names)
     finally:

@@ -33,7 +33,7 @@ from typing import Any
 from core.errors import NerlabError
 
 #: Hugging Face architectures written as llama.cpp's ``llama`` architecture.
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 OUTTYPES = ("f16", "f32", "q8_0")
 
 #: llama.cpp names a byte-level BPE pre-tokenizer by the sha256 of the token ids its Hugging Face
@@ -52,9 +52,8 @@ KNOWN_PRE_TOKENIZERS = {
 }
 
 SUPPORTED_TEXT = (
-    "Supported: Llama-family models (LlamaForCausalLM, MistralForCausalLM) with a byte-level BPE "
-    "tokenizer of SmolLM/SmolLM2 or Llama 3/3.1/3.2 — e.g. the bundled SmolLM2 and "
-    "Meta-Llama-3-8B-Instruct."
+    "Supported: Llama-family models (LlamaForCausalLM) with the byte-level BPE tokenizer of "
+    "SmolLM/SmolLM2 or Llama 3/3.1/3.2 — e.g. the bundled SmolLM2 and Meta-Llama-3-8B-Instruct."
 )
 
 
@@ -196,7 +195,7 @@ def tokenizer_fields(folder: Path, n_vocab: int) -> dict:
         else:
             tokens.append(text)
             types.append(gguf.TokenType.NORMAL)
-    probe = tok("a")["input_ids"]  # what the Hugging Face tokenizer adds around a text
+    probe = list(tok("a")["input_ids"])  # what the Hugging Face tokenizer adds around a text
     return {
         "tokens": tokens, "types": types, "pre": pre,
         "add_bos": tok.bos_token_id is not None and probe[:1] == [tok.bos_token_id],

@@ -32,9 +32,19 @@ def _go_literal(text: str) -> str:
     return text.replace("{{", '{{ "{{" }}')
 
 
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer puts BOS before a text (written to the GGUF as add_bos_token)."""
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    return bos_id is not None and list(tokenizer("a")["input_ids"][:1]) == [bos_id]
+
+
 def ollama_template(tokenizer: Any, template: Any, labels: list[dict], shots: list) -> str:
     """The Go template of the whole prompt, with ``{{ .Prompt }}`` where the sentence goes."""
     prompt, _ = build_chat(tokenizer, template, SENTENCE_MARKER, labels, shots=shots)
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and prompt.startswith(bos) and adds_bos(tokenizer):
+        # The engine adds BOS itself (the GGUF says so, as the tokenizer does): once is enough.
+        prompt = prompt[len(bos):]
     if SENTENCE_MARKER not in prompt:
         raise NerlabError("The template's prompt does not contain the sentence; it cannot be "
                           "written as an Ollama template.")
