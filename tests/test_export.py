@@ -43,6 +43,14 @@ def test_default_dtype_rule():
         merging.dtype_name("int4")
 
 
+def test_export_reuses_a_merged_folder_only_when_it_is_precise_enough():
+    from core.models.export import _precise_enough
+
+    assert _precise_enough("float32", "f32") and _precise_enough("float32", "q8_0")
+    assert _precise_enough("float16", "f16") and _precise_enough("float16", "q8_0")
+    assert not _precise_enough("float16", "f32") and not _precise_enough("bfloat16", "f16")
+
+
 def test_other_architectures_are_refused_with_what_is_supported(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"]}))
     with pytest.raises(NerlabError) as err:

@@ -3,9 +3,10 @@
 ``gguf``: one GGUF file of the merged model (llama.cpp, Ollama, LM Studio) and an Ollama
 ``Modelfile`` holding the run's prompt, in ``runs/<id>/export`` unless told otherwise.
 
-The GGUF is converted from the run's merged folder (``nerlab merge``) when there is one, whatever
-its dtype; otherwise the adapter is merged in float32 into a temporary folder first, which is
-removed afterwards (a float32 copy of an 8B model would take 32 GB of disk).
+The GGUF is converted from the run's merged folder (``nerlab merge``) when there is one precise
+enough for the output type (fp32; fp16 for f16 and q8_0); otherwise the adapter is merged in
+float32 into a temporary folder first, which is removed afterwards (a float32 copy of an 8B model
+would take 32 GB of disk).
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ def model_name(run: dict) -> str:
     return slug if str(run["id"]) in slug else f"{slug}-{run['id']}"
 
 
+def _precise_enough(merged_dtype: str, outtype: str) -> bool:
+    """Whether a merged folder in ``merged_dtype`` holds every bit an ``outtype`` GGUF keeps: fp32
+    always; fp16 for f16 (the same values) and q8_0 (far coarser); bf16 never (8 significant
+    bits where f16 keeps 11)."""
+    return merged_dtype == "float32" or (merged_dtype == "float16" and outtype in ("f16", "q8_0"))
+
+
 def export_run(db: Database, run_id: int, fmt: str = "gguf", out: str | Path | None = None,
                outtype: str = "f16", log: Callable[[str], None] = print) -> dict:
     """Export a finished run; return ``{"gguf", "modelfile", "name", "seconds"}`` (paths)."""
@@ -58,11 +66,14 @@ def export_run(db: Database, run_id: int, fmt: str = "gguf", out: str | Path | N
     name = model_name(run)
     merged = merging.runs_merged_dir(run_id)
     temporary = None
-    if merging.merged_info(merged):
-        log(f"Converting the merged model in {merged}.")
+    info = merging.merged_info(merged)
+    if info and _precise_enough(info["dtype"], outtype):
+        log(f"Converting the merged model in {merged} ({merging.short_name(info['dtype'])}).")
     else:
         temporary = out_dir / ".merged-fp32.partial"
-        log("No merged model yet: merging the adapter in float32 for the conversion.")
+        log(("No merged model yet" if not info else
+             f"The merged model in {merged} is {merging.short_name(info['dtype'])}, less precise "
+             f"than {outtype}") + ": merging the adapter in float32 for the conversion.")
         merged = merge_run(db, run_id, out=temporary, dtype="fp32", log=log)
     try:
         gguf_file = gguf_export.convert_folder(merged, out_dir / f"{name}-{outtype}.gguf",
