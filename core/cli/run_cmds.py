@@ -1,4 +1,4 @@
-"""``nerlab train|runs|stop|merge``: fine-tuning runs without the browser.
+"""``nerlab train|runs|stop|merge|export-model``: fine-tuning runs without the browser.
 
 ``nerlab train NAME`` prints the new run's id and returns at once (the run goes on in the
 background); with ``--wait`` it prints progress and its exit code reflects the outcome
@@ -20,7 +20,10 @@ from core.data.runs import get_run, list_runs, run_metrics
 from core.errors import NerlabError
 from core.jobs import launcher
 from core.models import loader
-from core.models.adapters import merge_run
+from core.models.adapters import DEFAULT_SHARD_SIZE, merge_run
+from core.models.export import export_run
+from core.models.gguf_export import OUTTYPES
+from core.models.merging import DTYPES
 from core.training.checks import check_run
 from core.training.runconfig import FIELDS, PRESETS, RunConfig, get_preset
 
@@ -186,12 +189,20 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     db = get_db()
-    merge_run(db, args.run, out=args.out)
+    merge_run(db, args.run, out=args.out, dtype=args.dtype, max_shard_size=args.max_shard_size)
+    return 0
+
+
+def cmd_export_model(args: argparse.Namespace) -> int:
+    db = get_db()
+    result = export_run(db, args.run, fmt=args.format, out=args.out, outtype=args.outtype)
+    print(f"Ollama: ollama create {result['name']} -f {result['modelfile']}")
+    print(f"llama.cpp: llama-cli -m {result['gguf']}")
     return 0
 
 
 def register(subparsers) -> None:
-    """Add ``train``, ``runs``, ``stop`` and ``merge`` to the ``nerlab`` parser."""
+    """Add ``train``, ``runs``, ``stop``, ``merge`` and ``export-model`` to the ``nerlab`` parser."""
     p = subparsers.add_parser(
         "train", help="start a fine-tuning run in the background (prints its id)",
         description=("Start a fine-tuning run. Presets: " + "; ".join(
@@ -221,4 +232,24 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("merge", help="merge a run's adapter into its base model and save it")
     p.add_argument("run", type=int, help="run id")
     p.add_argument("--out", help="output folder (default: runs/ID/merged in the data directory)")
+    p.add_argument("--dtype", choices=list(DTYPES),
+                   help="dtype of the merged weights (merged in fp32, cast at the end); default: "
+                   "the training dtype of a GPU run in bf16, else the base model's own half "
+                   "precision, else fp32")
+    p.add_argument("--max-shard-size", default=DEFAULT_SHARD_SIZE,
+                   help="largest safetensors file; bigger models are split into shards with an "
+                   "index (default %(default)s)")
     p.set_defaults(func=cmd_merge)
+
+    p = subparsers.add_parser(
+        "export-model", help="export a run for llama.cpp / Ollama (GGUF file and Modelfile)",
+        description="Write the run's merged model as a GGUF file (Llama-family models) and an "
+        "Ollama Modelfile holding the run's prompt. Merges first (fp32) when there is no merged "
+        "model yet.")
+    p.add_argument("run", type=int, help="run id")
+    p.add_argument("--format", choices=["gguf"], default="gguf")
+    p.add_argument("--out", help="output folder (default: runs/ID/export in the data directory)")
+    p.add_argument("--outtype", choices=list(OUTTYPES), default="f16",
+                   help="tensor type in the GGUF file (default %(default)s; q8_0 is about half "
+                   "the size)")
+    p.set_defaults(func=cmd_export_model)

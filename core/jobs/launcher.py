@@ -253,13 +253,16 @@ def submit_baseline(db: Database, project_id: int, kind: str, settings: dict,
     return submit(db, project_id, kind, cfg, name, cfg.get("base_model", ""))
 
 
-def launch_merge(run_id: int) -> int:
-    """Start ``nerlab merge RUN_ID`` in the background (log: ``runs/<id>/merge.log``); return
-    its pid. The merged model lands in ``runs/<id>/merged``."""
+def launch_merge(run_id: int, dtype: str | None = None) -> int:
+    """Start ``nerlab merge RUN_ID [--dtype DTYPE]`` in the background (log:
+    ``runs/<id>/merge.log``); return its pid. The merged model lands in ``runs/<id>/merged``."""
     folder = run_dir(run_id)
     if merge_state(run_id) == "running":
         raise NerlabError(f"Run {run_id}'s adapter is already being merged.")
-    pid = spawn(["-m", "core.cli", "merge", str(int(run_id))], folder / "merge.log")
+    args = ["-m", "core.cli", "merge", str(int(run_id))]
+    if dtype:
+        args += ["--dtype", dtype]
+    pid = spawn(args, folder / "merge.log")
     (folder / "merge.pid").write_text(str(pid))
     return pid
 

@@ -17,7 +17,7 @@ from sqlite_utils import Database
 from core import config
 from core.data.runs import get_run
 from core.errors import NerlabError
-from core.models import loader
+from core.models import loader, merging
 from core.models.loader import set_threads
 
 ADAPTER_DIR = "adapter"
@@ -27,6 +27,10 @@ MERGED_DIR = "merged"
 
 
 META_FILE = "nerlab.json"
+
+
+#: Largest safetensors shard a merge writes unless told otherwise (the Hugging Face Hub convention).
+DEFAULT_SHARD_SIZE = "5GB"
 
 
 @contextlib.contextmanager
@@ -67,17 +71,19 @@ def adapter_path(db: Database, run_id: int) -> Path:
     return folder
 
 
-def load_adapter(folder: str | Path, device: str | None = None, merge: bool = False):
+def load_adapter(folder: str | Path, device: str | None = None, merge: bool = False,
+                 dtype: str | None = None):
     """Load a saved run's base model with its adapter: ``(model, tokenizer)``.
 
-    The base model is the one recorded in ``nerlab.json`` (full precision, even for QLoRA runs).
+    The base model is the one recorded in ``nerlab.json`` (full precision, even for QLoRA runs;
+    ``dtype`` as :func:`loader.load_model` takes it, default float32 on CPU).
     """
     from peft import PeftModel
 
     folder = Path(folder)
     meta = json.loads((folder / META_FILE).read_text())
     base = meta["config"]["base_model"]
-    model, tokenizer = loader.load_model(base, device=device)
+    model, tokenizer = loader.load_model(base, dtype=dtype, device=device)
     if (folder / "tokenizer_config.json").is_file():
         from transformers import AutoTokenizer
 
@@ -92,23 +98,62 @@ def load_adapter(folder: str | Path, device: str | None = None, merge: bool = Fa
     return model, tokenizer
 
 
-def merge_run(db: Database, run_id: int, out: str | Path | None = None,
+def finished_adapter(db: Database, run_id: int) -> Path:
+    """The adapter of a run that may be merged or exported: a training run that finished (or was
+    stopped, which keeps the adapter saved last). A queued, running or failed run is refused with
+    a NerlabError saying why."""
+    run = get_run(db, run_id)
+    if run["kind"] == "train" and run["status"] in ("queued", "running"):
+        raise NerlabError(f"Run {run_id} is still {run['status']}; merge or export it when it has "
+                          f"finished (or stop it: nerlab stop {run_id} keeps its adapter).")
+    if run["kind"] == "train" and run["status"] == "failed":
+        raise NerlabError(f"Run {run_id} failed ({run['error_kind']}: {run['error_message']}); "
+                          "a failed run's adapter is not merged or exported. Start a new run.")
+    return adapter_path(db, run_id)
+
+
+def merge_run(db: Database, run_id: int, out: str | Path | None = None, dtype: str | None = None,
+              max_shard_size: str | None = DEFAULT_SHARD_SIZE,
               log: Callable[[str], None] = print) -> Path:
-    """Merge a run's adapter into its base model and save the result (with the tokenizer) to
-    ``runs/<id>/merged`` (or ``out``); return the folder. Loadable with ``from_pretrained``."""
+    """Merge a run's adapter into its base model and save the result (with the tokenizer and its
+    chat template) to ``runs/<id>/merged`` (or ``out``); return the folder. Loadable with plain
+    ``AutoModelForCausalLM.from_pretrained``.
+
+    ``dtype`` is ``bf16``, ``fp16`` or ``fp32``; None follows :func:`merging.default_dtype`.
+    The adapted weights are merged in float32 and cast once at the end. ``max_shard_size``
+    (e.g. ``"5GB"``) splits the weights into safetensors shards with an index.
+    """
     started = time.perf_counter()
-    folder = adapter_path(db, run_id)
-    target = Path(out) if out else config.runs_dir() / str(run_id) / MERGED_DIR
+    folder = finished_adapter(db, run_id)
+    meta = json.loads((folder / META_FILE).read_text())
+    base = meta["config"]["base_model"]
+    resolved = loader.resolve(base)
+    base_dtype = merging.config_dtype(Path(resolved)) or merging.config_dtype(
+        merging.local_base_folder(base))
+    if dtype:
+        target, why = merging.dtype_name(dtype), "asked for"
+    else:
+        target, why = merging.default_dtype(meta, base_dtype)
+    # A half-precision base is exact in its own dtype; merging upcasts one layer at a time.
+    load_dtype = base_dtype if base_dtype in ("bfloat16", "float16") else "float32"
+    out_dir = Path(out) if out else merging.runs_merged_dir(run_id)
+    log(f"Merging run {run_id}'s adapter into {base} ({merging.short_name(target)}: {why}).")
     set_threads()
-    model, tokenizer = load_adapter(folder, device="cpu", merge=True)
-    tmp = target.with_name(target.name + ".partial")
+    model, tokenizer = load_adapter(folder, device="cpu", dtype=load_dtype)
+    model = merging.merge_into_base(model, target, log=log)
+    tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(str(tmp), **kwargs)
     tokenizer.save_pretrained(str(tmp))
-    shutil.copy(folder / META_FILE, tmp / META_FILE)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    merged_meta = {**meta, "merged": {"dtype": target, "max_shard_size": max_shard_size,
+                                      "from_adapter": str(folder)}}
+    (tmp / META_FILE).write_text(json.dumps(merged_meta, indent=2, default=str))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    info = merging.merged_info(out_dir) or {}
     log(f"Merged run {run_id}'s adapter into its base model in {time.perf_counter() - started:.1f} s: "
-        f"{target}")
-    return target
+        f"{out_dir} ({merging.short_name(target)}, {merging.format_bytes(info.get('bytes', 0))} in "
+        f"{info.get('shards', 0)} file(s))")
+    return out_dir

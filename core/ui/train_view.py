@@ -6,7 +6,9 @@ Session-state and widget keys start with ``train_``. Settings live under ``train
 
 from __future__ import annotations
 
+import json
 import shlex
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -16,6 +18,7 @@ from core import config
 from core.data.runs import read_log, run_metrics
 from core.errors import ConfigError
 from core.jobs import launcher
+from core.models import merging
 from core.training.runconfig import (
     DEFAULT_TARGETS,
     FIELDS,
@@ -281,30 +284,45 @@ def run_details(db: Database, run: dict, project: dict) -> None:
 
 
 def adapter_block(run: dict) -> None:
-    """Where the adapter is, and merging it into the base model."""
+    """Where the adapter is, and merging it into the base model (in the dtype chosen)."""
     st.markdown(f"**Adapter** (PEFT format, with tokenizer, config and template version): "
                 f"`{run['artifact_path']}`")
     state = launcher.merge_state(run["id"])
     merged = config.runs_dir() / str(run["id"]) / "merged"
     if state == "done":
-        st.success(f"Merged model saved: `{merged}` (load it with `from_pretrained`).")
+        info = merging.merged_info(merged) or {}
+        st.success(f"Merged model saved: `{merged}` ({merging.short_name(info.get('dtype', ''))}, "
+                   f"{merging.format_bytes(info.get('bytes', 0))}; load it with `from_pretrained`).")
     elif state == "running":
         st.info("Merging the adapter into the base model…")
     elif state == "failed":
         log = (config.runs_dir() / str(run["id"]) / "merge.log").read_text(errors="replace")
         st.error("Merging failed: " + (log.strip().splitlines() or ["see merge.log"])[-1])
+    try:
+        meta = json.loads((Path(run["artifact_path"]) / "nerlab.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    options = dict(merging.merge_options(meta, run.get("base_model") or ""))
+    dtype = None
+    if state != "running":
+        dtype = st.selectbox("Merged weights", list(options), format_func=options.get,
+                             key=f"train_merge_dtype_{run['id']}",
+                             help="Merged in float32 and cast at the end. Expected file size = "
+                             "parameters × 2 bytes (bf16, fp16) or × 4 (fp32).")
     if state != "running" and st.button(
         "Merge adapter into the base model" if state != "done" else "Merge again",
         key=f"train_merge_{run['id']}",
-        help="Saves a standalone model (base + adapter) next to the adapter; for 8B models this "
-        "needs ~16 GB of RAM and a few minutes.",
+        help="Saves a standalone model (base + adapter) next to the adapter; needs the base "
+        "model's size in RAM (~16 GB for an 8B model in bf16) and a few minutes.",
     ):
         try:
-            launcher.launch_merge(run["id"])
+            launcher.launch_merge(run["id"], dtype)
             st.toast("Merging started.")
         except Exception as exc:  # noqa: BLE001 - shown to the user
             st.error(str(exc))
-    st.caption("Or from a shell: " + shlex.join(["nerlab", "merge", str(run["id"])]))
+    command = ["nerlab", "merge", str(run["id"])] + (["--dtype", dtype] if dtype else [])
+    st.caption("Or from a shell: " + shlex.join(command) + " · for llama.cpp / Ollama: "
+               + shlex.join(["nerlab", "export-model", str(run["id"]), "--format", "gguf"]))
 
 
 def config_rows(cfg: dict) -> list[dict]:
