@@ -35,3 +35,7 @@ class ConfigError(NerlabError):
 
 class DataError(NerlabError):
     """The project's data cannot be trained on (no sentences, no entity types, too long...)."""
+
+
+class ConstraintError(NerlabError):
+    """A tokenizer, format or token the constraint cannot work with."""

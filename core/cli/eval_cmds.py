@@ -124,6 +124,8 @@ def baseline_config(args: argparse.Namespace) -> dict:
     if args.kind != "crf" and args.max_new_tokens:
         cfg["max_new_tokens"] = args.max_new_tokens
     if args.kind in baselines.PROMPTED:
+        cfg["constrained"] = args.constrained
+    if args.kind in baselines.PROMPTED:
         cfg["template"] = args.template
     return cfg
 
@@ -178,6 +180,9 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=int, default=0, help="predict at most N sentences per split")
     p.add_argument("--max-new-tokens", type=int, default=0,
                    help="zero-/few-shot: cap every answer at N tokens (default: from the sentence)")
+    p.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=True,
+                   help="zero-/few-shot: constrained decoding (default on): well-formed answers, "
+                   "entities only whole words of the sentence; --no-constrained to compare")
     p.add_argument("--run-name", default="", help="a name for the run")
     p.add_argument("--wait", action="store_true", help="wait for the run and print its scores")
     p.set_defaults(func=cmd_baseline)

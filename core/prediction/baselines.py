@@ -46,9 +46,10 @@ KIND_TITLES = {
 #: Settings each kind reads from the run's config, with their defaults.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "zero-shot": {"base_model": config.BUNDLED_MODEL, "splits": ["dev", "test"], "limit": 0,
-                  "eval_batch_size": 16, "max_new_tokens": 0},
+                  "eval_batch_size": 16, "max_new_tokens": 0, "constrained": True},
     "few-shot": {"base_model": config.BUNDLED_MODEL, "shots": 5, "selection": "fixed",
-                 "splits": ["dev", "test"], "limit": 0, "eval_batch_size": 16, "max_new_tokens": 0},
+                 "splits": ["dev", "test"], "limit": 0, "eval_batch_size": 16, "max_new_tokens": 0,
+                 "constrained": True},
     "crf": {"c1": 0.1, "c2": 0.05, "max_iterations": 100, "splits": ["dev", "test"], "limit": 0},
 }
 
@@ -82,7 +83,8 @@ def predict_settings(cfg: dict) -> PredictSettings:
     """How an LLM baseline with these settings (from :func:`settings`) predicts."""
     return PredictSettings(splits=tuple(cfg["splits"]), limit=int(cfg.get("limit") or 0) or None,
                            batch_size=int(cfg.get("eval_batch_size") or DEFAULT_BATCH_SIZE),
-                           max_new_tokens=int(cfg.get("max_new_tokens") or 0) or None)
+                           max_new_tokens=int(cfg.get("max_new_tokens") or 0) or None,
+                           constrained=bool(cfg.get("constrained", True)))
 
 
 def run_plan(db: Database, run: dict) -> PromptPlan:

@@ -1,18 +1,35 @@
-"""Fast batched greedy generation with the shared-prefix cache."""
+"""Fast batched greedy generation with the shared-prefix cache, free or constrained.
+
+Generation for NER is short and bounded by the sentence, so :func:`generate_details`:
+
+- sorts prompts by length (similar lengths share a batch: little padding, similar budgets),
+- pads on the left (every row's next token sits in the last column),
+- computes the key/value cache of the instruction every prompt shares once per call,
+- decodes greedily, each row capped by its own budget (:func:`token_budget`, from the sentence),
+- stops a row at end-of-sequence; the batch ends when every row has stopped.
+
+With ``constraints`` (one :class:`core.prediction.constrain.AnswerConstraint` per prompt, or
+None) a row only takes tokens its constraint allows (the argmax when allowed, else the best
+allowed token), stops as soon as its answer is closed, and is completed by the constraint when
+its budget runs out; its answer is then the constraint's text and its spans the constraint's.
+Each chosen token's log-probability under the model (the unconstrained distribution) is kept:
+a confidence for "least confident first" labelling.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from core.data.spans import Span
+from core.prompts import formats
 
 #: Prompts generated together; lower it when a GPU runs out of memory.
 DEFAULT_BATCH_SIZE = 16
 
 
-#: Answer budget per output format: ``factor × sentence tokens + extra`` new tokens.
-BUDGETS = {"json_list": (2.0, 32), "json_dict": (1.6, 24), "inline_tags": (1.5, 24)}
-
-
+#: The most new tokens any answer gets.
 MAX_BUDGET = 1024
 
 
@@ -23,7 +40,7 @@ def token_budget(tokenizer: Any, text: str, output_format: str = "json_list") ->
     entity, so a multiple of the sentence's token count is enough (checked on the demo data).
     """
     n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-    factor, extra = BUDGETS.get(output_format, BUDGETS["json_list"])
+    factor, extra = formats.get_format(output_format).budget
     return min(MAX_BUDGET, int(factor * n) + extra)
 
 
@@ -57,6 +74,34 @@ def _common_prefix(ids: Sequence[Sequence[int]]) -> int:
     return max(n, 0)
 
 
+@dataclasses.dataclass
+class Generation:
+    """One generated answer.
+
+    Attributes:
+        text: the answer (decoded, or the constraint's text when constrained), stripped.
+        tokens: the generated token ids, end-of-sequence excluded.
+        logprobs: the model's log-probability of each of those tokens (before any constraint).
+        spans: the entities' spans from the constraint; None when unconstrained.
+        completed: the constraint appended text to close an answer cut short by its budget (or
+            stuck); that text has no log-probabilities.
+    """
+
+    text: str
+    tokens: list[int]
+    logprobs: list[float]
+    spans: list[Span] | None = None
+    completed: bool = False
+
+    @property
+    def mean_logprob(self) -> float | None:
+        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else None
+
+    @property
+    def min_logprob(self) -> float | None:
+        return min(self.logprobs) if self.logprobs else None
+
+
 def generate(
     model: Any,
     tokenizer: Any,
@@ -65,8 +110,28 @@ def generate(
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Callable[[int, int], None] | None = None,
     prefix_cache: bool = True,
+    constraints: Sequence[Any | None] | None = None,
 ) -> list[str]:
     """Greedy answers to many prompts, batched; returned in the prompts' order.
+
+    The answers' text of :func:`generate_details` (see there for the arguments).
+    """
+    return [g.text for g in generate_details(model, tokenizer, prompts, max_new_tokens, batch_size,
+                                             progress, prefix_cache, constraints)]
+
+
+def generate_details(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: Sequence[int] | int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: Callable[[int, int], None] | None = None,
+    prefix_cache: bool = True,
+    constraints: Sequence[Any | None] | None = None,
+) -> list[Generation]:
+    """Greedy answers to many prompts, batched, with their tokens' log-probabilities; returned
+    in the prompts' order.
 
     Args:
         model: a causal LM (optionally a peft model with an adapter), in eval mode or not.
@@ -77,9 +142,12 @@ def generate(
         progress: called with ``(done, total)`` after each batch.
         prefix_cache: compute the key/value cache of the instruction the prompts share once and
             reuse it for every batch (falls back to plain ``generate`` for models that refuse).
+        constraints: one constraint per prompt (:class:`core.prediction.constrain.AnswerConstraint`, or
+            None for a free row), e.g. from :func:`core.prediction.constrain.constraints_for`.
 
     Returns:
-        The decoded new text of each prompt, cut at end-of-sequence, special tokens removed.
+        One :class:`Generation` per prompt: the decoded new text, cut at end-of-sequence,
+        special tokens removed (or the constraint's closed answer and spans).
     """
     import torch
 
@@ -89,12 +157,15 @@ def generate(
     caps = [int(max_new_tokens)] * n if isinstance(max_new_tokens, int) else [int(c) for c in max_new_tokens]
     if len(caps) != n:
         raise ValueError(f"{n} prompts but {len(caps)} token budgets")
+    cons = list(constraints) if constraints is not None else [None] * n
+    if len(cons) != n:
+        raise ValueError(f"{n} prompts but {len(cons)} constraints")
     ids = _encode(tokenizer, prompts)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = _eos_ids(model, tokenizer)
     # Longest first: a batch that does not fit in memory fails at once, not at the end.
     order = sorted(range(n), key=lambda i: (len(ids[i]), caps[i]), reverse=True)
-    out: list[str] = [""] * n
+    out: list[Generation] = [Generation("", [], [])] * n
     was_training = model.training
     model.eval()
     shared = None
@@ -106,21 +177,32 @@ def generate(
             for b in range(0, n, max(1, batch_size)):
                 rows = order[b : b + batch_size]
                 budget = [caps[i] for i in rows]
+                row_cons = [cons[i] for i in rows]
                 new = None
                 if shared is not None:
                     try:
-                        new = _greedy(model, [ids[i] for i in rows], budget, eos, pad_id, shared)
+                        new = _greedy(model, [ids[i] for i in rows], budget, eos, pad_id, shared,
+                                      row_cons)
                     except Exception:  # noqa: BLE001 - architectures the manual loop cannot drive
                         shared = None
+                        for c in row_cons:
+                            if c is not None:
+                                c.reset()
                 if new is None:
-                    new = _generate_hf(model, [ids[i] for i in rows], budget, eos, pad_id)
+                    new = _generate_hf(model, [ids[i] for i in rows], budget, eos, pad_id, row_cons)
                 for r, i in enumerate(rows):
-                    tokens = new[r][: caps[i]]
+                    tokens, logprobs = new[0][r][: caps[i]], new[1][r][: caps[i]]
                     for k, t in enumerate(tokens):
                         if t in eos:
-                            tokens = tokens[:k]
+                            tokens, logprobs = tokens[:k], logprobs[:k]
                             break
-                    out[i] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+                    c = cons[i]
+                    if c is None:
+                        text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+                        out[i] = Generation(text, tokens, logprobs)
+                    else:
+                        text = c.finish().strip()
+                        out[i] = Generation(text, tokens, logprobs, c.spans(), c.completed)
                 done += len(rows)
                 if progress is not None:
                     progress(done, n)
@@ -152,12 +234,30 @@ def _prefix(model: Any, ids: Sequence[Sequence[int]]) -> tuple[int, Any] | None:
     return length, cache
 
 
+def _choose(logits: Any, constraints: Sequence[Any | None]) -> tuple[list[int], list[float]]:
+    """Each row's next token (the argmax, or its constraint's best allowed token; -1 when the
+    constraint allows none) and that token's log-probability under the model."""
+    import torch
+
+    chosen = logits.argmax(-1).tolist()
+    for k, c in enumerate(constraints):
+        if c is not None and not c.allows(chosen[k]):
+            t = c.choose(logits[k])
+            chosen[k] = -1 if t is None else t
+    index = torch.tensor([[max(t, 0)] for t in chosen], dtype=torch.long, device=logits.device)
+    logprobs = logits.gather(1, index).squeeze(1).float() - torch.logsumexp(logits.float(), dim=-1)
+    return chosen, logprobs.tolist()
+
+
 def _greedy(model: Any, rows: Sequence[Sequence[int]], budget: Sequence[int], eos: Sequence[int],
-            pad_id: int, shared: tuple[int, Any]) -> list[list[int]]:
-    """Greedy decoding of one batch on top of the shared prefix's cache.
+            pad_id: int, shared: tuple[int, Any], constraints: Sequence[Any | None] | None = None,
+            ) -> tuple[list[list[int]], list[list[float]]]:
+    """Greedy decoding of one batch on top of the shared prefix's cache: ``(tokens, their
+    log-probabilities)`` per row.
 
     The suffixes (what differs between prompts) are left-padded after the prefix; rows leave
-    the batch (and its cache) as soon as they reach EOS or their budget.
+    the batch (and its cache) as soon as they reach EOS or their budget, or their constraint
+    closes their answer (only EOS could follow).
     """
     import copy
 
@@ -182,16 +282,24 @@ def _greedy(model: Any, rows: Sequence[Sequence[int]], budget: Sequence[int], eo
                 cache=cache, use_cache=True, logits_to_keep=1)
     cache = out.cache
     results: list[list[int]] = [[] for _ in rows]
+    logprobs: list[list[float]] = [[] for _ in rows]
+    cons = list(constraints) if constraints is not None else [None] * batch
     alive = list(range(batch))  # original row of each batch position
     eos_set = set(eos)
     last_pos = positions[:, -1:]
     logits = out.logits[:, -1, :]
     while alive:
-        nxt = logits.argmax(-1).tolist()
+        nxt, lps = _choose(logits, [cons[row] for row in alive])
         keep = []
         for k, row in enumerate(alive):
+            if nxt[k] < 0:  # the constraint allows nothing: the answer is completed as text
+                continue
+            c = cons[row]
+            if c is not None:
+                c.advance(nxt[k])
             results[row].append(nxt[k])
-            if nxt[k] not in eos_set and len(results[row]) < budget[row]:
+            logprobs[row].append(lps[k])
+            if nxt[k] not in eos_set and len(results[row]) < budget[row] and not (c is not None and c.closed):
                 keep.append(k)
         if not keep:
             break
@@ -207,14 +315,22 @@ def _greedy(model: Any, rows: Sequence[Sequence[int]], budget: Sequence[int], eo
                     cache=cache, use_cache=True, logits_to_keep=1)
         cache = out.cache
         logits = out.logits[:, -1, :]
-    return results
+    return results, logprobs
 
 
 def _generate_hf(model: Any, rows: Sequence[Sequence[int]], budget: Sequence[int],
-                 eos: Sequence[int], pad_id: int) -> list[list[int]]:
-    """One left-padded batch through ``model.generate`` (greedy, KV cache, per-row budgets)."""
+                 eos: Sequence[int], pad_id: int, constraints: Sequence[Any | None] | None = None,
+                 ) -> tuple[list[list[int]], list[list[float]]]:
+    """One left-padded batch through ``model.generate`` (greedy, KV cache, per-row budgets):
+    ``(tokens, their log-probabilities)`` per row; constraints as in :func:`_greedy`."""
     import torch
-    from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+    from transformers import (
+        GenerationConfig,
+        LogitsProcessor,
+        LogitsProcessorList,
+        StoppingCriteria,
+        StoppingCriteriaList,
+    )
 
     device = _device(model)
     width = max(len(s) for s in rows)
@@ -224,24 +340,53 @@ def _generate_hf(model: Any, rows: Sequence[Sequence[int]], budget: Sequence[int
         input_ids[r, width - len(seq):] = torch.tensor(list(seq), dtype=torch.long)
         mask[r, width - len(seq):] = 1
 
-    class _RowBudget(StoppingCriteria):
-        """Stops each row at its own budget (generate already stops rows at EOS)."""
+    cons = list(constraints) if constraints is not None else [None] * len(rows)
+    done = [False] * len(rows)
+    results: list[list[int]] = [[] for _ in rows]
+    logprobs: list[list[float]] = [[] for _ in rows]
+    picked: list[tuple[int, float]] = [(-1, 0.0)] * len(rows)
+    stop_token = eos[0] if eos else pad_id
 
-        def __init__(self) -> None:
-            self.budgets = torch.tensor(list(budget), device=device)
+    class _Pick(LogitsProcessor):
+        """Chooses each live row's token (see :func:`_choose`) and leaves only it possible."""
+
+        def __call__(self, input_ids, scores):  # noqa: ANN001 - transformers' API
+            chosen, lps = _choose(scores, [None if done[r] else cons[r] for r in range(len(rows))])
+            forced = torch.full_like(scores, float("-inf"))
+            for r, t in enumerate(chosen):
+                picked[r] = (t, lps[r])
+                forced[r, stop_token if t < 0 else t] = 0.0
+            return forced
+
+    class _RowStop(StoppingCriteria):
+        """Records each row's token, advances its constraint, and stops it at its own budget or
+        closed answer (generate already stops rows at EOS)."""
 
         def __call__(self, input_ids, scores, **kwargs):  # noqa: ANN001 - transformers' API
-            return (input_ids.shape[1] - width) >= self.budgets
+            for r, t in enumerate(input_ids[:, -1].tolist()):
+                if done[r]:
+                    continue
+                if picked[r][0] < 0:  # the constraint allows nothing: completed as text
+                    done[r] = True
+                    continue
+                c = cons[r]
+                if c is not None:
+                    c.advance(t)
+                results[r].append(t)
+                logprobs[r].append(picked[r][1])
+                done[r] = t in eos or len(results[r]) >= budget[r] or (c is not None and c.closed)
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
     gen_config = GenerationConfig(
         max_new_tokens=max(budget), do_sample=False, num_beams=1, use_cache=True,
         pad_token_id=pad_id, eos_token_id=list(eos) or None,
     )
-    generated = model.generate(
+    model.generate(
         input_ids=input_ids.to(device), attention_mask=mask.to(device),
-        generation_config=gen_config, stopping_criteria=StoppingCriteriaList([_RowBudget()]),
+        generation_config=gen_config, logits_processor=LogitsProcessorList([_Pick()]),
+        stopping_criteria=StoppingCriteriaList([_RowStop()]),
     )
-    return generated[:, width:].tolist()
+    return results, logprobs
 
 
 def generate_one_by_one(model: Any, tokenizer: Any, prompts: Sequence[str],

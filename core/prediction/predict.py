@@ -14,7 +14,8 @@ from core.data import projects
 from core.data.db import now
 from core.data.runs import RunContext
 from core.data.spans import Example
-from core.prediction.decoding import DEFAULT_BATCH_SIZE, generate, token_budget
+from core.prediction.constrain import constraints_for
+from core.prediction.decoding import DEFAULT_BATCH_SIZE, generate_details, token_budget
 from core.prompts.formats import parse_output
 from core.prompts.plan import PromptPlan
 
@@ -48,22 +49,34 @@ def store_predictions(db: Database, run_id: int, split: str, rows: Sequence[dict
 def predict_examples(
     model: Any, tokenizer: Any, plan: PromptPlan, examples: Sequence[Example],
     batch_size: int = DEFAULT_BATCH_SIZE, progress: Callable[[int, int], None] | None = None,
-    max_new_tokens: int | None = None,
+    max_new_tokens: int | None = None, constrained: bool = True,
 ) -> list[dict]:
     """Generate and parse answers for examples; returns prediction rows for :func:`store_predictions`.
 
     ``max_new_tokens`` lowers every sentence's budget (a quick look; answers may be cut short).
+    ``constrained`` decodes with :mod:`core.prediction.constrain` (well-formed answers, entities
+    only whole tokens of the sentence); the spans are then the constraint's, which the parser
+    reads back identically. ``details`` holds the answer tokens' mean and minimum
+    log-probability (``mean_logprob``, ``min_logprob``): the model's confidence.
     """
     prompts = [plan.prompt(tokenizer, ex.id, ex.text) for ex in examples]
     caps = [token_budget(tokenizer, ex.text, plan.template.output_format) for ex in examples]
     if max_new_tokens:
         caps = [min(c, int(max_new_tokens)) for c in caps]
-    raws = generate(model, tokenizer, prompts, caps, batch_size=batch_size, progress=progress)
+    constraints = (constraints_for(tokenizer, examples, plan.label_names,
+                                   plan.template.output_format) if constrained else None)
+    gens = generate_details(model, tokenizer, prompts, caps, batch_size=batch_size,
+                            progress=progress, constraints=constraints)
     rows = []
-    for ex, raw in zip(examples, raws, strict=True):
-        parsed = parse_output(plan.template, raw, ex.text, plan.label_names, ex.token_offsets())
-        rows.append({"sentence_id": ex.id, "raw_output": raw, "spans": list(parsed.spans),
-                     "parse_status": parsed.status, "details": parsed.details()})
+    for ex, gen in zip(examples, gens, strict=True):
+        parsed = parse_output(plan.template, gen.text, ex.text, plan.label_names, ex.token_offsets())
+        details = {**parsed.details(), "mean_logprob": gen.mean_logprob,
+                   "min_logprob": gen.min_logprob, "constrained": constrained}
+        if constrained:
+            details["completed"] = gen.completed
+        rows.append({"sentence_id": ex.id, "raw_output": gen.text,
+                     "spans": list(gen.spans) if gen.spans is not None else list(parsed.spans),
+                     "parse_status": parsed.status, "details": details})
     return rows
 
 
@@ -78,6 +91,7 @@ class PredictSettings:
         max_new_tokens: a cap on every answer's length (None = from the sentence).
         progress_rows: write a progress row per batch (a training run keeps its rows for its
             loss curve and only beats the heartbeat).
+        constrained: decode with the answer constraint (on by default; off to compare).
     """
 
     splits: tuple[str, ...] = ("dev", "test")
@@ -85,6 +99,7 @@ class PredictSettings:
     batch_size: int = DEFAULT_BATCH_SIZE
     max_new_tokens: int | None = None
     progress_rows: bool = True
+    constrained: bool = True
 
 
 def predict_run(ctx: RunContext, model: Any, tokenizer: Any, plan: PromptPlan,
@@ -124,7 +139,8 @@ def predict_run(ctx: RunContext, model: Any, tokenizer: Any, plan: PromptPlan,
                 ctx.check_stop()  # between batches: a stop does not wait for the whole chunk
 
             rows = predict_examples(model, tokenizer, plan, chunk, batch_size=settings.batch_size,
-                                    max_new_tokens=settings.max_new_tokens, progress=batch_done)
+                                    max_new_tokens=settings.max_new_tokens, progress=batch_done,
+                                    constrained=settings.constrained)
             store_predictions(db, run["id"], split, rows)
             done += len(chunk)
             rate = done / max(time.perf_counter() - started, 1e-9)

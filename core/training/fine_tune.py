@@ -106,7 +106,8 @@ def run(ctx: RunContext) -> None:
     tokenizer.padding_side = "left"
     ctx.log("Predicting the dev and test splits with the trained adapter.")
     predict.predict_run(ctx, model, tokenizer, plan, PredictSettings(
-        limit=cfg.train.eval_limit or None, progress_rows=False))
+        limit=cfg.train.eval_limit or None, progress_rows=False,
+        constrained=cfg.train.constrained))
     if ctx.should_stop():
         return
     for split, by_mode in run_scores.evaluate_run(db, ctx.run_id).items():

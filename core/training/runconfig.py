@@ -134,6 +134,10 @@ class TrainSettings:
     eval_limit: int = field(default=0, metadata=_help(
         "Predict at most this many sentences per split after training (0 = all of them).",
         min=0, max=1_000_000, step=10))
+    constrained: bool = field(default=True, metadata=_help(
+        "Predict with constrained decoding: every answer is well-formed and every entity is whole "
+        "words of its sentence, each used no more often than it occurs. Off: free generation, "
+        "to compare."))
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum", "max_length", "seed", "gpus",

@@ -166,6 +166,10 @@ def baseline_form(db, project: dict) -> None:
             if kind in baselines.PROMPTED:
                 cfg["base_model"] = st.text_input("Base model", config.BUNDLED_MODEL,
                                                   key="eval_bl_base").strip()
+                cfg["constrained"] = st.checkbox(
+                    "Constrained decoding", value=True, key="eval_bl_constrained",
+                    help="Every answer well-formed, every entity whole words of its sentence. "
+                    "Off: free generation, to compare.")
             submitted = st.form_submit_button("Start baseline", type="primary")
         if submitted:
             try:

@@ -40,7 +40,7 @@ FORM_SETTINGS = (
     ("Schedule", ("epochs", "max_steps", "lr", "warmup_ratio", "weight_decay", "max_grad_norm")),
     ("Batches and memory", ("batch_size", "grad_accum", "max_length", "gradient_checkpointing",
                             "precision", "gpus", "seed")),
-    ("After training", ("dev_loss_sentences", "eval_after", "eval_limit")),
+    ("After training", ("dev_loss_sentences", "eval_after", "eval_limit", "constrained")),
 )
 _LABELS = {
     "method": "Method", "rank": "Rank r", "alpha": "Alpha", "dropout": "LoRA dropout",
@@ -52,6 +52,7 @@ _LABELS = {
     "gpus": "GPUs (one process each)",
     "dev_loss_sentences": "Dev sentences for the dev loss", "eval_after": "Predict and score dev/test",
     "eval_limit": "Max sentences per split to score (0 = all)",
+    "constrained": "Constrained decoding",
 }
 
 
