@@ -35,3 +35,9 @@ class ConfigError(NerlabError):
 
 class DataError(NerlabError):
     """The project's data cannot be trained on (no sentences, no entity types, too long...)."""
+
+
+class StopRequested(BaseException):  # noqa: N818 - a control-flow signal, like KeyboardInterrupt
+    """A run was asked to stop (Stop button, ``nerlab stop``, SIGTERM) at a point where nothing
+    needs saving. A BaseException, so that library code's ``except Exception`` cannot swallow it
+    when the worker raises it in the middle of model loading or prediction."""

@@ -8,11 +8,13 @@ them, never at import time of this module.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,18 +59,32 @@ def bundled_model_dir() -> Path:
     return config.models_dir() / BUNDLED_FOLDER
 
 
-def ensure_bundled_model() -> Path:
+def needs_conversion(name: str) -> bool:
+    """True when loading ``name`` starts with converting the bundled model (its first use)."""
+    return is_bundled(name) and not (bundled_model_dir() / "config.json").is_file()
+
+
+#: Shares of the conversion's time (measured on 2 cores): the tokenizer read from the GGUF file,
+#: the tensors de-quantized, the safetensors folder written. Progress is reported in percent.
+_CONVERT_SHARES = (20, 72, 8)
+
+
+def ensure_bundled_model(progress: Callable[[int, int], None] | None = None) -> Path:
     """Convert the bundled GGUF to a safetensors folder once; return the folder.
 
-    Safe to call from several processes at once: one converts, the others wait and reuse it.
-    The folder appears only when complete (written to a temporary name, then renamed).
+    ``progress(done, 100)`` is called as the conversion goes (percent). Safe to call from several
+    processes at once: one converts, the others wait and reuse it. The folder appears only when
+    complete (written to a temporary name, then renamed); an interrupted conversion leaves
+    nothing behind.
     """
     target = bundled_model_dir()
     if (target / "config.json").is_file():
         return target
+    report = progress or (lambda _done, _total: None)
     with file_lock(config.models_dir() / f".{BUNDLED_FOLDER}.lock"):
         if (target / "config.json").is_file():
             return target
+        report(0, 100)
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
@@ -76,18 +92,57 @@ def ensure_bundled_model() -> Path:
         started = time.perf_counter()
         tmp = target.with_name(target.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent),
-            gguf_file=gguf.name,
-            quantization_config=GgufConfig(dequantize=True),
-            dtype=torch.float32,
-        )
-        model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        os.replace(tmp, target)
+        tok_share, tensor_share, _save_share = _CONVERT_SHARES
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            report(tok_share, 100)
+            with _tensor_progress(lambda i, n: report(tok_share + tensor_share * i // max(n, 1), 100)):
+                model = AutoModelForCausalLM.from_pretrained(
+                    str(gguf.parent),
+                    gguf_file=gguf.name,
+                    quantization_config=GgufConfig(dequantize=True),
+                    dtype=torch.float32,
+                )
+            report(tok_share + tensor_share, 100)
+            model.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        report(100, 100)
         log.info("converted the bundled model in %.1f s to %s", time.perf_counter() - started, target)
     return target
+
+
+@contextlib.contextmanager
+def _tensor_progress(report: Callable[[int, int], None]) -> Iterator[None]:
+    """Count the GGUF tensors transformers de-quantizes (instead of its progress bar)."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        yield
+        return
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None:
+        yield
+        return
+
+    def counting(iterable=None, *_args, **_kwargs):
+        items = list(iterable or ())
+
+        def walk():
+            for i, item in enumerate(items):
+                yield item
+                report(i + 1, len(items))
+
+        return walk()
+
+    gguf_utils.tqdm = counting
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
 
 
 def resolve(name: str) -> str:
