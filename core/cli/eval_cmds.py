@@ -7,6 +7,7 @@ import json
 import sys
 
 from core import config
+from core.cli.follow import wait_and_report
 from core.data import projects
 from core.data.db import get_db
 from core.data.runs import get_run, log_path
@@ -137,9 +138,9 @@ def cmd_baseline(args: argparse.Namespace) -> int:
           f" Log: {log_path(run_id)}")
     if not args.wait:
         return 0
-    run = launcher.wait(db, run_id)
-    if run["status"] != "finished":
-        raise NerlabError(f"Run {run_id} ended {run['status']}: {run.get('error_message') or ''}")
+    code = wait_and_report(db, run_id)
+    if code != 0:
+        return code
     for split in run_scores.prediction_splits(db, run_id):
         m = run_scores.metrics_for(db, run_id, split)
         if m:
@@ -179,5 +180,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=int, default=0,
                    help="zero-/few-shot: cap every answer at N tokens (default: from the sentence)")
     p.add_argument("--run-name", default="", help="a name for the run")
-    p.add_argument("--wait", action="store_true", help="wait for the run and print its scores")
+    p.add_argument("--wait", action="store_true",
+                   help="print every phase's progress until the run ends, then its scores; "
+                   "exit 0 finished, 1 failed, 2 stopped")
     p.set_defaults(func=cmd_baseline)
