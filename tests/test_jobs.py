@@ -58,7 +58,10 @@ def test_run_list_carries_the_last_training_loss_past_a_dev_loss_row(db, project
     assert row["last_metrics"]["eval_loss"] == 0.7 and row["last_metrics"]["loss"] is None
     assert row["last_loss"] == 0.5
     (table,) = runs_table([row])
-    assert table["loss"] == 0.5 and table["progress"] == "2/2"
+    assert table["loss"] == "0.5000" and table["progress"] == "2/2"
+    fresh = create_run(db, project["id"], "train", cfg.to_dict(), base_model=cfg.base_model)
+    (table, _) = runs_table(list_runs(db, project["id"]))
+    assert table["id"] == fresh and table["loss"] == "—"  # no step yet: a dash, not "None"
     assert run_label(row) == f"#{run_id} train-{run_id} · loraplus"
 
 

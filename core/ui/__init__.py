@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import re
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -202,3 +203,14 @@ def show_error(exc: Exception) -> None:
         st.error(str(exc))
     else:
         st.error(f"{type(exc).__name__}: {exc}")
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$&=^\"'])")
+
+
+def md_escape(text: object) -> str:
+    """``text`` as plain text inside Markdown (st.markdown, captions, headings): every character
+    Markdown or Streamlit would read as syntax is escaped, so a run name like ``![i](http://x)``
+    shows as typed and makes the browser fetch nothing. Control characters become spaces."""
+    cleaned = " ".join("".join(ch if ch.isprintable() else " " for ch in str(text)).split())
+    return _MD_SPECIAL.sub(r"\\\1", cleaned)
