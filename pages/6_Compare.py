@@ -121,8 +121,10 @@ for r in shown[(page - 1) * PAGE : page * PAGE]:
 
 # --- Try a new sentence -----------------------------------------------------------------------
 st.subheader("Try a new sentence")
-st.caption("Each selected run reads the sentence in a background process (loading a model takes "
-           "a few seconds); the answers appear here.")
+st.caption("Each selected run reads the sentence in a background process. The first sentence "
+           "loads each run's model (seconds for the bundled model, minutes for a large one); the "
+           f"process keeps them in memory for {tryout.IDLE_S / 60:.0f} minutes after the last "
+           "sentence, so the next ones take only the generation time.")
 text = st.text_input("Sentence", key="compare_try_text",
                      placeholder="e.g. Lithium-induced hypotension was reversed by naloxone .")
 if st.button("Run the selected models", key="compare_try_go", type="primary"):
@@ -140,11 +142,13 @@ def _show_try(request_id: int) -> None:
         out = req["outputs"].get(str(rid))
         name = f"#{rid} {by_id[rid]['name']}" if rid in by_id else f"#{rid}"
         if out is None:
-            st.caption(f"{name}: {'working…' if pending else 'no answer'}")
+            st.caption(f"{name}: {'waiting for its turn…' if pending else 'no answer'}")
+        elif "stage" in out and "status" not in out:
+            st.caption(f"{name}: {tryout.stage_text(out)}")
         elif out["status"] == "error":
             st.error(f"{name}: {out.get('error')}")
         else:
-            st.markdown(f"**{name}** · {out['seconds']} s" +
+            st.markdown(f"**{name}** · {tryout.timing_text(out)}" +
                         (f" · answer {out['status']}" if out["status"] != "ok" else ""))
             ev.show_html(ev.spans_html(req["text"], tryout.spans_of(out), palette))
     if req["status"] == "failed":
