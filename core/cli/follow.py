@@ -82,14 +82,15 @@ class Follower:
                     self._say(f"      {phases.describe(row, launcher.format_duration)}")
                     self._mark(key, status, row)
             elif before != status:
-                if key == "train":
-                    self._steps(metrics)
+                if key in ("train", "dev_loss"):
+                    self._steps(metrics)  # its steps (and dev losses) before its end
                 if status != "skipped":
                     self._say(f"{tag} {_MARKS.get(status, '·')} "
                               f"{phases.describe(row, launcher.format_duration)}"
                               + ("" if status == "done" else f" ({status})"))
                 self._mark(key, status, row)
-        self._steps(metrics)
+        if not rows:  # a run from before phases were recorded: its progress rows only
+            self._steps(metrics)
         if run["stop_requested"] and not self._stop_shown and run["status"] == "running":
             self._say(f"Stopping (asked at {(run.get('stop_requested_at') or '')[11:19]} UTC)…")
             self._stop_shown = True
@@ -109,6 +110,22 @@ class Follower:
         since = time.monotonic() - self._printed_at.get(key, 0.0)
         moved = (row.get("done") or 0) != self._done_shown.get(key, 0)
         return (moved and since >= PROGRESS_EVERY_S) or since >= STILL_EVERY_S
+
+
+def run_summary(run: dict) -> str:
+    """What ``nerlab runs`` says about a run that is not active: its training progress and
+    last losses, or why it failed."""
+    if run["status"] == "failed":
+        return f"{run['error_kind']}: {run['error_message']}"
+    m = run.get("last_metrics") or {}
+    if run["kind"] != "train" or not m.get("total_steps"):
+        return ""
+    parts = [f"step {m['step']}/{m['total_steps']}"]
+    if run.get("last_loss") is not None:
+        parts.append(f"loss {run['last_loss']:.4f}")
+    if m.get("eval_loss") is not None:
+        parts.append(f"dev loss {m['eval_loss']:.4f}")
+    return ", ".join(parts)
 
 
 def wait_and_report(db: Database, run_id: int, poll_s: float = 1.0,

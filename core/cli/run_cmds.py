@@ -14,7 +14,7 @@ import sys
 import time
 
 from core import config
-from core.cli.follow import EXIT_CODES, fmt_step, wait_and_report
+from core.cli.follow import EXIT_CODES, run_summary, wait_and_report
 from core.data import phases, projects
 from core.data.db import get_db
 from core.data.runs import list_runs, log_path, plain_text
@@ -125,11 +125,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
         status = r["status"]
         if status == "running" and r["stop_requested"]:
             status = "stopping"
-        detail = fmt_step(r["last_metrics"]) if r["kind"] == "train" else ""
+        detail = run_summary(r)
         if r["id"] in now_doing:
             detail = phases.describe(now_doing[r["id"]], launcher.format_duration)
-        elif r["status"] == "failed":
-            detail = f"{r['error_kind']}: {r['error_message']}"
         print(f"{r['id']:>4}  {r['kind']:<9} {status:<9} {plain_text(r['name'], 30):<20} "
               f"{r['created_at']}  {detail}")
     return 0

@@ -205,7 +205,7 @@ def show_error(exc: Exception) -> None:
         st.error(f"{type(exc).__name__}: {exc}")
 
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$&=^\"'])")
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$&=^\"'/])")
 
 
 def md_escape(text: object) -> str:
