@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from core import config
 from core.cli import eval_cmds, run_cmds, template_cmds
 from core.data import io, projects
 from core.data.db import get_db
+from core.data.phases import format_duration
 from core.data.demo import ensure_demo_project
 from core.errors import NerlabError
 from core.models import loader
@@ -105,9 +107,22 @@ def cmd_demo(args) -> int:
 
 
 def cmd_model(args) -> int:
-    import time
-
     started = time.perf_counter()
+    if loader.needs_conversion(args.name):
+        print("Converting the bundled model to safetensors (once; about a minute, more on a busy "
+              "machine)…", flush=True)
+        shown = [-1]
+
+        def progress(done: int, total: int) -> None:
+            if done // 10 == shown[0] // 10 and done < total:
+                return  # a line per 10%
+            shown[0] = done
+            took = time.perf_counter() - started
+            eta = (f", ETA {format_duration(took / done * (total - done))}"
+                   if 0 < done < total else "")
+            print(f"  {100 * done // total}% ({format_duration(took)}{eta})", flush=True)
+
+        loader.ensure_bundled_model(progress=progress)
     path = loader.resolve(args.name)
     print(f"{args.name} → {path} ({time.perf_counter() - started:.1f} s)")
     return 0
