@@ -312,3 +312,20 @@ def test_quiet_libraries_hides_progress_bars_and_future_warnings():
     assert r.returncode == 0, r.stderr
     assert "BAR" not in r.stderr and "library internals" not in r.stderr
     assert "a real warning" in r.stderr
+
+
+def test_a_failed_run_keeps_its_traceback_out_of_the_log_the_user_reads(db, project):
+    """A real worker process on a run that cannot work (a CRF with no labelled sentences): the
+    run fails with a one-line reason; the log (shown on the page, kept in log_tail) has no
+    traceback, which goes to traceback.txt for a bug report."""
+    run_id = create_run(db, project["id"], "crf", {"splits": ["dev"]})
+    assert launcher.launch(db, run_id)
+    run = launcher.wait(db, run_id, timeout_s=120, poll_s=0.2)
+    assert run["status"] == "failed" and run["error_kind"] == "data", run
+    assert "needs labelled training sentences" in run["error_message"]
+    log = log_path(run_id).read_text()
+    assert "Traceback" not in log and "Traceback" not in run["log_tail"]
+    assert f"bug report: {run_dir(run_id) / 'traceback.txt'}" in log
+    assert "Traceback" in (run_dir(run_id) / "traceback.txt").read_text()
+    assert [(r["phase"], r["status"]) for r in phases.list_phases(db, run_id)][:1] == [
+        ("crf_train", "failed")]

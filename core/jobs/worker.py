@@ -398,11 +398,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, KeyboardInterrupt) and ctx.should_stop():
             status = phase_status = "stopped"
         else:
-            traceback.print_exc(file=sys.stdout)
-            sys.stdout.flush()
             kind, message = classify_error(exc, run["config"])
             status = phase_status = "failed"
             ctx.log(f"Failed ({kind}): {message}")
+            ctx.log(f"The Python traceback, for a bug report: {_keep_traceback(run_id)}")
     finally:
         beat.done.set()
         # Stop signals from here on: the outcome is being written down.
@@ -440,19 +439,28 @@ def _follow(db: Database, run_id: int, group: Group) -> int:
         hf_logging.set_verbosity_error()
         _dispatch(ctx)
     except BaseException as exc:  # noqa: BLE001 - recorded, then the process exits non-zero
-        traceback.print_exc(file=sys.stdout)
-        sys.stdout.flush()
+        where = _keep_traceback(run_id, group.rank)
         if distributed.lost_peer(exc) and _cause_recorded_elsewhere(db, run_id):
             return 1
         kind, message = classify_error(exc, run["config"])
         gpu = f" (GPU {group.local_rank})" if group.backend == "nccl" else ""
         message = f"Process {group.rank + 1} of {group.world}{gpu}: {message}"
-        print(f"Failed ({kind}): {message}", flush=True)
+        print(f"Failed ({kind}): {message} (Python traceback: {where})", flush=True)
         fail_run(db, run_id, kind, message)
         return 1
     finally:
         group.close()
     return 0
+
+
+def _keep_traceback(run_id: int, rank: int = 0) -> Path:
+    """Write the exception being handled to ``runs/<id>/traceback.txt`` (one file per process)
+    and return its path: the log, which the page and the CLI show, gets the classified one-line
+    message; the traceback is there for a bug report."""
+    path = run_dir(run_id) / ("traceback.txt" if rank == 0 else f"traceback-rank{rank}.txt")
+    with contextlib.suppress(OSError):
+        path.write_text(traceback.format_exc())
+    return path
 
 
 def _cause_recorded_elsewhere(db: Database, run_id: int, grace_s: float = 15.0) -> bool:

@@ -15,7 +15,7 @@ from core.data import phases
 from core.data.db import get_db
 from core.data.runs import list_runs
 from core.jobs import launcher
-from core.ui import md_escape
+from core.ui import md_escape, show_error
 
 STATUS_ICONS = {"queued": "⏳", "running": "🏃", "stopping": "⏹️", "finished": "✅",
                 "failed": "❌", "stopped": "⏹️"}
@@ -124,21 +124,29 @@ def active_banner(db: Database, project_id: int, hint: str = "") -> list[dict]:
 
     @st.fragment(run_every=2)
     def _banner() -> None:
-        fresh = get_db()
-        rows = [r for r in list_runs(fresh, project_id) if r["status"] in ("queued", "running")]
-        now_doing = phases.current(fresh, [r["id"] for r in rows])
-        for run in rows:
-            head = (f"{STATUS_ICONS.get(status_of(run), '')} **Run #{run['id']} "
-                    f"{md_escape(run['name'])}** is {status_of(run)}")
-            current = now_doing.get(run["id"])
-            if current is not None:
-                st.progress(phase_fraction(current), text=f"{head} · {md_escape(_describe(current))}")
-            else:
-                st.caption(head + (" · waiting for the active run to end" if run["status"] == "queued"
-                                   else " · starting"))
+        try:
+            _banner_lines(project_id)
+        except Exception as exc:  # noqa: BLE001 - a busy database must not break the page
+            show_error(exc)
 
     with st.container(border=True, key="run_banner"):
         _banner()
         if hint:
             st.caption(hint)
     return active
+
+
+def _banner_lines(project_id: int) -> None:
+    """The banner's lines: each queued or running run, with its phase."""
+    fresh = get_db()
+    rows = [r for r in list_runs(fresh, project_id) if r["status"] in ("queued", "running")]
+    now_doing = phases.current(fresh, [r["id"] for r in rows])
+    for run in rows:
+        head = (f"{STATUS_ICONS.get(status_of(run), '')} **Run #{run['id']} "
+                f"{md_escape(run['name'])}** is {status_of(run)}")
+        current = now_doing.get(run["id"])
+        if current is not None:
+            st.progress(phase_fraction(current), text=f"{head} · {md_escape(_describe(current))}")
+        else:
+            st.caption(head + (" · waiting for the active run to end" if run["status"] == "queued"
+                               else " · starting"))
