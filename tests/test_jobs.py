@@ -203,6 +203,8 @@ def test_stop_keeps_an_adapter_and_the_queue_moves_on(db, tiny):
     _wait_for(lambda: get_run(db, first)["status"] == "running")
     assert launcher.launch(db, second) is False
     assert get_run(db, second)["status"] == "queued"
+    # Once it trains (a stop while the model loads ends the run there, with nothing to save).
+    _wait_for(lambda: any(m["loss"] is not None for m in run_metrics(db, first)))
     assert "stopping" in launcher.request_stop(db, first)
     run = launcher.wait(db, first, timeout_s=240)
     assert run["status"] == "stopped", read_log(first)
@@ -212,4 +214,5 @@ def test_stop_keeps_an_adapter_and_the_queue_moves_on(db, tiny):
     run2 = launcher.wait(db, second, timeout_s=240)
     assert run2["status"] == "failed" and run2["error_kind"] == "model", read_log(second)
     assert "/nonexistent/model-folder" in run2["error_message"]
-    assert run2["log_tail"]
+    assert run2["log_tail"] and "Traceback" not in run2["log_tail"]
+    assert (run_dir(second) / "traceback.txt").is_file()
