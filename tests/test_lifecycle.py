@@ -100,6 +100,9 @@ def test_phases_go_from_planned_to_done_with_progress_eta_and_times(db, project)
     assert 0 < train["left_s"] <= 30.0
     assert phases.describe(train).startswith("Train · 1 / 4 steps · loss 0.9000 · ETA ")
     assert phases.current(db, [run_id])[run_id]["phase"] == "train"
+    ctx.phase_progress(None, detail="saving the adapter (end of an epoch)")  # only the detail
+    train = phases.list_phases(db, run_id)[1]
+    assert (train["done"], train["detail"]) == (1, "saving the adapter (end of an epoch)")
     # The loss curve stays made of training rows: phases write no run_metrics rows.
     assert db["run_metrics"].count_where("run_id = ?", [run_id]) == 0
     ctx.phase(phases.predict_phase("dev", 60))

@@ -81,13 +81,15 @@ def start(db: Database, run_id: int, phase: Phase, total: int | None = None) -> 
             )
 
 
-def update(db: Database, run_id: int, key: str, done: int, total: int | None = None,
+def update(db: Database, run_id: int, key: str, done: int | None, total: int | None = None,
            eta_s: float | None = None, detail: str | None = None) -> None:
-    """Progress of a running phase: ``done`` of ``total`` units, the seconds it has left."""
+    """Progress of a running phase: ``done`` of ``total`` units, the seconds it has left, a
+    detail (None keeps what was there)."""
     db.execute(
-        "UPDATE run_phases SET done = ?, total = COALESCE(?, total), eta_s = ?,"
-        " detail = COALESCE(?, detail), updated_at = ? WHERE run_id = ? AND phase = ?",
-        [int(done), total, eta_s, detail, now(), run_id, key],
+        "UPDATE run_phases SET done = COALESCE(?, done), total = COALESCE(?, total),"
+        " eta_s = COALESCE(?, CASE WHEN ? IS NULL THEN eta_s END), detail = COALESCE(?, detail),"
+        " updated_at = ? WHERE run_id = ? AND phase = ?",
+        [None if done is None else int(done), total, eta_s, done, detail, now(), run_id, key],
     )
     db.conn.commit()
 

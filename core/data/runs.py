@@ -56,8 +56,8 @@ class RunContext(Protocol):
         """Record the phases the run will go through (:mod:`core.data.phases`)."""
     def phase(self, phase: Any, total: int | None = None) -> None:
         """Start a phase (a :class:`core.data.phases.Phase`); the previous one is done."""
-    def phase_progress(self, done: int, total: int | None = None, eta_s: float | None = None,
-                       detail: str | None = None) -> None:
+    def phase_progress(self, done: int | None, total: int | None = None,
+                       eta_s: float | None = None, detail: str | None = None) -> None:
         """Progress of the current phase."""
     def end_phase(self, status: str = "done") -> None:
         """End the current phase (``stopped`` when cut short) without starting another."""

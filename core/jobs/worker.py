@@ -146,17 +146,18 @@ class WorkerContext(RunContext):
         if self.group.main:
             phases.start(self.db, self.run_id, phase, total)
 
-    def phase_progress(self, done: int, total: int | None = None, eta_s: float | None = None,
-                       detail: str | None = None) -> None:
-        """Progress of the current phase: ``done`` of ``total`` units. The ETA is the rate so
-        far unless given. Written at most once a second (and always at the last unit)."""
+    def phase_progress(self, done: int | None, total: int | None = None,
+                       eta_s: float | None = None, detail: str | None = None) -> None:
+        """Progress of the current phase: ``done`` of ``total`` units (None: as it was, e.g. to
+        change only the ``detail``). The ETA is the rate so far unless given. Written at most
+        once a second (always at the last unit, and when the detail changes)."""
         if not self.group.main or self._phase is None:
             return
         now_s = time.monotonic()
-        last = total is not None and done >= total
+        last = total is not None and done is not None and done >= total
         if not last and detail is None and now_s - self._phase_written < PHASE_WRITE_EVERY_S:
             return
-        if eta_s is None and total and done > 0:
+        if eta_s is None and total and done:
             eta_s = (now_s - self._phase_started) / done * max(0, total - done)
         self._phase_written = now_s
         phases.update(self.db, self.run_id, self._phase.key, done, total, eta_s, detail)

@@ -108,7 +108,7 @@ def run(ctx: RunContext) -> None:
 
     def save(reason: str) -> None:
         if reason == "epoch":
-            ctx.phase_progress(0, detail="saving the adapter (end of an epoch)")
+            ctx.phase_progress(None, detail="saving the adapter (end of an epoch)")
         save_adapter(model, tokenizer, folder, {**meta, "saved_because": reason})
         ctx.set_artifact(folder)
         ctx.log(f"Adapter saved ({reason}) to {folder}.")
