@@ -165,8 +165,8 @@ def test_stop_signals_a_running_worker_once_and_says_what_happens(db, project, t
         ctx.plan_phases([phases.LOAD, phases.TRAIN])
         ctx.phase(phases.TRAIN, total=10)
         message = launcher.request_stop(db, run_id)
-        assert message == (f"Run {run_id} is stopping: it finishes the current step, saves its "
-                           "adapter and ends.")
+        assert message == (f"Run {run_id} is stopping: it drops the step in progress, saves its "
+                           "adapter as the last step left it and ends.")
         run = get_run(db, run_id)
         assert run["stop_requested"] == 1 and run["stop_requested_at"]
         assert fake.terms() == 1
@@ -182,7 +182,7 @@ def test_stop_signals_a_running_worker_once_and_says_what_happens(db, project, t
 @pytest.mark.parametrize("phase, says", [
     (None, "it ends now (nothing to save yet)"),
     ("load", "it ends now (nothing to save yet)"),
-    ("train", "finishes the current step, saves its adapter"),
+    ("train", "drops the step in progress, saves its adapter"),
     ("save", "it saves its adapter and ends"),
     ("predict_dev", "keeping its adapter and the predictions stored so far"),
 ])

@@ -88,7 +88,7 @@ def test_stop_while_training_saves_the_adapter_even_when_the_flag_is_seen_first(
     asked = time.monotonic()
     db.execute("UPDATE runs SET stop_requested = 1 WHERE id = ?", [run_id])
     db.conn.commit()
-    _wait_for(lambda: "Stop requested: it finishes the current step" in read_log(run_id),
+    _wait_for(lambda: "Stop requested: it drops the step in progress" in read_log(run_id),
               "the worker to see the flag", timeout_s=30)
     os.kill(get_run(db, run_id)["pid"], signal.SIGTERM)
     run = launcher.wait(db, run_id, timeout_s=300, poll_s=0.2)

@@ -167,7 +167,7 @@ def test_a_reload_during_a_run_shows_the_run_its_phase_and_stop_says_stopping_at
         at.button(key=f"train_stop_{run_id}").click().run()
         assert not at.exception, at.exception
         # The same rerun already shows it: no wait for the worker.
-        assert any("Stopping…" in w.value and "finishes the current step" in w.value
+        assert any("Stopping…" in w.value and "drops the step in progress" in w.value
                    for w in at.warning), _texts(at)
         assert not [b for b in at.button if b.key == f"train_stop_{run_id}"]
         assert "stopping" in at.dataframe[0].value.loc[0, "status"]

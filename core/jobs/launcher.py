@@ -141,9 +141,10 @@ def request_stop(db: Database, run_id: int) -> str:
 
     A queued run is removed from the queue at once. A running one gets the ``stop_requested``
     flag (with the time it was asked, so the page can say "stopping…" at once) and one SIGTERM;
-    its worker ends "stopped": at once while it loads its model, after the current step (saving
-    the adapter) while it trains, keeping the adapter and the predictions stored so far while it
-    predicts. Asking again does not send another signal (a second signal ends a worker hard).
+    its worker ends "stopped": at once while it loads its model; while it trains, dropping the
+    step in progress and saving the adapter as the last whole step left it (on several GPUs:
+    after the current step); once the save is complete while it saves; at once while it predicts,
+    keeping the adapter and the predictions stored so far. Asking again does not send another signal (a second signal ends a worker hard).
     """
     run = get_run(db, run_id)
     if run["status"] in config.FINAL_STATUSES:
@@ -171,7 +172,8 @@ def stop_outcome(phase: dict | None) -> str:
     """What a stop does in this phase (a row of :func:`core.data.phases.current`)."""
     key = (phase or {}).get("phase", "")
     if key == "train":
-        return "it finishes the current step, saves its adapter and ends."
+        return ("it drops the step in progress, saves its adapter as the last step left it and "
+                "ends.")
     if key in ("dev_loss", "save"):
         return "it saves its adapter and ends."
     if key.startswith("predict") or key == "score":

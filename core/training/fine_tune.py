@@ -115,7 +115,8 @@ def run(ctx: RunContext) -> None:
 
     if group.main:
         hooks = Hooks(log=ctx.log, progress=ctx.progress, should_stop=ctx.should_stop, save=save,
-                      phase=ctx.phase, phase_progress=ctx.phase_progress)
+                      phase=ctx.phase, phase_progress=ctx.phase_progress,
+                      interruptible=ctx.interruptible)
     else:
         hooks = Hooks(log=ctx.log, should_stop=ctx.should_stop)
     result = train_loop(model, tokenizer, train_enc, dev_enc, cfg, info.device, dtype, hooks,

@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 from core.data.phases import DEV_LOSS, TRAIN
-from core.errors import DataError, ModelError
+from core.errors import DataError, ModelError, StopRequested
 from core.models import loader
 from core.models.adapters import _peft_quietly
 from core.training.batches import (
@@ -192,6 +193,9 @@ class Hooks:
     #: (done, total, eta_s=, detail=): training, then the dev loss at the end.
     phase: Callable[..., None] | None = None
     phase_progress: Callable[..., None] | None = None
+    #: A stretch a stop may cut short by raising StopRequested in it (the worker's
+    #: ``interruptible``): a step's forward and backward passes, never the optimiser's update.
+    interruptible: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
 
 
 def dev_loss(model: Any, data: Sequence[Encoded], pad_id: int, device: str, token_budget: int,
@@ -295,17 +299,22 @@ def train_loop(
             n_answer = sum(e.n_answer for e in items)  # of the whole step, on every process
             loss_total = 0.0
             mine = shard(items, group, length=lambda e: len(e.ids))
+            # In one process a stop need not wait for the end of the step: the forward and
+            # backward passes are dropped where they are (the weights change only in the
+            # optimiser's update below) and the adapter is saved as the previous step left it.
+            # Several processes agree on a stop at the end of a step instead.
             abandoned = False
-            for chunk in micro_batches(mine, budget, prefix):
-                # In one process a stop need not wait for the step's last micro-batch: the step
-                # is dropped and the adapter saved as the previous step left it. (Several
-                # processes agree on a stop at the end of a step.)
-                if not group.enabled and hooks.should_stop():
-                    abandoned = True
-                    break
-                loss_sum, _n = answer_loss_sum(model, chunk, pad_id, device, autocast, prefix)
-                (loss_sum / n_answer).backward()
-                loss_total += float(loss_sum.detach())
+            try:
+                with contextlib.nullcontext() if group.enabled else hooks.interruptible():
+                    for chunk in micro_batches(mine, budget, prefix):
+                        if not group.enabled and hooks.should_stop():
+                            raise StopRequested()
+                        loss_sum, _n = answer_loss_sum(model, chunk, pad_id, device, autocast,
+                                                       prefix)
+                        (loss_sum / n_answer).backward()
+                        loss_total += float(loss_sum.detach())
+            except StopRequested:
+                abandoned = True
             if abandoned:
                 optimizer.zero_grad(set_to_none=True)
                 hooks.log(f"Stopped during step {step + 1}: that step is dropped.")
@@ -378,9 +387,13 @@ def _dev_report(model, dev, pad_id, device, budget, autocast, step, total, epoch
             if hooks.phase_progress:
                 hooks.phase_progress(step, total, detail=f"dev loss after epoch {epoch:.0f}: "
                                      f"{done} / {of} sentences")
-    value = dev_loss(model, dev, pad_id, device, budget, autocast,
-                     None if share_prefix_enabled() else 0, group, progress,
-                     hooks.should_stop if final else None)
+    try:
+        with hooks.interruptible() if final and not group.enabled else contextlib.nullcontext():
+            value = dev_loss(model, dev, pad_id, device, budget, autocast,
+                             None if share_prefix_enabled() else 0, group, progress,
+                             hooks.should_stop if final else None)
+    except StopRequested:
+        value = None
     if value is None:
         return None
     result.dev_losses.append((step, value))

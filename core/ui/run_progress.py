@@ -112,7 +112,8 @@ def stop_button(run: dict, key: str) -> None:
         return
     st.button("Stop this run", key=key, type="secondary", on_click=_stop, args=(run["id"],),
               help="While the model loads or the run predicts, it ends at once (keeping what it "
-              "stored); while it trains, after the current step, saving the adapter.")
+              "stored); while it trains, dropping the step in progress and saving the adapter as "
+              "the last whole step left it.")
 
 
 def active_banner(db: Database, project_id: int, hint: str = "") -> list[dict]:
