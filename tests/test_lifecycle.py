@@ -332,3 +332,35 @@ def test_a_failed_run_keeps_its_traceback_out_of_the_log_the_user_reads(db, proj
     assert "Traceback" in (run_dir(run_id) / "traceback.txt").read_text()
     assert [(r["phase"], r["status"]) for r in phases.list_phases(db, run_id)][:1] == [
         ("crf_train", "failed")]
+
+
+class _Writes:
+    """Stands in for a peft model / tokenizer: ``save_pretrained`` writes files like theirs."""
+
+    def __init__(self, *names: str) -> None:
+        self.names = names
+
+    def save_pretrained(self, folder: str) -> None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        for name in self.names:
+            (Path(folder) / name).write_text("{}")
+
+
+def test_the_next_save_and_the_end_of_a_run_remove_a_killed_save(db, project):
+    from core.models.adapters import save_adapter
+
+    run_id = _run(db, project, status="running")
+    folder = run_dir(run_id) / "adapter"
+    half = run_dir(run_id) / "adapter.partial"
+    half.mkdir()
+    (half / "adapter_model.safetensors").write_bytes(b"x" * 4096)  # what a killed save left
+    save_adapter(_Writes("adapter_config.json", "adapter_model.safetensors"),
+                 _Writes("tokenizer_config.json"), folder, {"saved_because": "end"})
+    assert sorted(p.name for p in run_dir(run_id).iterdir() if p.name.startswith("adapter")) == [
+        "adapter"]
+    assert (folder / "adapter_config.json").is_file() and (folder / META_FILE).is_file()
+    half.mkdir()
+    (half / "adapter_model.safetensors").write_bytes(b"x")
+    worker._finish(db, run_id, "stopped")  # how the worker ends a run
+    assert not half.exists() and folder.is_dir()
+    assert get_run(db, run_id)["status"] == "stopped"

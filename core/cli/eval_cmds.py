@@ -10,7 +10,7 @@ from core import config
 from core.cli.follow import wait_and_report
 from core.data import projects
 from core.data.db import get_db
-from core.data.runs import get_run, log_path
+from core.data.runs import get_run, log_path, plain_text
 from core.errors import NerlabError, NotFound
 from core.evaluation import run_scores, scoring
 from core.jobs import launcher
@@ -80,7 +80,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     for split in splits:
         m = result[split][args.mode]
-        print(f"Run {run['id']} {run['name'] or run['kind']} ({run['kind']}) on {split}, "
+        print(f"Run {run['id']} {plain_text(run['name'], 60) or run['kind']} ({run['kind']}) on {split}, "
               f"{args.mode} mode: {scoring.summary_line(m)}")
         print(format_table(m))
         print()
