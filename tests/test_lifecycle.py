@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from core.data.projects import SentenceRecord
 from core.data.runs import create_run, get_run, list_runs, log_path, run_dir
 from core.jobs import launcher, worker
 from core.models.adapters import META_FILE, tidy_adapter
-from core.training.checks import CARVE_DEV, check_run, carve_dev_fix
+from core.training.checks import CARVE_DEV, carve_dev_fix, check_run
 from core.training.runconfig import RunConfig
 from core.ui import md_escape
 

@@ -16,8 +16,8 @@ from core import config
 from core.cli import eval_cmds, run_cmds, template_cmds
 from core.data import io, projects
 from core.data.db import get_db
-from core.data.phases import format_duration
 from core.data.demo import ensure_demo_project
+from core.data.phases import format_duration
 from core.errors import NerlabError
 from core.models import loader
 

@@ -27,8 +27,8 @@ import threading
 import time
 import traceback
 import warnings
-from pathlib import Path
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database

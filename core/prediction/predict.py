@@ -19,6 +19,7 @@ from core.prediction.decoding import DEFAULT_BATCH_SIZE, generate, token_budget
 from core.prompts.formats import parse_output
 from core.prompts.plan import PromptPlan
 
+
 def store_predictions(db: Database, run_id: int, split: str, rows: Sequence[dict]) -> None:
     """Insert or replace predictions (one per sentence) in one transaction.
 
