@@ -19,7 +19,7 @@ from core.data.db import get_db
 from core.data.demo import ensure_demo_project
 from core.data.phases import format_duration
 from core.errors import NerlabError
-from core.models import loader
+from core.models import loader, quiet
 
 #: Modules that add sub-commands: each defines ``register(subparsers) -> None`` and sets
 #: ``func`` on its parsers (``func(args) -> int``).
@@ -108,6 +108,7 @@ def cmd_demo(args) -> int:
 
 def cmd_model(args) -> int:
     started = time.perf_counter()
+    quiet.quiet_libraries()  # its own progress lines, not the libraries' bars
     if loader.needs_conversion(args.name):
         print("Converting the bundled model to safetensors (once; about a minute, more on a busy "
               "machine)…", flush=True)
