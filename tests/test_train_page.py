@@ -111,6 +111,7 @@ def test_run_view_shows_progress_stop_cli_and_log(app):
         assert "nerlab train 'BC5CDR demo'" in code and "--max-steps 10" in code
         assert "Training 300 sentences" in code
         assert any(m.label == "Train loss" and m.value == "0.7000" for m in at.metric)
+        assert at.get("plotly_chart")  # the loss curve
         with mock.patch("core.jobs.launcher.request_stop", return_value="stopping") as stop:
             at.button(key=f"train_stop_{run_id}").click().run()
         assert stop.call_args.args[1] == run_id

@@ -292,14 +292,14 @@ def run_details(db: Database, run: dict, project: dict) -> None:
         rp.stopping_note(db, run)
     if run["kind"] == "train":
         progress_block(db, run, metrics)
-    else:
-        rp.phases_block(db, run)
         if metrics:
             st.plotly_chart(charts.loss_curves(metrics), key=f"train_loss_chart_{run['id']}",
                             width="stretch")
             if any(m.get("tokens_per_s") for m in metrics):
                 st.plotly_chart(charts.throughput_chart(metrics), key=f"train_tps_chart_{run['id']}",
                                 width="stretch")
+    else:
+        rp.phases_block(db, run)
     rp.stop_button(run, key=f"train_stop_{run['id']}")
     if run["kind"] == "train":
         st.markdown("**The same run from the command line**")
