@@ -144,7 +144,8 @@ def request_stop(db: Database, run_id: int) -> str:
     its worker ends "stopped": at once while it loads its model; while it trains, dropping the
     step in progress and saving the adapter as the last whole step left it (on several GPUs:
     after the current step); once the save is complete while it saves; at once while it predicts,
-    keeping the adapter and the predictions stored so far. Asking again does not send another signal (a second signal ends a worker hard).
+    keeping the adapter and the predictions stored so far. Asking again sends no second signal
+    (a worker takes a second signal as "end at once").
     """
     run = get_run(db, run_id)
     if run["status"] in config.FINAL_STATUSES:
