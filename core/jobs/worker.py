@@ -439,6 +439,8 @@ def _follow(db: Database, run_id: int, group: Group) -> int:
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
         _dispatch(ctx)
+    except StopRequested:
+        return 0  # rank 0 records the stop
     except BaseException as exc:  # noqa: BLE001 - recorded, then the process exits non-zero
         where = _keep_traceback(run_id, group.rank)
         if distributed.lost_peer(exc) and _cause_recorded_elsewhere(db, run_id):
