@@ -38,9 +38,11 @@ runs = list_runs(db, pid)
 active = rp.active_banner(db, pid, hint="Its phases, the log and Stop are on the **Runs** tab. "
                           "It goes on if you close the browser.")
 
-# A page opened (or reloaded) while a run is active opens on that run.
-tab_new, tab_runs = st.tabs(["New run", "Runs"], key="train_tabs", on_change="rerun",
-                            default="Runs" if active else "New run")
+# A page opened (or reloaded) while a run is active opens on that run; after that the tab is the
+# user's choice (it stays on Runs when the run ends).
+if active and "train_tabs" not in st.session_state:
+    st.session_state["train_tabs"] = "Runs"
+tab_new, tab_runs = st.tabs(["New run", "Runs"], key="train_tabs", on_change="rerun")
 
 with tab_new:
     st.caption(f"Runs on: {machine.describe()}. A run is a background process: close the browser and it "

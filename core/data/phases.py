@@ -175,8 +175,11 @@ def describe(row: dict, duration=None) -> str:
     ``duration`` formats seconds (default :func:`format_duration`)."""
     fmt = duration or format_duration
     parts = [row["title"]]
-    if row.get("total"):
-        unit = row.get("unit") or ""
+    unit = row.get("unit") or ""
+    if row.get("total") and row["status"] in ("pending", "skipped"):
+        if unit != "%":  # its size only: nothing is done yet
+            parts.append(f"{row['total']}" + (f" {unit}" if unit else ""))
+    elif row.get("total"):
         if unit == "%":
             parts.append(f"{int(100 * row['done'] / row['total'])}%")
         else:

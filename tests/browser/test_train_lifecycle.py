@@ -60,6 +60,11 @@ def test_reload_shows_the_run_and_stop_answers_at_once(app_server, app_home, bro
         assert run["status"] == "stopped", run
         page.get_by_role("heading", name=re.compile(rf"Run #{run_id} · .* · stopped")).wait_for(
             timeout=60_000)
+        page.wait_for_timeout(3000)  # the page redraws once when the run has ended
+        # ...and stays on the run the user was watching.
+        assert page.get_by_role("tab", name="Runs").get_attribute("aria-selected") == "true"
+        page.get_by_role("heading", name=re.compile(rf"Run #{run_id} · .* · stopped")).wait_for(
+            timeout=30_000)
         assert (app_home / "runs" / str(run_id) / "adapter" / "adapter_model.safetensors").is_file()
         assert not [u for u in fetched if "127.0.0.1:9" in u]
         print(f"\n'Stopping…' shown {shown_after:.1f} s after the click; run stopped "
