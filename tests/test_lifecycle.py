@@ -363,3 +363,28 @@ def test_the_next_save_and_the_end_of_a_run_remove_a_killed_save(db, project):
     worker._finish(db, run_id, "stopped")  # how the worker ends a run
     assert not half.exists() and folder.is_dir()
     assert get_run(db, run_id)["status"] == "stopped"
+
+
+def test_the_evaluate_page_shows_an_active_baselines_phase(db, demo, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    from core.prediction import baselines
+
+    fake = FakeWorker(tmp_path)
+    try:
+        run_id = create_run(db, demo["id"], "crf", baselines.settings("crf", {}), name="crf *x*")
+        db.execute("UPDATE runs SET status = 'running', pid = ?, heartbeat_at = ? WHERE id = ?",
+                   [fake.proc.pid, now(), run_id])
+        db.conn.commit()
+        ctx = worker.WorkerContext(db, get_run(db, run_id))
+        ctx.plan_phases([baselines.CRF_TRAIN, phases.predict_phase("test", 147), phases.SCORE])
+        ctx.phase(phases.predict_phase("test", 147))
+        ctx.phase_progress(30, 147, eta_s=12.0)
+        at = AppTest.from_file(str(ROOT / "pages" / "5_Evaluate.py"), default_timeout=60)
+        at.run()
+        assert not at.exception, at.exception
+        texts = [p.proto.text for p in at.get("progress")]
+        assert any(f"#{run_id} crf \\*x\\* (crf): running" in t and "Predict test · 30 \\/ 147" in t
+                   for t in texts), texts
+    finally:
+        fake.end()
