@@ -39,3 +39,9 @@ class DataError(NerlabError):
 
 class ConstraintError(NerlabError):
     """A tokenizer, format or token the constraint cannot work with."""
+
+
+class StopRequested(BaseException):  # noqa: N818 - a control-flow signal, like KeyboardInterrupt
+    """A run was asked to stop (Stop button, ``nerlab stop``, SIGTERM) at a point where nothing
+    needs saving. A BaseException, so that library code's ``except Exception`` cannot swallow it
+    when the worker raises it in the middle of model loading or prediction."""

@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from core import config
+from core.data import phases
 from core.data.db import get_db
 from core.data.runs import list_runs
 from core.errors import ConfigError
@@ -13,6 +14,7 @@ from core.prompts.store import list_templates
 from core.training.checks import check_run
 from core.training.runconfig import default_preset_for
 from core.ui import init_page, show_error
+from core.ui import run_progress as rp
 from core.ui import train_view as tv
 
 db, project = init_page("Train", icon="🏋️")
@@ -33,8 +35,13 @@ machine = device()
 cuda = machine.device == "cuda"
 launcher.refresh(db)
 runs = list_runs(db, pid)
-active = [r for r in runs if r["status"] in ("queued", "running")]
+active = rp.active_banner(db, pid, hint="Its phases, the log and Stop are on the **Runs** tab. "
+                          "It goes on if you close the browser.")
 
+# A page opened (or reloaded) while a run is active opens on that run; after that the tab is the
+# user's choice (it stays on Runs when the run ends).
+if active and "train_tabs" not in st.session_state:
+    st.session_state["train_tabs"] = "Runs"
 tab_new, tab_runs = st.tabs(["New run", "Runs"], key="train_tabs", on_change="rerun")
 
 with tab_new:
@@ -64,7 +71,7 @@ with tab_new:
         st.markdown("**Pre-flight checks**")
         if cfg_error is not None:
             show_error(cfg_error)
-        tv.show_issues(issues)
+        tv.show_issues(issues, db, pid)
         submitted = st.form_submit_button(
             "Start training", type="primary", key="train_start", disabled=blocked,
             help="Checks the settings again and starts the run in the background."
@@ -107,8 +114,9 @@ with tab_runs:
             launcher.refresh(fdb)
             rows = list_runs(fdb, pid)
             by_id = {r["id"]: r for r in rows}
-            st.dataframe(pd.DataFrame(tv.runs_table(rows)), hide_index=True, key="train_runs_df",
-                         width="stretch")
+            now_doing = phases.current(fdb, [r["id"] for r in rows])
+            st.dataframe(pd.DataFrame(tv.runs_table(rows, now_doing)), hide_index=True,
+                         key="train_runs_df", width="stretch")
             run_id = st.selectbox("Run", list(by_id), key="train_run",
                                   format_func=lambda i: tv.run_label(by_id[i]))
             run = by_id[run_id]

@@ -7,7 +7,7 @@ from core.data import projects
 from core.data.db import get_db
 from core.evaluation import compare, scoring
 from core.prediction import tryout
-from core.ui import charts, init_page, plain, show_error
+from core.ui import charts, init_page, md_escape, show_error
 from core.ui import eval_view as ev
 
 db, project = init_page("Compare", icon="⚖️")
@@ -96,7 +96,7 @@ st.dataframe(
     table, hide_index=True, key="compare_table",
     column_config={c: st.column_config.NumberColumn(format="%.3f") for c in table.columns[1:]},
 )
-st.caption(f"Δ: difference from {plain(short[ref])}. With {len(rows)} sentences, differences inside the "
+st.caption(f"Δ: difference from {md_escape(short[ref])}. With {len(rows)} sentences, differences inside the "
            "95% intervals may be chance.")
 st.plotly_chart(charts.compare_per_class({short[i]: scores[i] for i in run_ids}),
                 key="compare_bars")
@@ -121,8 +121,10 @@ for r in shown[(page - 1) * PAGE : page * PAGE]:
 
 # --- Try a new sentence -----------------------------------------------------------------------
 st.subheader("Try a new sentence")
-st.caption("Each selected run reads the sentence in a background process (loading a model takes "
-           "a few seconds); the answers appear here.")
+st.caption("Each selected run reads the sentence in a background process. The first sentence "
+           "loads each run's model (seconds for the bundled model, minutes for a large one); the "
+           f"process keeps them in memory for {tryout.IDLE_S / 60:.0f} minutes after the last "
+           "sentence, so the next ones take only the generation time.")
 text = st.text_input("Sentence", key="compare_try_text",
                      placeholder="e.g. Lithium-induced hypotension was reversed by naloxone .")
 if st.button("Run the selected models", key="compare_try_go", type="primary"):
@@ -140,11 +142,13 @@ def _show_try(request_id: int) -> None:
         out = req["outputs"].get(str(rid))
         name = f"#{rid} {by_id[rid]['name']}" if rid in by_id else f"#{rid}"
         if out is None:
-            st.caption(f"{name}: {'working…' if pending else 'no answer'}")
+            st.caption(f"{name}: {'waiting for its turn…' if pending else 'no answer'}")
+        elif "stage" in out and "status" not in out:
+            st.caption(f"{name}: {tryout.stage_text(out)}")
         elif out["status"] == "error":
             st.error(f"{name}: {out.get('error')}")
         else:
-            st.markdown(f"**{name}** · {out['seconds']} s" +
+            st.markdown(f"**{name}** · {tryout.timing_text(out)}" +
                         (f" · answer {out['status']}" if out["status"] != "ok" else ""))
             ev.show_html(ev.spans_html(req["text"], tryout.spans_of(out), palette))
     if req["status"] == "failed":

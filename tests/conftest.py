@@ -34,6 +34,8 @@ def shared_models_dir():
 def home(tmp_path, monkeypatch):
     """A fresh NERLAB_HOME for one test (database and run artefacts)."""
     monkeypatch.setenv(config.HOME_ENV, str(tmp_path))
+    # The "try a sentence" process a test starts ends soon after its last request.
+    monkeypatch.setenv("NERLAB_TRY_IDLE_S", "20")
     return tmp_path
 
 

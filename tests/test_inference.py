@@ -88,7 +88,11 @@ def test_predict_run_stores_parsed_predictions(db, demo, smol, tmp_path):
     for r in rows:
         assert r["parse_status"] in ("ok", "partial", "unparsable")
         assert isinstance(json.loads(r["spans"]), list)
-        assert set(json.loads(r["details"])) == {"hallucinated", "unknown_types"}
+        details = json.loads(r["details"])
+        assert {"hallucinated", "unknown_types", "loose", "mean_logprob", "min_logprob",
+                "constrained", "completed"} <= set(details)
+        assert details["constrained"] and details["min_logprob"] <= details["mean_logprob"] <= 0
+        assert r["parse_status"] == "ok" and details["hallucinated"] == []  # constrained
     result = run_scores.evaluate_run(db, run_id)
     assert set(result) == {"dev", "test"}
     assert run_metrics(db, run_id) == []  # a training run's progress rows are its loss curve

@@ -58,7 +58,10 @@ def test_run_list_carries_the_last_training_loss_past_a_dev_loss_row(db, project
     assert row["last_metrics"]["eval_loss"] == 0.7 and row["last_metrics"]["loss"] is None
     assert row["last_loss"] == 0.5
     (table,) = runs_table([row])
-    assert table["loss"] == 0.5 and table["progress"] == "2/2"
+    assert table["loss"] == "0.5000" and table["progress"] == "2/2"
+    fresh = create_run(db, project["id"], "train", cfg.to_dict(), base_model=cfg.base_model)
+    (table, _) = runs_table(list_runs(db, project["id"]))
+    assert table["id"] == fresh and table["loss"] == "—"  # no step yet: a dash, not "None"
     assert run_label(row) == f"#{run_id} train-{run_id} · loraplus"
 
 
@@ -200,6 +203,8 @@ def test_stop_keeps_an_adapter_and_the_queue_moves_on(db, tiny):
     _wait_for(lambda: get_run(db, first)["status"] == "running")
     assert launcher.launch(db, second) is False
     assert get_run(db, second)["status"] == "queued"
+    # Once it trains (a stop while the model loads ends the run there, with nothing to save).
+    _wait_for(lambda: any(m["loss"] is not None for m in run_metrics(db, first)))
     assert "stopping" in launcher.request_stop(db, first)
     run = launcher.wait(db, first, timeout_s=240)
     assert run["status"] == "stopped", read_log(first)
@@ -209,4 +214,5 @@ def test_stop_keeps_an_adapter_and_the_queue_moves_on(db, tiny):
     run2 = launcher.wait(db, second, timeout_s=240)
     assert run2["status"] == "failed" and run2["error_kind"] == "model", read_log(second)
     assert "/nonexistent/model-folder" in run2["error_message"]
-    assert run2["log_tail"]
+    assert run2["log_tail"] and "Traceback" not in run2["log_tail"]
+    assert (run_dir(second) / "traceback.txt").is_file()

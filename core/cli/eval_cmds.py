@@ -7,9 +7,10 @@ import json
 import sys
 
 from core import config
+from core.cli.follow import wait_and_report
 from core.data import projects
 from core.data.db import get_db
-from core.data.runs import get_run, log_path
+from core.data.runs import get_run, log_path, plain_text
 from core.errors import NerlabError, NotFound
 from core.evaluation import run_scores, scoring
 from core.jobs import launcher
@@ -79,7 +80,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     for split in splits:
         m = result[split][args.mode]
-        print(f"Run {run['id']} {run['name'] or run['kind']} ({run['kind']}) on {split}, "
+        print(f"Run {run['id']} {plain_text(run['name'], 60) or run['kind']} ({run['kind']}) on {split}, "
               f"{args.mode} mode: {scoring.summary_line(m)}")
         print(format_table(m))
         print()
@@ -139,9 +140,9 @@ def cmd_baseline(args: argparse.Namespace) -> int:
           f" Log: {log_path(run_id)}")
     if not args.wait:
         return 0
-    run = launcher.wait(db, run_id)
-    if run["status"] != "finished":
-        raise NerlabError(f"Run {run_id} ended {run['status']}: {run.get('error_message') or ''}")
+    code = wait_and_report(db, run_id)
+    if code != 0:
+        return code
     for split in run_scores.prediction_splits(db, run_id):
         m = run_scores.metrics_for(db, run_id, split)
         if m:
@@ -184,5 +185,7 @@ def register(subparsers) -> None:
                    help="zero-/few-shot: constrained decoding (default on): well-formed answers, "
                    "entities only whole words of the sentence; --no-constrained to compare")
     p.add_argument("--run-name", default="", help="a name for the run")
-    p.add_argument("--wait", action="store_true", help="wait for the run and print its scores")
+    p.add_argument("--wait", action="store_true",
+                   help="print every phase's progress until the run ends, then its scores; "
+                   "exit 0 finished, 1 failed, 2 stopped")
     p.set_defaults(func=cmd_baseline)

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -19,8 +20,9 @@ from core.cli import eval_cmds, run_cmds, template_cmds
 from core.data import io, projects
 from core.data.db import get_db
 from core.data.demo import ensure_demo_project
+from core.data.phases import format_duration
 from core.errors import NerlabError
-from core.models import loader
+from core.models import loader, quiet
 
 #: Modules that add sub-commands: each defines ``register(subparsers) -> None`` and sets
 #: ``func`` on its parsers (``func(args) -> int``).
@@ -151,9 +153,23 @@ def cmd_demo(args) -> int:
 
 
 def cmd_model(args) -> int:
-    import time
-
     started = time.perf_counter()
+    quiet.quiet_libraries()  # its own progress lines, not the libraries' bars
+    if loader.needs_conversion(args.name):
+        print("Converting the bundled model to safetensors (once; about a minute, more on a busy "
+              "machine)…", flush=True)
+        shown = [-1]
+
+        def progress(done: int, total: int) -> None:
+            if done // 10 == shown[0] // 10 and done < total:
+                return  # a line per 10%
+            shown[0] = done
+            took = time.perf_counter() - started
+            eta = (f", ETA {format_duration(took / done * (total - done))}"
+                   if 0 < done < total else "")
+            print(f"  {100 * done // total}% ({format_duration(took)}{eta})", flush=True)
+
+        loader.ensure_bundled_model(progress=progress)
     path = loader.resolve(args.name)
     print(f"{args.name} → {path} ({time.perf_counter() - started:.1f} s)")
     return 0

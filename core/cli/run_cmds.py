@@ -14,9 +14,10 @@ import sys
 import time
 
 from core import config
-from core.data import projects
+from core.cli.follow import EXIT_CODES, run_summary, wait_and_report
+from core.data import phases, projects
 from core.data.db import get_db
-from core.data.runs import get_run, list_runs, run_metrics
+from core.data.runs import list_runs, log_path, plain_text
 from core.errors import NerlabError
 from core.jobs import launcher
 from core.models import loader
@@ -27,8 +28,7 @@ from core.models.merging import DTYPES
 from core.training.checks import check_run
 from core.training.runconfig import FIELDS, PRESETS, RunConfig, get_preset
 
-#: Exit codes of ``nerlab train --wait``.
-EXIT_CODES = {"finished": 0, "failed": 1, "stopped": 2}
+__all__ = ["EXIT_CODES", "cmd_train", "register", "wait_and_report"]
 
 
 #: Settings that are not command-line flags (``--preset`` is handled on its own).
@@ -86,23 +86,6 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return preset.config(**overrides) if preset else RunConfig().with_overrides(**overrides)
 
 
-def _fmt_progress(m: dict | None) -> str:
-    if not m:
-        return ""
-    parts = [f"step {m['step']}/{m['total_steps'] or '?'}"]
-    if m.get("loss") is not None:
-        parts.append(f"loss {m['loss']:.4f}")
-    if m.get("eval_loss") is not None:
-        parts.append(f"dev loss {m['eval_loss']:.4f}")
-    if m.get("tokens_per_s"):
-        parts.append(f"{m['tokens_per_s']:.0f} tok/s")
-    if m.get("gpu_mem_mb"):
-        parts.append(f"GPU {m['gpu_mem_mb'] / 1024:.1f} GB")
-    if m.get("eta_s") is not None and m.get("loss") is not None:
-        parts.append(f"ETA {launcher.format_duration(m['eta_s'])}")
-    return ", ".join(parts)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     db = get_db()
     project = projects.get_project(db, args.name)
@@ -113,7 +96,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     errors = [i for i in issues if i.level == "error"]
     for issue in issues:
         if issue.level != "info" or args.wait:
-            print(f"{issue.level}: {issue.title}: {issue.msg}", file=sys.stderr)
+            fix = f" Fix it with: {issue.command}" if issue.command else ""
+            print(f"{issue.level}: {issue.title}: {issue.msg}{fix}", file=sys.stderr)
     if errors and not args.force:
         raise NerlabError(f"{len(errors)} pre-flight check(s) failed (see above); fix them or "
                           "pass --force.")
@@ -131,49 +115,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     return wait_and_report(db, run_id)
 
 
-def wait_and_report(db, run_id: int, poll_s: float = 2.0) -> int:
-    """Print progress until the run ends; return the outcome's exit code."""
-    seen = 0
-    try:
-        while True:
-            launcher.refresh(db, start_queued=False)
-            run = get_run(db, run_id)
-            rows = run_metrics(db, run_id)
-            for row in rows[seen:]:
-                print(_fmt_progress(row), flush=True)
-            seen = len(rows)
-            if run["status"] in config.FINAL_STATUSES:
-                break
-            time.sleep(poll_s)
-    except KeyboardInterrupt:
-        print(f"\nRun {run_id} goes on in the background; stop it with: nerlab stop {run_id}",
-              file=sys.stderr)
-        return 130
-    line = f"Run {run_id} {run['status']}"
-    if run["status"] == "failed":
-        line += f" ({run['error_kind']}): {run['error_message']}"
-    elif run["artifact_path"]:
-        line += f"; adapter: {run['artifact_path']}"
-    print(line, file=sys.stderr if run["status"] == "failed" else sys.stdout)
-    return EXIT_CODES.get(run["status"], 1)
-
-
 def cmd_runs(args: argparse.Namespace) -> int:
     db = get_db()
     project = projects.get_project(db, args.name)
     launcher.refresh(db)
     rows = list_runs(db, project["id"])
+    now_doing = phases.current(db, [r["id"] for r in rows])
     if args.json:
+        for r in rows:
+            r["phase"] = now_doing.get(r["id"])
         print(json.dumps(rows, indent=2, default=str))
         return 0
     if not rows:
         print(f"No runs in {project['name']!r}. Start one with: nerlab train {project['name']!r}")
         return 0
     for r in rows:
-        detail = _fmt_progress(r["last_metrics"])
-        if r["status"] == "failed":
-            detail = f"{r['error_kind']}: {r['error_message']}"
-        print(f"{r['id']:>4}  {r['kind']:<9} {r['status']:<9} {r['name']:<20} "
+        status = r["status"]
+        if status == "running" and r["stop_requested"]:
+            status = "stopping"
+        detail = run_summary(r)
+        if r["id"] in now_doing:
+            detail = phases.describe(now_doing[r["id"]], launcher.format_duration)
+        print(f"{r['id']:>4}  {r['kind']:<9} {status:<9} {plain_text(r['name'], 30):<20} "
               f"{r['created_at']}  {detail}")
     return 0
 
@@ -182,8 +145,16 @@ def cmd_stop(args: argparse.Namespace) -> int:
     db = get_db()
     print(launcher.request_stop(db, args.run))
     if args.wait:
-        run = launcher.wait(db, args.run, timeout_s=600)
-        print(f"Run {args.run} {run['status']}.")
+        started = time.monotonic()
+        run = launcher.wait(db, args.run, timeout_s=600, poll_s=0.5)
+        took = launcher.format_duration(time.monotonic() - started)
+        if run["status"] in config.FINAL_STATUSES:
+            kept = f"; adapter: {run['artifact_path']}" if run["artifact_path"] else ""
+            print(f"Run {args.run} {run['status']} ({took}){kept}.")
+        else:
+            print(f"Run {args.run} is still {run['status']} after {took}; see its log: "
+                  f"{log_path(args.run)}")
+            return 1
     return 0
 
 
@@ -212,7 +183,8 @@ def register(subparsers) -> None:
     p.add_argument("--preset", help="start from a preset: " + ", ".join(repr(n) for n in PRESETS))
     p.add_argument("--run-name", help="a name for the run (default train-ID)")
     p.add_argument("--wait", action="store_true",
-                   help="print progress until the run ends; exit 0 finished, 1 failed, 2 stopped")
+                   help="print every phase's progress until the run ends; exit 0 finished, "
+                   "1 failed, 2 stopped")
     p.add_argument("--force", action="store_true", help="start despite failed pre-flight checks")
     p.add_argument("--json", action="store_true",
                    help="print the new run as JSON (run_id, queued, pre-flight issues) instead of its id")

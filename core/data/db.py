@@ -224,3 +224,34 @@ def m_io_001_split_source(db: Database) -> None:
         " CHECK (split_source IN ('default', 'import', 'hand', 'random'))"
     )
     db.execute("UPDATE sentences SET split_source = 'import' WHERE split != 'train'")
+
+
+@migrations()
+def m_runs_001_phases(db: Database) -> None:
+    """A run's phases (load or convert the model, train, dev loss, save, predict each split,
+    score), each with its own progress and ETA; and when a stop was asked for."""
+    db.executescript(
+        """
+        CREATE TABLE run_phases (
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            position INTEGER NOT NULL,
+            phase TEXT NOT NULL,
+            title TEXT NOT NULL,
+            unit TEXT NOT NULL DEFAULT '',
+            done INTEGER NOT NULL DEFAULT 0,
+            total INTEGER,
+            status TEXT NOT NULL DEFAULT 'pending'
+                CHECK (status IN ('pending', 'running', 'done', 'stopped', 'failed', 'skipped')),
+            detail TEXT NOT NULL DEFAULT '',
+            eta_s REAL,
+            seconds REAL,
+            started_at TEXT,
+            updated_at TEXT,
+            finished_at TEXT,
+            UNIQUE (run_id, phase)
+        );
+        CREATE INDEX idx_run_phases_run ON run_phases(run_id, position);
+        ALTER TABLE runs ADD COLUMN stop_requested_at TEXT;
+        """
+    )

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,6 +52,30 @@ class RunContext(Protocol):
         """Write one progress row."""
     def set_artifact(self, path: str | Path) -> None:
         """Record where the run's main artefact is."""
+    def plan_phases(self, planned: Sequence[Any]) -> None:
+        """Record the phases the run will go through (:mod:`core.data.phases`)."""
+    def phase(self, phase: Any, total: int | None = None) -> None:
+        """Start a phase (a :class:`core.data.phases.Phase`); the previous one is done."""
+    def phase_progress(self, done: int | None, total: int | None = None,
+                       eta_s: float | None = None, detail: str | None = None) -> None:
+        """Progress of the current phase."""
+    def end_phase(self, status: str = "done") -> None:
+        """End the current phase (``stopped`` when cut short) without starting another."""
+    def interruptible(self) -> AbstractContextManager[None]:
+        """A stretch with nothing to save: a stop inside it ends the run at once."""
+
+
+#: Longest run name kept (longer ones are cut when the run is created).
+NAME_MAX = 100
+
+
+def plain_text(text: str | None, limit: int | None = None) -> str:
+    """``text`` on one line with no control characters (a terminal escape sequence or a newline
+    in a run name must not reach a terminal or a table as such), cut at ``limit`` characters."""
+    cleaned = " ".join("".join(ch if ch.isprintable() else " " for ch in str(text or "")).split())
+    if limit is not None and len(cleaned) > limit:
+        cleaned = cleaned[: max(0, limit - 1)] + "…"
+    return cleaned
 
 
 def run_dir(run_id: int) -> Path:
@@ -80,6 +106,7 @@ def create_run(
     """
     if not kind:
         raise NerlabError("A run needs a kind (train, zero-shot, few-shot, crf, ...).")
+    name = plain_text(name, NAME_MAX)
     if not db["projects"].count_where("id = ?", [project_id]):
         raise NotFound(f"No project with id {project_id}.")
     cursor = db.execute(

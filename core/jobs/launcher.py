@@ -13,10 +13,23 @@ from typing import Any
 from sqlite_utils import Database
 
 from core import config
+from core.data import phases
 from core.data.db import now
-from core.data.runs import _decode, create_run, fail_run, get_run, log_path, run_dir
+from core.data.phases import format_duration  # noqa: F401 - the pages and the CLI use it from here
+from core.data.runs import (
+    LOG_TAIL_LINES,
+    _decode,
+    create_run,
+    fail_run,
+    get_run,
+    log_path,
+    read_log,
+    run_dir,
+)
 from core.errors import NerlabError
+from core.models.adapters import ADAPTER_DIR, tidy_adapter
 from core.prediction import baselines
+from core.prediction.crf import CRF_FILE
 from core.procs import file_lock, free_port, pid_alive, spawn
 from core.prompts.plan import run_template
 from core.training.runconfig import FIELDS, RunConfig
@@ -124,24 +137,49 @@ def launch_next(db: Database) -> int | None:
 
 
 def request_stop(db: Database, run_id: int) -> str:
-    """Ask a run to stop: a queued run is stopped at once; a running one gets SIGTERM and the
-    ``stop_requested`` flag, saves its adapter and ends "stopped". Returns what happened."""
+    """Ask a run to stop; returns what happens, in a sentence for the user.
+
+    A queued run is removed from the queue at once. A running one gets the ``stop_requested``
+    flag (with the time it was asked, so the page can say "stopping…" at once) and one SIGTERM;
+    its worker ends "stopped": at once while it loads its model; while it trains, dropping the
+    step in progress and saving the adapter as the last whole step left it (on several GPUs:
+    after the current step); once the save is complete while it saves; at once while it predicts,
+    keeping the adapter and the predictions stored so far. Asking again sends no second signal
+    (a worker takes a second signal as "end at once").
+    """
     run = get_run(db, run_id)
     if run["status"] in config.FINAL_STATUSES:
         return f"Run {run_id} already ended ({run['status']})."
-    db.execute("UPDATE runs SET stop_requested = 1 WHERE id = ?", [run_id])
+    again = bool(run["stop_requested"])
+    db.execute("UPDATE runs SET stop_requested = 1, stop_requested_at = COALESCE("
+               "stop_requested_at, ?) WHERE id = ?", [now(), run_id])
     db.conn.commit()
-    if run["status"] == "queued" and not (run["pid"] and pid_alive(run["pid"], WORKER)):
+    alive = bool(run["pid"]) and pid_alive(run["pid"], WORKER)
+    if run["status"] == "queued" and not alive:
         db.execute(
             "UPDATE runs SET status = 'stopped', finished_at = ? WHERE id = ? AND status = 'queued'",
             [now(), run_id],
         )
         db.conn.commit()
         return f"Run {run_id} was removed from the queue."
-    if run["pid"] and pid_alive(run["pid"], WORKER):
+    if alive and not again:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(run["pid"], signal.SIGTERM)
-    return f"Run {run_id} is stopping: it saves its adapter and ends."
+    what = stop_outcome(phases.current(db, [run_id]).get(run_id))
+    return f"Run {run_id} is {'already ' if again else ''}stopping: {what}"
+
+
+def stop_outcome(phase: dict | None) -> str:
+    """What a stop does in this phase (a row of :func:`core.data.phases.current`)."""
+    key = (phase or {}).get("phase", "")
+    if key == "train":
+        return ("it drops the step in progress, saves its adapter as the last step left it and "
+                "ends.")
+    if key in ("dev_loss", "save"):
+        return "it saves its adapter and ends."
+    if key.startswith("predict") or key == "score":
+        return "it ends now, keeping its adapter and the predictions stored so far."
+    return "it ends now (nothing to save yet)."
 
 
 def _age_s(stamp: str | None) -> float | None:
@@ -151,41 +189,76 @@ def _age_s(stamp: str | None) -> float | None:
     return (_dt.datetime.now(_dt.timezone.utc) - then).total_seconds()
 
 
+def _end_dead_run(db: Database, row: dict, status: str, kind: str | None, message: str) -> None:
+    """A run whose worker is gone: record how it ended, close its phases, and remove what a save
+    it was in the middle of left behind (keeping the newest complete adapter)."""
+    run_id = row["id"]
+    with contextlib.suppress(OSError):
+        folder = config.runs_dir() / str(run_id)
+        (folder / CRF_FILE).with_suffix(".partial").unlink(missing_ok=True)  # see crf.save_crf
+        adapter = tidy_adapter(folder / ADAPTER_DIR)
+        if adapter is not None and not row.get("artifact_path"):
+            db.execute("UPDATE runs SET artifact_path = ? WHERE id = ?", [str(adapter), run_id])
+            db.conn.commit()
+    if status == "failed":
+        fail_run(db, run_id, kind or "other", message)
+    else:
+        db.execute("UPDATE runs SET status = ?, error_message = ?, log_tail = ?, finished_at = ?"
+                   " WHERE id = ? AND status IN ('queued', 'running')",
+                   [status, message, read_log(run_id, LOG_TAIL_LINES), now(), run_id])
+        db.conn.commit()
+    phases.close(db, run_id, status)
+
+
 def refresh(db: Database, start_queued: bool = True) -> list[int]:
-    """Mark runs whose worker died (or hangs) as failed, with the reason; return their ids.
+    """Settle runs whose worker died (or hangs), with the reason; return their ids.
 
     A "running" run whose process is gone (killed, crashed hard, machine rebooted) or whose
-    heartbeat is older than :data:`HEARTBEAT_STALE_S` fails; so does a queued run whose worker
-    died before it started. Then, with ``start_queued``, the next queued run starts if the
+    heartbeat is older than :data:`HEARTBEAT_STALE_S` fails — or ends "stopped" when a stop had
+    been asked for; so does a queued run whose worker died before it started. A half-written
+    adapter it leaves is removed. Then, with ``start_queued``, the next queued run starts if the
     machine is free.
     """
-    failed: list[int] = []
+    ended: list[int] = []
     for row in list(db.query("SELECT * FROM runs WHERE status IN ('queued', 'running')")):
         pid = row["pid"]
         if row["status"] == "queued" and not pid:
             continue
         if not pid_alive(pid, WORKER):
-            if row["status"] == "queued":
-                message = (f"The worker (pid {pid}) exited before the run started; see the log.")
+            if row["stop_requested"]:
+                _end_dead_run(db, row, "stopped", None,
+                              f"The worker (pid {pid}) ended without reporting after the stop was "
+                              "asked for. The adapter saved last, if any, is kept.")
+            elif row["status"] == "queued":
+                _end_dead_run(db, row, "failed", "other",
+                              f"The worker (pid {pid}) exited before the run started; see the log.")
             else:
-                message = (
-                    f"The worker process (pid {pid}) ended without reporting: it was killed "
-                    "(e.g. kill -9, or the system ran out of memory) or crashed hard. The adapter "
-                    "saved last, if any, is kept."
-                )
-            fail_run(db, row["id"], "other", message)
-            failed.append(row["id"])
+                _end_dead_run(db, row, "failed", "other",
+                              f"The worker process (pid {pid}) ended without reporting: it was "
+                              "killed (e.g. kill -9, or the system ran out of memory) or crashed "
+                              "hard. The adapter saved last, if any, is kept.")
+            ended.append(row["id"])
             continue
         age = _age_s(row["heartbeat_at"])
         if row["status"] == "running" and age is not None and age > HEARTBEAT_STALE_S:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(os.getpgid(pid), signal.SIGKILL)
-            fail_run(db, row["id"], "other",
-                  f"No heartbeat from the worker (pid {pid}) for {age:.0f} s: it hung and was ended.")
-            failed.append(row["id"])
+            _wait_gone(pid)
+            _end_dead_run(db, row, "failed", "other",
+                          f"No heartbeat from the worker (pid {pid}) for {age:.0f} s: it hung and "
+                          "was ended.")
+            ended.append(row["id"])
     if start_queued:
         launch_next(db)
-    return failed
+    return ended
+
+
+def _wait_gone(pid: int, timeout_s: float = 5.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while pid_alive(pid, WORKER) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def wait(db: Database, run_id: int, timeout_s: float | None = None, poll_s: float = 1.0) -> dict:
@@ -276,15 +349,3 @@ def merge_state(run_id: int) -> str:
     if (folder / "merged" / "config.json").is_file():
         return "done"
     return "failed" if (folder / "merge.log").is_file() else "none"
-
-
-def format_duration(seconds: float | None) -> str:
-    """``1 h 02 min``, ``3 min 05 s`` or ``12 s``."""
-    if seconds is None:
-        return "?"
-    s = int(round(seconds))
-    if s >= 3600:
-        return f"{s // 3600} h {s % 3600 // 60:02d} min"
-    if s >= 60:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s} s"

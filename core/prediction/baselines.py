@@ -15,11 +15,15 @@ run's config; :data:`DEFAULTS` lists them.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from sqlite_utils import Database
 
 from core import config
+from core.data import phases, projects
+from core.data.phases import Phase, predict_phase
 from core.data.runs import RunContext
 from core.errors import NerlabError
 from core.evaluation import run_scores, scoring
@@ -95,26 +99,65 @@ def run_plan(db: Database, run: dict) -> PromptPlan:
     return plan_for_run(db, run)
 
 
+def planned_phases(kind: str, cfg: dict, sizes: dict[str, int], convert: bool) -> list[Phase]:
+    """The phases of a baseline run: load its model (or train the CRF), predict each split,
+    score."""
+    if kind == "crf":
+        out = [CRF_TRAIN]
+    else:
+        out = ([phases.CONVERT] if convert else []) + [phases.LOAD]
+    limit = int(cfg.get("limit") or 0)
+    splits = [s for s in cfg["splits"] if sizes.get(s)]
+    out += [predict_phase(s, min(sizes[s], limit) if limit else sizes[s]) for s in splits]
+    out.append(replace(phases.SCORE, total=len(splits)))
+    return out
+
+
+#: The CRF's training phase.
+CRF_TRAIN = Phase("crf_train", "Train the CRF")
+
+
 def run(ctx: RunContext) -> None:
     """Execute a baseline run (called by the worker, which owns the run's status)."""
     kind = ctx.run["kind"]
     cfg = settings(kind, ctx.config)
+    sizes = {s: len(projects.examples(ctx.db, ctx.run["project_id"], split=s)) for s in cfg["splits"]}
+    base = ctx.run.get("base_model") or cfg.get("base_model") or ""
+    convert = kind != "crf" and loader.needs_conversion(base)
+    ctx.plan_phases(planned_phases(kind, cfg, sizes, convert))
     if kind == "crf":
-        run_crf(ctx, cfg)
+        run_crf(ctx, cfg, phase=CRF_TRAIN)
     else:
         run_llm(ctx, cfg)
-    results = run_scores.evaluate_run(ctx.db, ctx.run_id, splits=cfg["splits"])
-    for split, by_mode in results.items():
-        ctx.log(f"{split}: {scoring.summary_line(by_mode['default'])}")
+    with ctx.interruptible():
+        score_run(ctx, cfg["splits"])
 
 
 def run_llm(ctx: RunContext, cfg: dict) -> None:
     """Zero- or few-shot predictions of the base model."""
-    set_threads()
-    plan = run_plan(ctx.db, ctx.run)
-    base = ctx.run.get("base_model") or cfg["base_model"]
-    ctx.log(f"Loading {base}…")
-    started = time.perf_counter()
-    model, tokenizer = loader.load_model(base)
-    ctx.log(f"Loaded in {time.perf_counter() - started:.1f} s on {loader.device_info().describe()}.")
-    predict.predict_run(ctx, model, tokenizer, plan, predict_settings(cfg))
+    with ctx.interruptible():
+        base = ctx.run.get("base_model") or cfg["base_model"]
+        if loader.needs_conversion(base):
+            ctx.phase(phases.CONVERT)
+            ctx.log("First use of the bundled model: converting it (once) to safetensors.")
+            loader.ensure_bundled_model(progress=ctx.phase_progress)
+        ctx.phase(phases.LOAD)
+        set_threads()
+        plan = run_plan(ctx.db, ctx.run)
+        ctx.log(f"Loading {base}…")
+        started = time.perf_counter()
+        model, tokenizer = loader.load_model(base)
+        ctx.log(f"Loaded in {time.perf_counter() - started:.1f} s on {loader.device_info().describe()}.")
+        predict.predict_run(ctx, model, tokenizer, plan, predict_settings(cfg))
+
+
+def score_run(ctx: RunContext, splits: Sequence[str] | None = None) -> None:
+    """The scoring phase of a run: score its stored predictions, a line per split in the log."""
+    have = run_scores.prediction_splits(ctx.db, ctx.run_id)
+    wanted = [s for s in (splits or have) if s in have]
+    ctx.phase(phases.SCORE, total=len(wanted))
+    for i, split in enumerate(wanted):
+        by_mode = run_scores.evaluate_run(ctx.db, ctx.run_id, splits=[split]).get(split)
+        if by_mode:
+            ctx.log(f"{split}: {scoring.summary_line(by_mode['default'])}")
+        ctx.phase_progress(i + 1, len(wanted))

@@ -10,6 +10,7 @@ from typing import Any
 
 from core import config
 from core.data import projects
+from core.data.phases import predict_phase
 from core.data.spans import Example, Span, bio_to_spans, spans_to_bio, tokenize
 from core.errors import DataError, NerlabError
 from core.prediction import predict
@@ -116,10 +117,13 @@ def crf_predict_text(run: dict, text: str) -> list[Span]:
     return crf_predict(crf, [example])[0]
 
 
-def run_crf(ctx: Any, cfg: dict) -> None:
-    """Train the CRF on the labelled training sentences, then predict the run's splits."""
+def run_crf(ctx: Any, cfg: dict, phase: Any = None) -> None:
+    """Train the CRF on the labelled training sentences, then predict the run's splits (each
+    its own phase; ``phase`` is the training phase's, when the run reports phases)."""
     db, run_row = ctx.db, ctx.run
     train = projects.examples(db, run_row["project_id"], split="train")
+    if phase is not None:
+        ctx.phase(phase)
     ctx.log(f"Training a CRF on {len(train)} labelled sentences "
             f"(c1={cfg['c1']}, c2={cfg['c2']}, {cfg['max_iterations']} iterations)…")
     started = time.perf_counter()
@@ -131,9 +135,14 @@ def run_crf(ctx: Any, cfg: dict) -> None:
     ctx.set_artifact(path)
     limit = int(cfg.get("limit") or 0)
     for split in cfg["splits"]:
+        ctx.check_stop()
         examples = projects.examples(db, run_row["project_id"], split=split)
         if limit:
             examples = examples[:limit]
+        if not examples:
+            continue
+        if phase is not None:
+            ctx.phase(predict_phase(split, len(examples)))
         predicted = crf_predict(crf, examples)
         rows = []
         for ex, spans in zip(examples, predicted, strict=True):
@@ -141,4 +150,6 @@ def run_crf(ctx: Any, cfg: dict) -> None:
             rows.append({"sentence_id": ex.id, "raw_output": " ".join(tags), "spans": spans,
                          "parse_status": "ok"})
         predict.store_predictions(db, run_row["id"], split, rows)
+        if phase is not None:
+            ctx.phase_progress(len(rows), len(rows))
         ctx.log(f"Predicted {len(rows)} {split} sentences.")

@@ -12,15 +12,13 @@ from sqlite_utils import Database
 
 from core.data import projects
 from core.data.db import now
+from core.data.phases import predict_phase
 from core.data.runs import RunContext
 from core.data.spans import Example
 from core.prediction.constrain import constraints_for
 from core.prediction.decoding import DEFAULT_BATCH_SIZE, generate_details, token_budget
 from core.prompts.formats import parse_output
 from core.prompts.plan import PromptPlan
-
-#: Sentences generated (and stored) between two stop checks and progress rows.
-CHUNK = 64
 
 
 def store_predictions(db: Database, run_id: int, split: str, rows: Sequence[dict]) -> None:
@@ -107,8 +105,10 @@ def predict_run(ctx: RunContext, model: Any, tokenizer: Any, plan: PromptPlan,
     """Predict the labelled sentences of the settings' splits and store them.
 
     Called by the worker after training (with the trained model still in memory and the prompt
-    plan it was trained with) and by the LLM baselines. Checks for a stop request between
-    batches; what was stored stays stored.
+    plan it was trained with) and by the LLM baselines. Each split is a phase of the run with
+    its progress and ETA. The sentences go longest first, one batch per call, and every batch is
+    stored as soon as it is generated: a stop (checked between batches, or raised inside one by
+    the worker) keeps everything stored so far.
     """
     db, run = ctx.db, ctx.run
     todo = {}
@@ -124,26 +124,36 @@ def predict_run(ctx: RunContext, model: Any, tokenizer: Any, plan: PromptPlan,
             f"batch size {settings.batch_size}.")
     done = 0
     started = time.perf_counter()
+    step = max(1, settings.batch_size)
     for split, items in todo.items():
-        for c in range(0, len(items), CHUNK):
+        if not items:
+            continue
+        ctx.phase(predict_phase(split, len(items)))
+        split_started = time.perf_counter()
+        ordered = sorted(items, key=lambda e: len(e.text), reverse=True)
+        chars_left = sum(len(e.text) for e in ordered)
+        chars_done, split_done, failed = 0, 0, 0
+        for c in range(0, len(ordered), step):
             ctx.check_stop()
-            chunk = items[c : c + CHUNK]
-
-            def batch_done(k: int, _n: int, before: int = done) -> None:
-                now_done = before + k
-                rate = now_done / max(time.perf_counter() - started, 1e-9)
-                if settings.progress_rows:
-                    ctx.progress(now_done, total, eta_s=(total - now_done) / rate if rate else None)
-                else:
-                    ctx.heartbeat()
-                ctx.check_stop()  # between batches: a stop does not wait for the whole chunk
-
+            chunk = ordered[c : c + step]
             rows = predict_examples(model, tokenizer, plan, chunk, batch_size=settings.batch_size,
-                                    max_new_tokens=settings.max_new_tokens, progress=batch_done,
+                                    max_new_tokens=settings.max_new_tokens,
                                     constrained=settings.constrained)
             store_predictions(db, run["id"], split, rows)
             done += len(chunk)
-            rate = done / max(time.perf_counter() - started, 1e-9)
-            failed = sum(r["parse_status"] == "unparsable" for r in rows)
-            ctx.log(f"  {split}: {min(c + CHUNK, len(items))}/{len(items)} sentences "
-                    f"({rate:.2f} sentences/s; {failed} unparsable in this chunk)")
+            split_done += len(chunk)
+            size = sum(len(e.text) for e in chunk)
+            chars_done, chars_left = chars_done + size, chars_left - size
+            failed += sum(r["parse_status"] == "unparsable" for r in rows)
+            # Answers are about as long as their sentences: the ETA goes by characters left.
+            took = time.perf_counter() - split_started
+            eta = took / max(chars_done, 1) * chars_left
+            if settings.progress_rows:
+                rate = done / max(time.perf_counter() - started, 1e-9)
+                ctx.progress(done, total, eta_s=(total - done) / rate if rate else None)
+            else:
+                ctx.heartbeat()
+            ctx.phase_progress(split_done, len(items), eta_s=eta)
+        took = time.perf_counter() - split_started
+        ctx.log(f"  {split}: {len(items)} sentences in {took:.1f} s "
+                f"({len(items) / max(took, 1e-9):.2f} sentences/s; {failed} unparsable)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +24,32 @@ from core.training.runconfig import RunConfig
 ROUND_TRIP_SAMPLE = 50
 
 
+#: The share of the training sentences the "No dev split" fix sets aside as dev, and its seed.
+DEV_SHARE = 0.1
+DEV_SEED = 0
+#: ``Issue.action`` of the "No dev split" finding: the page offers a button that runs
+#: :func:`carve_dev_fix`.
+CARVE_DEV = "carve_dev"
+
+
 @dataclass(frozen=True)
 class Issue:
-    """One pre-flight finding. ``level`` is "error" (blocks the start), "warning" or "info"."""
+    """One pre-flight finding. ``level`` is "error" (blocks the start), "warning" or "info".
+
+    ``command`` is the shell command that fixes it (the CLI prints it); ``action`` names a fix
+    the page offers as a button (e.g. :data:`CARVE_DEV`)."""
 
     level: str
     title: str
     msg: str
+    command: str = ""
+    action: str = ""
+
+
+def carve_dev_fix(db: Database, project_id: int) -> int:
+    """The "No dev split" fix: a seeded 10% of the labelled training sentences become dev (test
+    is not touched); returns how many moved. The same as ``nerlab split PROJECT --dev 0.1``."""
+    return projects.carve_dev(db, project_id, DEV_SHARE, DEV_SEED)
 
 
 def check_run(
@@ -66,9 +86,15 @@ def check_run(
                             f"{len(train)} labelled training sentences; results improve a lot up "
                             f"to a few hundred."))
     if not dev:
-        issues.append(Issue("error", "No dev split",
-                            "No labelled dev sentences: the run needs them for its dev loss and "
-                            "scores. Assign splits on the Data page (e.g. 10% dev)."))
+        name = projects.get_project(db, project_id)["name"]
+        issues.append(Issue(
+            "error", "No dev split",
+            "No labelled dev sentences: the run needs them for its dev loss and its scores. "
+            f"Set a seeded {DEV_SHARE:.0%} of the labelled training sentences aside as dev; the "
+            "test sentences stay as they are.",
+            command=f"nerlab split {shlex.quote(name)} --dev {DEV_SHARE}",
+            action=CARVE_DEV if len(train) >= 2 else "",
+        ))
     if not test:
         issues.append(Issue("warning", "No test split",
                             "No labelled test sentences: the run will be scored on dev only."))

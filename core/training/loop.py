@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.errors import DataError, ModelError
+from core.data.phases import DEV_LOSS, TRAIN
+from core.errors import DataError, ModelError, StopRequested
 from core.models import loader
 from core.models.adapters import _peft_quietly
 from core.training.batches import (
@@ -187,28 +189,46 @@ class Hooks:
     progress: Callable[..., None] | None = None
     should_stop: Callable[[], bool] = lambda: False
     save: Callable[[str], None] | None = None  # called with a reason: "epoch", "stop", "end"
+    #: Start a phase (:class:`core.data.phases.Phase`, total) and report its progress
+    #: (done, total, eta_s=, detail=): training, then the dev loss at the end.
+    phase: Callable[..., None] | None = None
+    phase_progress: Callable[..., None] | None = None
+    #: A stretch a stop may cut short by raising StopRequested in it (the worker's
+    #: ``interruptible``): a step's forward and backward passes, never the optimiser's update.
+    interruptible: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
 
 
 def dev_loss(model: Any, data: Sequence[Encoded], pad_id: int, device: str, token_budget: int,
              autocast_dtype: Any = None, prefix: int | None = None,
-             group: Group = SINGLE) -> float | None:
+             group: Group = SINGLE, progress: Callable[[int, int], None] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> float | None:
     """Per-token mean loss on the answers of ``data`` (no gradients, dropout off); in a
-    multi-process run each process scores its share and the sums are added up."""
+    multi-process run each process scores its share and the sums are added up.
+
+    ``progress(sentences done, sentences)`` follows it; in a single process ``should_stop``
+    ends it early (returning None), between micro-batches."""
     import torch
 
     if not data:
         return None
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    total, count, seen = 0.0, 0, 0
     with torch.no_grad():
         if prefix is None:
             prefix = shared_prefix(data)
         mine = shard(data, group, length=lambda e: len(e.ids))
         for chunk in micro_batches(mine, token_budget, prefix):
+            if should_stop is not None and not group.enabled and should_stop():
+                if was_training:
+                    model.train()
+                return None
             loss, n = answer_loss_sum(model, chunk, pad_id, device, autocast_dtype, prefix)
             total += float(loss)
             count += n
+            seen += len(chunk)
+            if progress is not None:
+                progress(min(seen * group.world, len(data)), len(data))
     total, count = group.sum_floats([total, count], device)
     if was_training:
         model.train()
@@ -264,6 +284,8 @@ def train_loop(
                  if prefix else "no shared prompt prefix")
               + (f"; each step is split over {group.world} processes." if group.enabled else "."))
     model.train()
+    if hooks.phase:
+        hooks.phase(TRAIN, total)
     started = time.perf_counter()
     step, epoch = 0, 0
     last_loss: float | None = None
@@ -277,10 +299,27 @@ def train_loop(
             n_answer = sum(e.n_answer for e in items)  # of the whole step, on every process
             loss_total = 0.0
             mine = shard(items, group, length=lambda e: len(e.ids))
-            for chunk in micro_batches(mine, budget, prefix):
-                loss_sum, _n = answer_loss_sum(model, chunk, pad_id, device, autocast, prefix)
-                (loss_sum / n_answer).backward()
-                loss_total += float(loss_sum.detach())
+            # In one process a stop need not wait for the end of the step: the forward and
+            # backward passes are dropped where they are (the weights change only in the
+            # optimiser's update below) and the adapter is saved as the previous step left it.
+            # Several processes agree on a stop at the end of a step instead.
+            abandoned = False
+            try:
+                with contextlib.nullcontext() if group.enabled else hooks.interruptible():
+                    for chunk in micro_batches(mine, budget, prefix):
+                        if not group.enabled and hooks.should_stop():
+                            raise StopRequested()
+                        loss_sum, _n = answer_loss_sum(model, chunk, pad_id, device, autocast,
+                                                       prefix)
+                        (loss_sum / n_answer).backward()
+                        loss_total += float(loss_sum.detach())
+            except StopRequested:
+                abandoned = True
+            if abandoned:
+                optimizer.zero_grad(set_to_none=True)
+                hooks.log(f"Stopped during step {step + 1}: that step is dropped.")
+                result.stopped = True
+                break
             stop_now = hooks.should_stop()
             if group.enabled:
                 group.sum_grads(params)
@@ -305,6 +344,9 @@ def train_loop(
                     gpu_mem_mb=torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
                     eta_s=elapsed / step * (total - step),
                 )
+            if hooks.phase_progress:
+                hooks.phase_progress(step, total, eta_s=elapsed / step * (total - step),
+                                     detail=f"loss {last_loss:.4f}")
             if stop_now:
                 result.stopped = True
                 break
@@ -323,22 +365,40 @@ def train_loop(
     result.train_loss = last_loss
     result.epochs_done = step / per_epoch
     if t.dev_loss_sentences and dev and not result.stopped:
-        _dev_report(model, dev, pad_id, device, budget, autocast, step, total,
-                    result.epochs_done, result, hooks, group)
+        if hooks.phase:
+            hooks.phase(DEV_LOSS, len(dev))
+        if _dev_report(model, dev, pad_id, device, budget, autocast, step, total,
+                       result.epochs_done, result, hooks, group, final=True) is None:
+            result.stopped = True  # a stop during the dev loss: the trained adapter is saved
     hooks.log(f"Trained {step} steps in {result.seconds:.1f} s: {result.tokens_per_s:.0f} tokens/s"
               + (f", last loss {last_loss:.4f}" if last_loss is not None else "") + ".")
     return result
 
 
 def _dev_report(model, dev, pad_id, device, budget, autocast, step, total, epoch, result, hooks,
-                group=SINGLE):
+                group=SINGLE, final: bool = False) -> float | None:
+    """The dev loss after an epoch (reported as a detail of the training phase) or at the end
+    of training (its own phase, which a stop can cut short: then None)."""
     started = time.perf_counter()
-    value = dev_loss(model, dev, pad_id, device, budget, autocast,
-                     None if share_prefix_enabled() else 0, group)
+    if final:
+        progress = hooks.phase_progress
+    else:
+        def progress(done: int, of: int) -> None:
+            if hooks.phase_progress:
+                hooks.phase_progress(step, total, detail=f"dev loss after epoch {epoch:.0f}: "
+                                     f"{done} / {of} sentences")
+    try:
+        with hooks.interruptible() if final and not group.enabled else contextlib.nullcontext():
+            value = dev_loss(model, dev, pad_id, device, budget, autocast,
+                             None if share_prefix_enabled() else 0, group, progress,
+                             hooks.should_stop if final else None)
+    except StopRequested:
+        value = None
     if value is None:
-        return
+        return None
     result.dev_losses.append((step, value))
     hooks.log(f"Epoch {epoch:.2f}: dev loss {value:.4f} ({len(dev)} sentences, "
               f"{time.perf_counter() - started:.1f} s).")
     if hooks.progress:
         hooks.progress(step, total, epoch=epoch, eval_loss=value)
+    return value

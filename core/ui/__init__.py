@@ -197,18 +197,20 @@ def _name_field() -> None:
         state[_NAME_SAVED_KEY] = name
 
 
-_MARKDOWN_CHARS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
-
-
-def plain(text: str) -> str:
-    """``text`` escaped for Streamlit's Markdown, so that a user's string (a run's name) shows as
-    typed: ``![i](x)`` must not make the browser fetch a URL."""
-    return _MARKDOWN_CHARS.sub(r"\\\1", str(text))
-
-
 def show_error(exc: Exception) -> None:
     """Show a user-facing error: NerlabError messages as they stand, others with their type."""
     if isinstance(exc, NerlabError):
         st.error(str(exc))
     else:
         st.error(f"{type(exc).__name__}: {exc}")
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$&=^\"'/])")
+
+
+def md_escape(text: object) -> str:
+    """``text`` as plain text inside Markdown (st.markdown, captions, headings): every character
+    Markdown or Streamlit would read as syntax is escaped, so a run name like ``![i](http://x)``
+    shows as typed and makes the browser fetch nothing. Control characters become spaces."""
+    cleaned = " ".join("".join(ch if ch.isprintable() else " " for ch in str(text)).split())
+    return _MD_SPECIAL.sub(r"\\\1", cleaned)

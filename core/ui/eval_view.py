@@ -9,13 +9,15 @@ from collections.abc import Sequence
 import streamlit as st
 
 from core import config
+from core.data import phases
 from core.data.db import get_db
 from core.data.runs import list_runs
 from core.data.spans import Span
 from core.evaluation import scoring
 from core.jobs import launcher
 from core.prediction import baselines
-from core.ui import plain, show_error
+from core.ui import md_escape, show_error
+from core.ui import run_progress as rp
 
 _FALLBACK = "#dddddd"
 
@@ -196,12 +198,13 @@ def active_runs(db, project: dict) -> None:
         rows = [r for r in list_runs(fresh, project["id"]) if r["status"] in ("queued", "running")]
         if not rows:
             st.rerun()
+        now_doing = phases.current(fresh, [r["id"] for r in rows])
         for r in rows:
-            last = r.get("last_metrics") or {}
-            total = last.get("total_steps")
-            text = f"#{r['id']} {plain(r['name'])} ({r['kind']}): {r['status']}"
-            if total:
-                st.progress(min(1.0, last["step"] / total), text=f"{text} · {last['step']}/{total}")
+            text = f"#{r['id']} {md_escape(r['name'])} ({r['kind']}): {rp.status_of(r)}"
+            current = now_doing.get(r["id"])
+            if current is not None:
+                st.progress(rp.phase_fraction(current),
+                            text=f"{text} · {md_escape(phases.describe(current, launcher.format_duration))}")
             else:
                 st.caption(text)
 

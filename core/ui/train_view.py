@@ -15,10 +15,13 @@ import streamlit as st
 from sqlite_utils import Database
 
 from core import config
-from core.data.runs import read_log, run_metrics
+from core.data import phases
+from core.data.db import get_db
+from core.data.runs import plain_text, read_log, run_metrics
 from core.errors import ConfigError
 from core.jobs import launcher
 from core.models import merging
+from core.training.checks import CARVE_DEV, DEV_SEED, DEV_SHARE, carve_dev_fix
 from core.training.runconfig import (
     DEFAULT_TARGETS,
     FIELDS,
@@ -27,13 +30,13 @@ from core.training.runconfig import (
     RunConfig,
     get_preset,
 )
-from core.ui import charts
+from core.ui import charts, md_escape
+from core.ui import run_progress as rp
 
 SOURCE_BUNDLED = "Bundled SmolLM2-135M-Instruct"
 SOURCE_HUB = "Hugging Face id"
 SOURCE_FOLDER = "Local folder"
 MODEL_SOURCES = (SOURCE_BUNDLED, SOURCE_HUB, SOURCE_FOLDER)
-STATUS_ICONS = {"queued": "⏳", "running": "🏃", "finished": "✅", "failed": "❌", "stopped": "⏹️"}
 #: Settings shown in the form (the rest of the config comes from outside it).
 FORM_SETTINGS = (
     ("Adapter", ("method", "rank", "alpha", "dropout", "loraplus_ratio", "targets")),
@@ -168,8 +171,9 @@ def config_from_state(base_model: str, template: str, preset: str) -> RunConfig:
     return RunConfig(base_model=base_model, template=template, preset=preset).with_overrides(**values)
 
 
-def show_issues(issues: list) -> None:
-    """Pre-flight findings: errors red, warnings amber, the rest as notes."""
+def show_issues(issues: list, db: Database | None = None, project_id: int | None = None) -> None:
+    """Pre-flight findings: errors red, warnings amber, the rest as notes. A finding the page
+    can fix in one click (no dev split) gets its button (inside the settings form)."""
     for issue in issues:
         text = f"**{issue.title}.** {issue.msg}"
         if issue.level == "error":
@@ -178,6 +182,25 @@ def show_issues(issues: list) -> None:
             st.warning(text, icon="⚠️")
         else:
             st.caption(f"✓ {issue.title}: {issue.msg}")
+        if issue.action == CARVE_DEV and db is not None and project_id is not None:
+            st.form_submit_button(
+                f"Set aside {DEV_SHARE:.0%} of the training sentences as dev", key="train_carve_dev",
+                on_click=_carve_dev, args=(project_id,),
+                help=f"Moves a seeded {DEV_SHARE:.0%} of the labelled training sentences to dev "
+                f"(seed {DEV_SEED}; the same as `{issue.command}`). Test sentences are not touched.",
+            )
+    outcome = st.session_state.pop("train_carved", None)
+    if outcome:
+        (st.success if outcome[0] == "ok" else st.error)(outcome[1])
+
+
+def _carve_dev(project_id: int) -> None:
+    try:
+        moved = carve_dev_fix(get_db(), project_id)
+        st.session_state["train_carved"] = ("ok", f"{moved} training sentence(s) moved to dev; "
+                                                  "the test split is as it was.")
+    except Exception as exc:  # noqa: BLE001 - shown to the user
+        st.session_state["train_carved"] = ("error", str(exc))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,43 +212,51 @@ def run_label(run: dict) -> str:
     label it had when the option was picked, so a status there goes stale while the run moves
     on (the heading under it and the table above say the status)."""
     cfg = run["config"] if isinstance(run.get("config"), dict) else {}
-    return f"#{run['id']} {run['name']} · {cfg.get('method') or run['kind']}"
+    return f"#{run['id']} {plain_text(run['name'], 60)} · {cfg.get('method') or run['kind']}"
 
 
-def runs_table(runs: list[dict]) -> list[dict]:
-    """Rows for the run list."""
+def runs_table(runs: list[dict], now_doing: dict[int, dict] | None = None) -> list[dict]:
+    """Rows for the run list (plain text: a data frame renders no Markdown). ``now_doing``:
+    the running phase of each active run (:func:`core.data.phases.current`)."""
     rows = []
     for r in runs:
         m = r.get("last_metrics") or {}
         progress = ""
-        if m.get("total_steps"):
+        current = (now_doing or {}).get(r["id"])
+        if current is not None:
+            progress = phases.describe(current, launcher.format_duration)
+        elif m.get("total_steps") and r["kind"] == "train":
             progress = f"{m['step']}/{m['total_steps']}"
         cfg = r["config"] if isinstance(r["config"], dict) else {}
+        loss = r.get("last_loss")
         rows.append({
             "id": r["id"],
-            "run": r["name"],
+            "run": plain_text(r["name"], 60),
             "kind": r["kind"],
-            "status": f"{STATUS_ICONS.get(r['status'], '')} {r['status']}",
+            "status": rp.status_text(r),
             "method": cfg.get("method", ""),
             "progress": progress,
-            "loss": r.get("last_loss"),
+            "loss": f"{loss:.4f}" if loss is not None else "—",
             "created": (r["created_at"] or "")[:16].replace("T", " "),
             "problem": (f"{r['error_kind']}: {r['error_message']}" if r["status"] == "failed" else ""),
         })
     return rows
 
 
-def progress_block(run: dict, metrics: list[dict]) -> None:
-    """Progress bar with step / total and ETA, and the latest figures."""
+def progress_block(db: Database, run: dict, metrics: list[dict]) -> None:
+    """Every phase with its progress and ETA (or, for a run from before phases were recorded,
+    the training steps), and the latest training figures."""
     steps = [m for m in metrics if m.get("loss") is not None]
     last = steps[-1] if steps else None
     evals = [m for m in metrics if m.get("eval_loss") is not None]
-    if last and last.get("total_steps"):
-        frac = min(1.0, last["step"] / last["total_steps"])
-        eta = "" if run["status"] != "running" else f" · ETA {launcher.format_duration(last.get('eta_s'))}"
-        st.progress(frac, text=f"Step {last['step']} / {last['total_steps']}{eta}")
-    elif run["status"] == "running":
-        st.progress(0.0, text="Loading the model and preparing the data…")
+    if not rp.phases_block(db, run):
+        if last and last.get("total_steps"):
+            frac = min(1.0, last["step"] / last["total_steps"])
+            eta = ("" if run["status"] != "running"
+                   else f" · ETA {launcher.format_duration(last.get('eta_s'))}")
+            st.progress(frac, text=f"Step {last['step']} / {last['total_steps']}{eta}")
+        elif run["status"] == "running":
+            st.progress(0.0, text="Loading the model and preparing the data…")
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Train loss", f"{last['loss']:.4f}" if last else "–")
     c2.metric("Dev loss", f"{evals[-1]['eval_loss']:.4f}" if evals else "–")
@@ -238,7 +269,8 @@ def run_details(db: Database, run: dict, project: dict) -> None:
     """Everything about one run: progress, curves, problem, stop, CLI, adapter, log."""
     metrics = run_metrics(db, run["id"])
     status = run["status"]
-    st.markdown(f"#### {STATUS_ICONS.get(status, '')} Run #{run['id']} · {run['name']} · {status}")
+    st.markdown(f"#### {rp.STATUS_ICONS.get(rp.status_of(run), '')} Run #{run['id']} · "
+                f"{md_escape(run['name'])} · {rp.status_of(run)}")
     cfg = run["config"]
     if run["kind"] == "train":
         try:
@@ -252,22 +284,27 @@ def run_details(db: Database, run: dict, project: dict) -> None:
     if status == "failed":
         kinds = {"oom": "Out of memory", "data": "Bad data", "model": "Model not loadable",
                  "other": "Error"}
-        st.error(f"**{kinds.get(run['error_kind'], 'Error')}.** {run['error_message']}")
+        st.error(f"**{kinds.get(run['error_kind'], 'Error')}.** {md_escape(run['error_message'])}")
     if status == "stopped":
-        st.warning("Stopped on request; the adapter saved last is kept." if run["artifact_path"]
-                   else "Stopped before an adapter was saved.")
+        kept = ("the adapter saved last is kept" if run["kind"] == "train" else "its model is kept")
+        st.warning(f"Stopped on request; {kept}." if run["artifact_path"]
+                   else "Stopped before an adapter was saved." if run["kind"] == "train"
+                   else "Stopped on request.")
+        if run.get("error_message"):
+            st.caption(md_escape(run["error_message"]))
+    if status in ("queued", "running") and run.get("stop_requested"):
+        rp.stopping_note(db, run)
     if run["kind"] == "train":
-        progress_block(run, metrics)
+        progress_block(db, run, metrics)
         if metrics:
             st.plotly_chart(charts.loss_curves(metrics), key=f"train_loss_chart_{run['id']}",
                             width="stretch")
             if any(m.get("tokens_per_s") for m in metrics):
                 st.plotly_chart(charts.throughput_chart(metrics), key=f"train_tps_chart_{run['id']}",
                                 width="stretch")
-    if status in ("queued", "running"):
-        if st.button("Stop this run", key=f"train_stop_{run['id']}", type="secondary",
-                     help="Ends the run cleanly after the current step; the adapter is saved."):
-            st.toast(launcher.request_stop(db, run["id"]))
+    else:
+        rp.phases_block(db, run)
+    rp.stop_button(run, key=f"train_stop_{run['id']}")
     if run["kind"] == "train":
         st.markdown("**The same run from the command line**")
         try:

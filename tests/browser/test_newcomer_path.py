@@ -159,7 +159,7 @@ def test_from_nothing_to_per_class_scores(browser_page, readme_app, shots_dir):
     page.get_by_role("button", name="Start training").click()
     _wait_text(page, r"Run #\d+ (started|is queued)", 60)
     page.get_by_role("tab", name=re.compile(r"Runs")).click()
-    _wait_text(page, r"Step \d+ / \d+|Loading the model", 120)
+    _wait_text(page, r"Phase \d+ of \d+|Loading the model", 120)
     _shot(page, shots_dir, "5-train-running")
     run = _wait_run(home, "train", TRAIN_TIMEOUT_S)
     assert run["status"] == "finished", (run["error_kind"], run["error_message"], run["log_tail"])
