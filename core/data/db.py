@@ -255,3 +255,44 @@ def m_runs_001_phases(db: Database) -> None:
         ALTER TABLE runs ADD COLUMN stop_requested_at TEXT;
         """
     )
+
+
+@migrations()
+def m_loop_001_suggestions(db: Database) -> None:
+    """A model's suggestions for the labelling queue (pre-labels an annotator corrects).
+
+    ``suggestions``: one per sentence, the latest a model made for it while it waited to be
+    labelled: which run (and, for people, which model) made it, the model's confidence in the
+    whole sentence (0-1, for "least confident first"), and when an annotator first saved the
+    sentence with it shown (``taken_at``, ``taken_by``) and accepted the sentence
+    (``reviewed_at``). Its spans are ``spans`` rows with origin ``suggested`` (each with its
+    confidence where the model gives one); they are kept after the annotator's gold spans are
+    saved, so that the project knows how many were accepted, changed or removed.
+    ``label_settings``: where a project's suggestions come from and how often the automatic CRF
+    is retrained."""
+    db.executescript(
+        """
+        ALTER TABLE spans ADD COLUMN confidence REAL;
+        CREATE TABLE suggestions (
+            id INTEGER PRIMARY KEY,
+            sentence_id INTEGER NOT NULL UNIQUE REFERENCES sentences(id) ON DELETE CASCADE,
+            project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+            run_id INTEGER REFERENCES runs(id) ON DELETE SET NULL,
+            source TEXT NOT NULL CHECK (source IN ('auto', 'run')),
+            model TEXT NOT NULL DEFAULT '',
+            confidence REAL,
+            created_at TEXT NOT NULL,
+            taken_at TEXT,
+            taken_by TEXT,
+            reviewed_at TEXT
+        );
+        CREATE INDEX idx_suggestions_project ON suggestions(project_id, confidence);
+        CREATE INDEX idx_suggestions_run ON suggestions(run_id);
+        CREATE TABLE label_settings (
+            project_id INTEGER PRIMARY KEY REFERENCES projects(id) ON DELETE CASCADE,
+            suggest_from TEXT NOT NULL DEFAULT '',
+            auto_every INTEGER NOT NULL DEFAULT 10,
+            updated_at TEXT NOT NULL
+        );
+        """
+    )

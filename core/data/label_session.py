@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from core.data import projects
+from core.data import projects, suggestions
 from core.data.labeling import QueueFilter, neighbour, next_in_queue, number_of
 from core.data.spans import Span, tokenize
 from core.errors import Conflict, NerlabError, NotFound
@@ -28,6 +28,9 @@ class UndoEntry:
     sentence_id: int
     spans: list[Span]
     status: str
+    #: The sentence's suggestion's taken/reviewed marks before the change (see
+    #: :func:`core.data.suggestions.state`).
+    suggestion: tuple | None = None
 
 
 @dataclass
@@ -71,6 +74,9 @@ class LabelSession:
     focus: int = 0
     #: Sentences this tab moved away from (accept, next, jump): "previous" walks back along it.
     trail: list[int] = field(default_factory=list)
+    #: Where the suggestions this tab shows come from (``auto``, ``run:ID``, ``off``), set by
+    #: the page on every run: an accept from a button takes the suggestions shown.
+    suggest_from: str = "off"
 
     def move_to(self, sentence_id: int | None) -> None:
         """Open another sentence, remembering the one left for "previous"."""
@@ -116,6 +122,8 @@ class Action:
     version: int | None = None
     #: The widget's increasing sequence number; 0 for the page's buttons (never deduplicated).
     seq: int = 0
+    #: The id of the untaken suggestion the widget showed with the spans (None: none shown).
+    suggestion: int | None = None
 
 
 def parse_action(raw: Any) -> Action:
@@ -151,7 +159,11 @@ def parse_action(raw: Any) -> Action:
                 raise NerlabError(f"Bad span from the labelling widget: {sp!r}.") from None
         spans = tuple(items)
     seq = raw.get("seq") or 0
-    return Action(kind, sid, spans, version, int(seq) if isinstance(seq, (int, float)) else 0)
+    shown = raw.get("suggestion")
+    if shown is not None and (not isinstance(shown, int) or isinstance(shown, bool)):
+        raise NerlabError("The labelling action names a bad suggestion.")
+    return Action(kind, sid, spans, version, int(seq) if isinstance(seq, (int, float)) else 0,
+                  shown)
 
 
 
@@ -181,10 +193,14 @@ def _save(
     status: str,
     annotator: str,
     base: int | None,
+    shown: Mapping[str, Any] | None = None,
 ) -> bool:
-    """Save with optimistic concurrency; on a conflict set the notice and return False."""
+    """Save with optimistic concurrency; on a conflict set the notice and return False.
+
+    ``shown``: the untaken suggestion the user saw with these spans; it is taken (and, when the
+    sentence is accepted, reviewed) with the save."""
     sid = sentence["id"]
-    before = UndoEntry(sid, _saved_spans(db, sid), sentence["status"])
+    before = UndoEntry(sid, _saved_spans(db, sid), sentence["status"], suggestions.state(db, sid))
     expected = session.expected_version(sid, base)
     if expected is None:  # every save is checked against the version this tab has seen
         session.notice = Notice("error", f"Not saved: this tab has not seen sentence "
@@ -198,7 +214,12 @@ def _save(
         session.seen(projects.get_sentence(db, sid))
         return False
     session.wrote(sid, version)
-    if before.spans != sorted(spans) or before.status != status:
+    if shown is not None:
+        suggestions.take(db, shown["id"], annotator or "anonymous")
+    if status == "labelled":
+        suggestions.mark_reviewed(db, sid)
+    changed = suggestions.state(db, sid) != before.suggestion
+    if before.spans != sorted(spans) or before.status != status or changed:
         session.undo.append(before)
         del session.undo[:-UNDO_DEPTH]
     return True
@@ -232,19 +253,26 @@ def apply_action(
         if sentence["project_id"] != project_id:
             raise NerlabError("That sentence belongs to another project; reload the page.")
         if action.type in ("edit", "accept", "reopen"):
-            spans = list(action.spans) if action.spans is not None else _saved_spans(db, sentence["id"])
+            shown = suggestions.pending(db, sentence, session.suggest_from)
+            if action.spans is not None:
+                spans = list(action.spans)
+                if shown is not None and action.suggestion != shown["id"]:
+                    shown = None  # the widget showed no suggestion, or one since replaced
+            else:  # a button: what the page shows, suggestions included
+                spans = suggestions.display_spans(db, sentence, session.suggest_from)
             status = {"edit": sentence["status"], "accept": "labelled", "reopen": "unlabelled"}[
                 action.type
             ]
-            unchanged = sorted(spans) == _saved_spans(db, sentence["id"]) and status == sentence["status"]
+            unchanged = (sorted(spans) == _saved_spans(db, sentence["id"])
+                         and status == sentence["status"] and shown is None)
             if action.type == "edit" and unchanged:
                 session.current = sentence["id"]  # nothing to save (e.g. a span dragged back)
                 return
-            if not _save(db, session, sentence, spans, status, annotator, action.version):
+            if not _save(db, session, sentence, spans, status, annotator, action.version, shown):
                 session.current = sentence["id"]
                 return
             if action.type == "accept":
-                nxt = next_in_queue(db, project_id, flt, sentence["position"])
+                nxt = next_in_queue(db, project_id, flt, sentence["position"], sentence["id"])
                 session.current = sentence["id"]
                 session.move_to(nxt if nxt is not None else sentence["id"])
                 if nxt is None or nxt == sentence["id"]:
@@ -257,7 +285,7 @@ def apply_action(
             return
         elif action.type in ("next", "prev"):
             step = 1 if action.type == "next" else -1
-            nxt = neighbour(db, project_id, flt, sentence["position"], step)
+            nxt = neighbour(db, project_id, flt, sentence["position"], step, sentence["id"])
             if nxt is None:
                 session.notice = Notice(
                     "info",
@@ -310,6 +338,7 @@ def _undo(db: Database, project_id: int, session: LabelSession, annotator: str) 
         session.seen(projects.get_sentence(db, sid))
         return
     session.wrote(sid, version)
+    suggestions.restore(db, entry.suggestion)
     session.notice = Notice("info", f"Undone: sentence {number_of(db, sentence)} is back as it was.")
 
 
@@ -335,17 +364,24 @@ def widget_data(
     queue_total: int,
     ack: int = 0,
     focus: int = 0,
+    suggest_from: str | None = None,
 ) -> dict:
     """Everything the widget needs to draw one sentence (JSON-serialisable). A new ``focus``
-    number makes the widget take the keyboard back from a text box (after a search)."""
+    number makes the widget take the keyboard back from a text box (after a search).
+
+    ``spans`` carry ``suggested`` (a model's suggestion not yet accepted: drawn dashed) and
+    ``confidence``; ``suggestion`` says which model suggested them (see
+    :func:`core.data.suggestions.display`), for the suggestions of ``suggest_from``."""
     tokens = json.loads(sentence["tokens"]) if sentence["tokens"] else tokenize(sentence["text"])
+    spans, suggestion = suggestions.display(db, sentence, suggest_from)
     return {
         "sentence_id": sentence["id"],
         "version": sentence["version"],
         "status": sentence["status"],
         "text": sentence["text"],
         "tokens": [list(t) for t in tokens],
-        "spans": [s.to_dict() for s in _saved_spans(db, sentence["id"])],
+        "spans": spans,
+        "suggestion": suggestion,
         "labels": label_legend(labels),
         "number": number_of(db, sentence),
         "split": sentence["split"],

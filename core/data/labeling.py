@@ -23,29 +23,38 @@ from core.data.spans import Span
 from core.errors import NerlabError, NotFound
 
 STATUSES = ("unlabelled", "labelled", "all")
+#: The queue's order: project order, a fixed shuffle, or the suggesting model's confidence in
+#: each sentence, lowest first (sentences without a suggestion come last, in project order).
+ORDERS = ("position", "random", "confidence")
+ORDER_TITLES = {"position": "in order", "random": "random", "confidence": "least confident first"}
 
 
 @dataclass(frozen=True)
 class QueueFilter:
-    """Which sentences the queue walks through, in project order.
+    """Which sentences the queue walks through, and in which order.
 
     Attributes:
         status: ``"unlabelled"`` (the default queue), ``"labelled"`` or ``"all"``.
         split: only this split (``train``/``dev``/``test``), or None for all.
         label: only sentences with at least one gold span of this entity type.
         text: only sentences containing this text (case-insensitive for ASCII letters).
+        order: ``"position"`` (project order), ``"random"`` (the same shuffle for everybody,
+            from each sentence's content hash) or ``"confidence"`` (least confident first).
     """
 
     status: str = "unlabelled"
     split: str | None = None
     label: str | None = None
     text: str = ""
+    order: str = "position"
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise NerlabError(f"Status filter {self.status!r} is not one of {', '.join(STATUSES)}.")
         if self.split is not None and self.split not in config.SPLITS:
             raise NerlabError(f"Split filter {self.split!r} is not one of {', '.join(config.SPLITS)}.")
+        if self.order not in ORDERS:
+            raise NerlabError(f"Queue order {self.order!r} is not one of {', '.join(ORDERS)}.")
 
     def describe(self) -> str:
         """A short human description, e.g. ``unlabelled · train · with Disease · "lithium"``."""
@@ -56,6 +65,8 @@ class QueueFilter:
             parts.append(f"with {self.label}")
         if self.text.strip():
             parts.append(f'containing "{self.text.strip()}"')
+        if self.order != "position":
+            parts.append(ORDER_TITLES[self.order])
         return " · ".join(parts)
 
 
@@ -96,32 +107,66 @@ def count(db: Database, project_id: int, flt: QueueFilter) -> int:
     return db.execute(f"SELECT COUNT(*) FROM sentences s WHERE {sql}", params).fetchone()[0]
 
 
+def _order(flt: QueueFilter) -> tuple[str, str]:
+    """``(join, key)``: what to join to ``sentences s`` and the SQL expression the queue is
+    sorted by (ties, and the position order itself, go by position)."""
+    if flt.order == "random":
+        return "", "s.hash"
+    if flt.order == "confidence":
+        return " LEFT JOIN suggestions sg ON sg.sentence_id = s.id", "COALESCE(sg.confidence, 2.0)"
+    return "", "s.position"
+
+
+def _place(db: Database, project_id: int, flt: QueueFilter, position: int,
+           sentence_id: int | None) -> tuple[Any, int]:
+    """``(key, position)`` of a sentence in the queue's order (it need not match the filter)."""
+    join, key = _order(flt)
+    if key == "s.position":
+        return position, position
+    if sentence_id is None:
+        row = db.execute(f"SELECT {key} FROM sentences s{join} WHERE s.project_id = ? AND"
+                         " s.position = ?", [project_id, position]).fetchone()
+    else:
+        row = db.execute(f"SELECT {key} FROM sentences s{join} WHERE s.id = ?",
+                         [sentence_id]).fetchone()
+    return (row[0] if row else None), position
+
+
 def first(db: Database, project_id: int, flt: QueueFilter) -> int | None:
-    """Id of the first matching sentence in project order, or None."""
+    """Id of the first matching sentence in the queue's order, or None."""
     sql, params = _where(db, project_id, flt)
+    join, key = _order(flt)
     row = db.execute(
-        f"SELECT s.id FROM sentences s WHERE {sql} ORDER BY s.position LIMIT 1", params
+        f"SELECT s.id FROM sentences s{join} WHERE {sql} ORDER BY {key}, s.position LIMIT 1", params
     ).fetchone()
     return row[0] if row else None
 
 
 def neighbour(
-    db: Database, project_id: int, flt: QueueFilter, position: int, step: int = 1
+    db: Database, project_id: int, flt: QueueFilter, position: int, step: int = 1,
+    sentence_id: int | None = None,
 ) -> int | None:
-    """Id of the next (``step=1``) or previous (``step=-1``) matching sentence, or None."""
+    """Id of the next (``step=1``) or previous (``step=-1``) matching sentence in the queue's
+    order after the sentence at ``position`` (``sentence_id`` names it, for the orders other
+    than project order), or None."""
     sql, params = _where(db, project_id, flt)
+    join, key = _order(flt)
     op, order = (">", "ASC") if step > 0 else ("<", "DESC")
+    here = _place(db, project_id, flt, position, sentence_id)
+    if here[0] is None:
+        return None
     row = db.execute(
-        f"SELECT s.id FROM sentences s WHERE {sql} AND s.position {op} ?"
-        f" ORDER BY s.position {order} LIMIT 1",
-        [*params, position],
+        f"SELECT s.id FROM sentences s{join} WHERE {sql} AND ({key}, s.position) {op} (?, ?)"
+        f" ORDER BY {key} {order}, s.position {order} LIMIT 1",
+        [*params, *here],
     ).fetchone()
     return row[0] if row else None
 
 
-def next_in_queue(db: Database, project_id: int, flt: QueueFilter, position: int) -> int | None:
+def next_in_queue(db: Database, project_id: int, flt: QueueFilter, position: int,
+                  sentence_id: int | None = None) -> int | None:
     """The next matching sentence after ``position``, wrapping round to the first one."""
-    found = neighbour(db, project_id, flt, position, 1)
+    found = neighbour(db, project_id, flt, position, 1, sentence_id)
     if found is None:
         found = first(db, project_id, flt)
     return found
@@ -135,11 +180,16 @@ def matches(db: Database, project_id: int, flt: QueueFilter, sentence_id: int) -
     )
 
 
-def rank(db: Database, project_id: int, flt: QueueFilter, position: int) -> int:
-    """How many matching sentences come before ``position`` (the 0-based place in the queue)."""
+def rank(db: Database, project_id: int, flt: QueueFilter, position: int,
+         sentence_id: int | None = None) -> int:
+    """How many matching sentences come before ``position`` in the queue's order (the 0-based
+    place in the queue)."""
     sql, params = _where(db, project_id, flt)
+    join, key = _order(flt)
+    here = _place(db, project_id, flt, position, sentence_id)
     return db.execute(
-        f"SELECT COUNT(*) FROM sentences s WHERE {sql} AND s.position < ?", [*params, position]
+        f"SELECT COUNT(*) FROM sentences s{join} WHERE {sql} AND ({key}, s.position) < (?, ?)",
+        [*params, *here],
     ).fetchone()[0]
 
 

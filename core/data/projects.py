@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from sqlite_utils import Database
 
 from core import config
+from core.data import suggestions
 from core.data.db import now
 from core.data.records import (  # noqa: F401 - re-exported: callers import them from here
     SPLIT_SOURCES,
@@ -269,7 +270,8 @@ def update_label(db: Database, label_id: int, **changes) -> dict:
 
 
 def count_label_spans(db: Database, label_id: int) -> int:
-    return db["spans"].count_where("label_id = ?", [label_id])
+    """Gold spans of an entity type (a model's suggestions are not counted)."""
+    return db["spans"].count_where("label_id = ? AND origin = 'gold'", [label_id])
 
 
 def delete_label(db: Database, label_id: int) -> int:
@@ -573,4 +575,5 @@ def stats(db: Database, project_id: int) -> dict:
         "spans_per_label": per_label,
         "spans": sum(per_label.values()),
         "runs": runs,
+        "suggestions": suggestions.summary(db, project_id),
     }
