@@ -147,7 +147,8 @@ def wait_and_report(db: Database, run_id: int, poll_s: float = 1.0,
     if run["status"] == "failed":
         line += f" ({run['error_kind']}): {run['error_message']}"
     elif run["artifact_path"]:
-        line += f"; {'adapter' if run['kind'] == 'train' else 'model'}: {run['artifact_path']}"
+        what = {"train": "adapter", "predict": "output"}.get(run["kind"], "model")
+        line += f"; {what}: {run['artifact_path']}"
     elif run["status"] == "stopped" and run["kind"] == "train":
         line += " before a training step ended: no adapter was saved"
     print(line + ".", file=sys.stderr if run["status"] == "failed" else (out or sys.stdout))

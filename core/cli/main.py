@@ -16,8 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from core import config
-from core.cli import eval_cmds, run_cmds, template_cmds
-from core.data import io, projects
+from core.cli import eval_cmds, predict_cmds, run_cmds, template_cmds
+from core.data import io, projects, suggestions
 from core.data.db import get_db
 from core.data.demo import ensure_demo_project
 from core.data.phases import format_duration
@@ -26,7 +26,7 @@ from core.models import loader, quiet
 
 #: Modules that add sub-commands: each defines ``register(subparsers) -> None`` and sets
 #: ``func`` on its parsers (``func(args) -> int``).
-COMMAND_MODULES = (template_cmds, run_cmds, eval_cmds)
+COMMAND_MODULES = (template_cmds, run_cmds, eval_cmds, predict_cmds)
 
 
 def _project(db, name: str) -> dict:
@@ -130,6 +130,10 @@ def cmd_stats(args) -> int:
         print(f"  {split:5}  {c['labelled']:>6} / {c['sentences']:<6} labelled")
     for label, n in st["spans_per_label"].items():
         print(f"  {label}: {n} spans")
+    sg = st["suggestions"]
+    if sg["sentences"]:
+        print(f"  suggestions: {sg['pending']} waiting, {sg['in_progress']} in progress; "
+              + suggestions.describe(sg))
     return 0
 
 

@@ -29,7 +29,7 @@ from core.data.runs import (
 from core.errors import NerlabError
 from core.models.adapters import ADAPTER_DIR, tidy_adapter
 from core.prediction import baselines
-from core.prediction.crf import CRF_FILE
+from core.prediction.crf import CRF_FILE, NATIVE_FILE
 from core.procs import file_lock, free_port, pid_alive, spawn
 from core.prompts.plan import run_template
 from core.training.runconfig import FIELDS, RunConfig
@@ -43,13 +43,25 @@ WORKER = "core.jobs.worker"
 MERGER = "core.cli merge"
 
 
+def is_light(run: dict) -> bool:
+    """A run that needs no accelerator and only seconds of CPU: a CRF, or a prediction or
+    suggestion job with one. It starts at once, beside the run holding the machine, and never
+    holds it (the Label page's automatic CRF must not wait for an hour of fine-tuning)."""
+    cfg = run.get("config") or {}
+    if isinstance(cfg, str):
+        cfg = _decode(run)["config"]
+    return run["kind"] == "crf" or (run["kind"] in ("predict", "suggest")
+                                    and cfg.get("source_kind") == "crf")
+
+
 def active_run(db: Database) -> dict | None:
-    """The run currently holding the machine (running, or queued with a live worker), if any."""
+    """The run currently holding the machine (running, or queued with a live worker), if any;
+    light runs (:func:`is_light`) never hold it."""
     for row in db.query(
         "SELECT * FROM runs WHERE status = 'running' OR (status = 'queued' AND pid IS NOT NULL)"
         " ORDER BY id"
     ):
-        if row["pid"] and pid_alive(row["pid"], WORKER):
+        if row["pid"] and pid_alive(row["pid"], WORKER) and not is_light(_decode(row)):
             return _decode(row)
     return None
 
@@ -105,7 +117,7 @@ def launch(db: Database, run_id: int) -> bool:
             raise NerlabError(f"Run {run_id} is {run['status']}; only a queued run can start.")
         if run["pid"] and pid_alive(run["pid"], WORKER):
             return True
-        busy = active_run(db)
+        busy = None if is_light(run) else active_run(db)
         if busy is not None and busy["id"] != run_id:
             return False
         _spawn(db, run_id)
@@ -123,10 +135,20 @@ def _spawn(db: Database, run_id: int) -> int:
 
 
 def launch_next(db: Database) -> int | None:
-    """Start the oldest queued run if nothing is active; return its id."""
+    """Start the oldest queued run if nothing is active (and any light run still waiting);
+    return its id."""
+    waiting = [_decode(r) for r in db.query(
+        "SELECT * FROM runs WHERE status = 'queued' AND stop_requested = 0 AND pid IS NULL"
+        " ORDER BY id")]
+    for run in waiting:
+        if is_light(run):
+            with contextlib.suppress(NerlabError):
+                launch(db, run["id"])
     if active_run(db) is not None:
         return None
-    for row in db.query("SELECT id FROM runs WHERE status = 'queued' AND stop_requested = 0 ORDER BY id"):
+    for row in db.query("SELECT * FROM runs WHERE status = 'queued' AND stop_requested = 0 ORDER BY id"):
+        if is_light(_decode(row)):
+            continue
         try:
             if launch(db, row["id"]):
                 return row["id"]
@@ -196,6 +218,7 @@ def _end_dead_run(db: Database, row: dict, status: str, kind: str | None, messag
     with contextlib.suppress(OSError):
         folder = config.runs_dir() / str(run_id)
         (folder / CRF_FILE).with_suffix(".partial").unlink(missing_ok=True)  # see crf.save_crf
+        (folder / f"{NATIVE_FILE}.partial").unlink(missing_ok=True)
         adapter = tidy_adapter(folder / ADAPTER_DIR)
         if adapter is not None and not row.get("artifact_path"):
             db.execute("UPDATE runs SET artifact_path = ? WHERE id = ?", [str(adapter), run_id])

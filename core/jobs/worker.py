@@ -42,7 +42,7 @@ from core.errors import ConfigError, DataError, ModelError, NerlabError, StopReq
 from core.jobs import launcher
 from core.models import quiet
 from core.models.adapters import ADAPTER_DIR, tidy_adapter
-from core.prediction import baselines
+from core.prediction import baselines, bulk, predictors, run_folder
 from core.training import distributed, fine_tune
 from core.training.distributed import SINGLE, Group
 
@@ -311,11 +311,26 @@ def _claim(db: Database, run_id: int) -> dict | None:
     return get_run(db, run_id)
 
 
+#: What runs each kind of run (any other kind is a baseline: :func:`baselines.run`).
+RUNNERS = {"train": fine_tune.run, bulk.PREDICT: bulk.run_predict, bulk.SUGGEST: bulk.run_suggest}
+
+
 def _dispatch(ctx: WorkerContext) -> None:
-    if ctx.run["kind"] == "train":
-        fine_tune.run(ctx)
-    else:
-        baselines.run(ctx)
+    RUNNERS.get(ctx.run["kind"], baselines.run)(ctx)
+
+
+def _write_card(ctx: WorkerContext, status: str) -> None:
+    """A run with a model: its folder's ``nerlab.json`` and ``README.md`` (with its scores), so
+    that the folder works without the database. A failure here is logged, not the run's."""
+    if ctx.run["kind"] not in predictors.kinds() or status == "failed":
+        return
+    try:
+        folder = run_folder.write_run_card(ctx.db, ctx.run_id, status=status)
+    except Exception as exc:  # noqa: BLE001 - the run itself went well
+        ctx.log(f"Could not write the model folder's description: {type(exc).__name__}: {exc}")
+        return
+    if folder is not None:
+        ctx.log(f"Model folder (usable without the database): {folder}")
 
 
 def _finish(db: Database, run_id: int, status: str, error_kind: str | None = None,
@@ -410,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx._interruptible = 0
         group.close()
     ctx.end_phases(phase_status)
+    _write_card(ctx, status)
     if status == "stopped":
         ctx.log("Stopped; what was saved is kept.")
     elif status == "finished":

@@ -17,7 +17,7 @@ from sqlite_utils import Database
 from core import config
 from core.data.runs import get_run
 from core.errors import NerlabError
-from core.models import loader, merging
+from core.models import loader, merging, run_card
 from core.models.loader import set_threads
 
 ADAPTER_DIR = "adapter"
@@ -26,7 +26,7 @@ ADAPTER_DIR = "adapter"
 MERGED_DIR = "merged"
 
 
-META_FILE = "nerlab.json"
+META_FILE = run_card.META_FILE
 
 
 #: Largest safetensors shard a merge writes unless told otherwise (the Hugging Face Hub convention).
@@ -46,13 +46,21 @@ def _peft_quietly() -> Iterator[None]:
 
 
 def save_adapter(model: Any, tokenizer: Any, folder: Path, meta: dict) -> Path:
-    """Save the adapter (PEFT format), the tokenizer and ``nerlab.json`` (config, template
-    version, labels) atomically: a crash mid-save keeps the previous adapter."""
+    """Save the adapter (PEFT format), the tokenizer, ``nerlab.json`` (config, template
+    version, entity types, base model) and a ``README.md`` saying what it is and how to load
+    it, atomically: a crash mid-save keeps the previous adapter. ``adapter_config.json`` names
+    the base model portably (see :func:`run_card.portable_base`), not the path it was loaded
+    from."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + PARTIAL)
     tidy_adapter(folder)  # what a save killed earlier left behind
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
+    base = meta.get("base_model_info") or run_card.portable_base(
+        meta.get("base_model") or (meta.get("config") or {}).get("base_model", ""))
+    run_card.patch_adapter_config(tmp, base)
+    # nerlab.json last: its presence marks a complete adapter (see _complete).
+    (tmp / run_card.README).write_text(run_card.render_readme(meta), encoding="utf-8")
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
     old = folder.with_name(folder.name + OLD)
     shutil.rmtree(old, ignore_errors=True)
@@ -100,17 +108,18 @@ def adapter_path(db: Database, run_id: int) -> Path:
 
 
 def load_adapter(folder: str | Path, device: str | None = None, merge: bool = False,
-                 dtype: str | None = None):
+                 dtype: str | None = None, base_model: str | None = None):
     """Load a saved run's base model with its adapter: ``(model, tokenizer)``.
 
-    The base model is the one recorded in ``nerlab.json`` (full precision, even for QLoRA runs;
-    ``dtype`` as :func:`loader.load_model` takes it, default float32 on CPU).
+    The base model is ``base_model`` if given, else the one recorded in ``nerlab.json`` (full
+    precision, even for QLoRA runs; ``dtype`` as :func:`loader.load_model` takes it, default
+    float32 on CPU).
     """
     from peft import PeftModel
 
     folder = Path(folder)
     meta = json.loads((folder / META_FILE).read_text())
-    base = meta["config"]["base_model"]
+    base = base_model or meta.get("base_model") or meta["config"]["base_model"]
     model, tokenizer = loader.load_model(base, dtype=dtype, device=device)
     if (folder / "tokenizer_config.json").is_file():
         from transformers import AutoTokenizer

@@ -29,10 +29,11 @@ from core.errors import NerlabError
 from core.evaluation import run_scores, scoring
 from core.models import loader
 from core.models.loader import set_threads
-from core.prediction import predict
+from core.prediction import bulk, predict
 from core.prediction.crf import run_crf
 from core.prediction.decoding import DEFAULT_BATCH_SIZE
 from core.prediction.predict import PredictSettings
+from core.prediction.predictors import CrfPredictor
 from core.prompts.plan import PromptPlan, plan_for_run
 
 KINDS = ("zero-shot", "few-shot", "crf")
@@ -54,7 +55,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "few-shot": {"base_model": config.BUNDLED_MODEL, "shots": 5, "selection": "fixed",
                  "splits": ["dev", "test"], "limit": 0, "eval_batch_size": 16, "max_new_tokens": 0,
                  "constrained": True},
-    "crf": {"c1": 0.1, "c2": 0.05, "max_iterations": 100, "splits": ["dev", "test"], "limit": 0},
+    "crf": {"c1": 0.1, "c2": 0.05, "max_iterations": 100, "splits": ["dev", "test"], "limit": 0,
+            "auto": False, "suggest": False},
 }
 
 
@@ -110,6 +112,8 @@ def planned_phases(kind: str, cfg: dict, sizes: dict[str, int], convert: bool) -
     splits = [s for s in cfg["splits"] if sizes.get(s)]
     out += [predict_phase(s, min(sizes[s], limit) if limit else sizes[s]) for s in splits]
     out.append(replace(phases.SCORE, total=len(splits)))
+    if cfg.get("suggest"):
+        out.append(bulk.suggest_phase(sizes.get("unlabelled", 0)))
     return out
 
 
@@ -124,13 +128,22 @@ def run(ctx: RunContext) -> None:
     sizes = {s: len(projects.examples(ctx.db, ctx.run["project_id"], split=s)) for s in cfg["splits"]}
     base = ctx.run.get("base_model") or cfg.get("base_model") or ""
     convert = kind != "crf" and loader.needs_conversion(base)
+    if cfg.get("suggest"):
+        sizes["unlabelled"] = len(bulk.unlabelled_examples(ctx.db, ctx.run["project_id"]))
     ctx.plan_phases(planned_phases(kind, cfg, sizes, convert))
+    model = None
     if kind == "crf":
-        run_crf(ctx, cfg, phase=CRF_TRAIN)
+        model = run_crf(ctx, cfg, phase=CRF_TRAIN)
     else:
         run_llm(ctx, cfg)
     with ctx.interruptible():
         score_run(ctx, cfg["splits"])
+    if cfg.get("suggest") and model is not None:
+        # The automatic CRF of the Label page: pre-label the queue with the model just trained.
+        labels = [r["name"] for r in projects.list_labels(ctx.db, ctx.run["project_id"])]
+        bulk.suggest(ctx, CrfPredictor(model, labels), ctx.run, auto=bool(cfg.get("auto")))
+        if cfg.get("auto"):
+            bulk.retire_auto_runs(ctx.db, ctx.run["project_id"], keep=ctx.run_id)
 
 
 def run_llm(ctx: RunContext, cfg: dict) -> None:

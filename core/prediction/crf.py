@@ -16,6 +16,9 @@ from core.errors import DataError, NerlabError
 from core.prediction import predict
 
 CRF_FILE = "crf.model"
+#: The same model in crfsuite's own format (what ``sklearn_crfsuite.CRF(model_filename=...)``
+#: reads; no pickle).
+NATIVE_FILE = "crf.crfsuite"
 
 
 def _shape(word: str) -> str:
@@ -84,6 +87,31 @@ def crf_predict(crf: Any, examples: Sequence[Example]) -> list[list[Span]]:
     return [bio_to_spans(e.token_offsets(), t) for e, t in zip(examples, tags, strict=True)]
 
 
+def crf_predict_details(crf: Any, examples: Sequence[Example],
+                        ) -> list[tuple[list[Span], list[float], float]]:
+    """For each example: the CRF's spans (its Viterbi tags), each span's confidence (the lowest
+    marginal probability of its tokens' tags) and the sentence's (the lowest marginal
+    probability of any of its tokens' tags; 1.0 for a sentence without tokens)."""
+    tagger = crf.tagger_
+    out = []
+    for example in examples:
+        offsets = example.token_offsets()
+        if not offsets:
+            out.append(([], [], 1.0))
+            continue
+        tagger.set(sentence_features(example))
+        tags = tagger.tag()
+        probs = [tagger.marginal(tag, i) for i, tag in enumerate(tags)]
+        spans = bio_to_spans(offsets, tags)
+        confs = []
+        for span in spans:
+            inside = [p for (s, e), p in zip(offsets, probs, strict=True)
+                      if s >= span.start and e <= span.end]
+            confs.append(min(inside) if inside else 0.0)
+        out.append((spans, confs, min(probs)))
+    return out
+
+
 def _crf_path(run: dict) -> Path:
     path = run.get("artifact_path")
     if path and Path(path).is_file():
@@ -92,6 +120,8 @@ def _crf_path(run: dict) -> Path:
 
 
 def save_crf(crf: Any, path: Path) -> None:
+    """Pickle the CRF to ``path`` and write crfsuite's own model file beside it
+    (:data:`NATIVE_FILE`), each atomically."""
     import pickle
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,6 +129,21 @@ def save_crf(crf: Any, path: Path) -> None:
     with open(tmp, "wb") as handle:
         pickle.dump(crf, handle)
     os.replace(tmp, path)
+    source = getattr(getattr(crf, "modelfile", None), "name", None)
+    if source and Path(source).is_file():
+        native = path.with_name(NATIVE_FILE)
+        tmp = native.with_name(native.name + ".partial")
+        tmp.write_bytes(Path(source).read_bytes())
+        os.replace(tmp, native)
+
+
+def load_native(path: Path) -> Any:
+    """A CRF from crfsuite's own model file."""
+    import sklearn_crfsuite
+
+    if not Path(path).is_file():
+        raise NerlabError(f"The CRF model file {path} is missing.")
+    return sklearn_crfsuite.CRF(model_filename=str(path))
 
 
 def load_crf(path: Path) -> Any:
@@ -117,9 +162,10 @@ def crf_predict_text(run: dict, text: str) -> list[Span]:
     return crf_predict(crf, [example])[0]
 
 
-def run_crf(ctx: Any, cfg: dict, phase: Any = None) -> None:
+def run_crf(ctx: Any, cfg: dict, phase: Any = None) -> Any:
     """Train the CRF on the labelled training sentences, then predict the run's splits (each
-    its own phase; ``phase`` is the training phase's, when the run reports phases)."""
+    its own phase; ``phase`` is the training phase's, when the run reports phases); return the
+    model."""
     db, run_row = ctx.db, ctx.run
     train = projects.examples(db, run_row["project_id"], split="train")
     if phase is not None:
@@ -153,3 +199,4 @@ def run_crf(ctx: Any, cfg: dict, phase: Any = None) -> None:
         if phase is not None:
             ctx.phase_progress(len(rows), len(rows))
         ctx.log(f"Predicted {len(rows)} {split} sentences.")
+    return crf

@@ -12,6 +12,7 @@ from core.errors import DataError
 from core.models import loader
 from core.models.adapters import ADAPTER_DIR, save_adapter
 from core.models.loader import set_threads
+from core.models.run_card import FORMAT, portable_base
 from core.prediction import baselines, predict
 from core.prediction.predict import PredictSettings
 from core.prompts.plan import plan_for_run
@@ -100,9 +101,17 @@ def run(ctx: RunContext) -> None:
     lengths = sorted(len(e.ids) for e in train_enc)
     ctx.log(f"Tokens per example: median {lengths[len(lengths) // 2]}, max {lengths[-1]}.")
     folder = ctx.run_dir / ADAPTER_DIR
+    base = portable_base(cfg.base_model)
     meta = {
-        "run_id": ctx.run_id, "config": cfg.to_dict(), "template": tpl.to_dict(),
-        "labels": [r["name"] for r in labels], "base_model": cfg.base_model,
+        "nerlab_format": FORMAT, "kind": "train", "run_id": ctx.run_id,
+        "run_name": ctx.run.get("name", ""), "project": projects.get_project(db, project_id)["name"],
+        "config": cfg.to_dict(), "template": tpl.to_dict(), "template_version": tpl.version,
+        "labels": [r["name"] for r in labels],
+        "entity_types": [{"name": r["name"], "description": r.get("description") or "",
+                          "color": r.get("color") or ""} for r in labels],
+        "base_model": base["name"] or cfg.base_model, "base_model_info": base,
+        "prompt": {"shots": plan.shots, "selection": plan.selection},
+        "decoding": {"constrained": cfg.train.constrained},
         "device": info.device, "dtype": dtype, "processes": group.world,
     }
 
