@@ -1,10 +1,16 @@
 // NERLab span-labelling widget (Streamlit custom component v2, no build step).
 //
 // Python gives `data` = {sentence_id, version, status, text, tokens: [[start, end]...],
-// spans: [{start, end, label}], labels: [{name, color, hotkey, description}], number, split,
-// annotator, updated_at, queue_index, queue_total, ack}. Every change goes back at once as the
-// trigger value `action` = {type, sentence_id, version, spans, seq}; Python saves it and
-// answers with new data whose `ack` echoes `seq`.
+// spans: [{start, end, label, suggested?, confidence?}], suggestion: {id, model, confidence,
+// pending} or null, labels: [{name, color, hotkey, description}], number, split, annotator,
+// updated_at, queue_index, queue_total, ack}. Every change goes back at once as the trigger value
+// `action` = {type, sentence_id, version, spans, seq, suggestion}; Python saves it and answers
+// with new data whose `ack` echoes `seq`.
+//
+// A span with `suggested` is a model's suggestion the annotator has not accepted yet: drawn
+// dashed, edited like any span (changing its type or its edges makes it the annotator's own).
+// `suggestion` in an action is the id of the untaken suggestion shown with the spans sent, so
+// that Python records it as taken (and, on Enter, its spans accepted as gold).
 //
 // Facts about components v2 this relies on (Streamlit 1.67): the HTML is mounted inside a
 // ShadowRoot (`parentElement`), so the selection is read with getComposedRanges; this function
@@ -69,12 +75,19 @@ export default function (component) {
   const byName = new Map(labels.map((l) => [l.name, l]));
   const byKey = new Map(labels.filter((l) => l.hotkey).map((l) => [l.hotkey.toLowerCase(), l]));
 
-  // What is drawn: the saved spans, or this tab's newer unacknowledged edit of the same sentence.
-  let spans = data.spans.map((s) => ({ start: toUnits(s.start), end: toUnits(s.end), label: s.label }));
+  // What is drawn: the saved spans (and untaken suggestions), or this tab's newer unacknowledged
+  // edit of the same sentence.
+  let spans = data.spans.map((s) => ({
+    start: toUnits(s.start), end: toUnits(s.end), label: s.label,
+    suggested: Boolean(s.suggested), confidence: s.confidence === undefined ? null : s.confidence,
+  }));
   const last = memory.lastSent;
   if (last && last.sentenceId === data.sentence_id && last.seq > ack) {
-    spans = last.spans.map((s) => ({ start: toUnits(s.start), end: toUnits(s.end), label: s.label }));
+    spans = last.shown.map((s) => ({ ...s }));
   }
+  const suggestion = data.suggestion || null;
+  // The untaken suggestion shown now (its id goes with every change, see the top).
+  const pendingSuggestion = suggestion && suggestion.pending ? suggestion.id : null;
   let cursor = sameSentence ? memory.cursor : null; // token index of the keyboard cursor
   let anchor = sameSentence ? memory.anchor : null; // other end of the token selection
   // Index into `spans` of the span clicked for editing. An answer from the server (the save of an
@@ -115,12 +128,14 @@ export default function (component) {
       version: data.version,
       spans: spans.map(({ start, end, label }) => ({ start: toPoints(start), end: toPoints(end), label })),
       seq: memory.seq,
+      suggestion: pendingSuggestion,
     };
     memory.lastSent = {
       seq: memory.seq,
       sentenceId: data.sentence_id,
       version: data.version,
       spans: payload.spans,
+      shown: spans.map((sp) => ({ ...sp })),
     };
     if (type !== "edit") {
       memory.pending = memory.seq;
@@ -171,14 +186,21 @@ export default function (component) {
       const sp = spans[spanIdx];
       if (!open && sp && sp.start === a) {
         const label = byName.get(sp.label);
-        open = el("mark", "nl-span" + (picked === spanIdx ? " picked" : ""), {
+        const sure = sp.confidence === null || sp.confidence === undefined
+          ? "" : ` (confidence ${Math.round(100 * sp.confidence)}%)`;
+        open = el("mark", "nl-span" + (picked === spanIdx ? " picked" : "") + (sp.suggested ? " suggested" : ""), {
           "data-span": String(spanIdx),
           "data-label": sp.label,
           "data-start": String(sp.start),
           "data-end": String(sp.end),
-          title: `${sp.label} — click to change or remove`,
+          title: sp.suggested
+            ? `${sp.label}, suggested by ${suggestion ? suggestion.model : "a model"}${sure} — Enter accepts it; click to change or remove`
+            : `${sp.label} — click to change or remove`,
         });
-        open.style.background = label ? label.color : "#ddd";
+        if (sp.suggested) open.dataset.suggested = "true";
+        const colour = label ? label.color : "#dddddd";
+        open.style.background = sp.suggested && /^#[0-9a-f]{6}$/i.test(colour) ? colour + "59" : colour;
+        if (sp.suggested) open.style.borderColor = colour;
         if (picked === spanIdx) {
           open.appendChild(el("span", "nl-handle l", { "data-side": "l", "data-end": String(sp.start), title: "Drag to resize" }));
         }
@@ -234,6 +256,14 @@ export default function (component) {
       parts.push(`not in the current queue (${data.queue_total} there)`);
     }
     if (data.annotator) parts.push(`last saved by ${data.annotator} at ${data.updated_at}`);
+    const shownSuggestions = spans.filter((sp) => sp.suggested).length;
+    if (suggestion && data.status !== "labelled") {
+      const sure = suggestion.confidence === null || suggestion.confidence === undefined
+        ? "" : `, confidence ${Math.round(100 * suggestion.confidence)}%`;
+      parts.push(shownSuggestions
+        ? `${shownSuggestions} suggestion${shownSuggestions === 1 ? "" : "s"} from ${suggestion.model}${sure} (dashed): Enter accepts, click to fix`
+        : `${suggestion.model} suggests no entity here${sure}`);
+    }
     metaEl.textContent = parts.join(" · ");
     busyEl.hidden = !(memory.lastSent && memory.lastSent.seq > ack);
   }
@@ -306,7 +336,7 @@ export default function (component) {
 
   function addSpan(start, end, label) {
     spans = spans.filter((s) => s.end <= start || s.start >= end);
-    spans.push({ start, end, label });
+    spans.push({ start, end, label, suggested: false, confidence: null });
     sortSpans();
   }
 
@@ -315,6 +345,7 @@ export default function (component) {
     if (picked !== null && spans[picked]) {
       if (spans[picked].label !== name) {
         spans[picked].label = name;
+        spans[picked].suggested = false;
         picked = null;
         render();
         send("edit");
@@ -337,6 +368,7 @@ export default function (component) {
       if (host) {
         if (host.label !== name) {
           host.label = name;
+          host.suggested = false;
           render();
           send("edit");
         }
@@ -482,6 +514,7 @@ export default function (component) {
     const changed = sp.start !== drag.original.start || sp.end !== drag.original.end;
     drag = null;
     if (!changed) return;
+    sp.suggested = false;
     spans = spans.filter((s) => s === sp || s.end <= sp.start || s.start >= sp.end);
     sortSpans();
     picked = spans.indexOf(sp);

@@ -7,6 +7,7 @@ from core.data import io, labeling, projects
 from core.errors import NerlabError
 from core.evaluation import compare
 from core.ui import init_page, show_error
+from core.ui.predict_view import predict_tab
 
 db, project = init_page("Data", icon="📥")
 
@@ -24,8 +25,8 @@ total = sum(counts.values())
 if notice := st.session_state.pop("data_notice", None):
     (st.success if notice[0] == "success" else st.error)(notice[1])
 
-tab_sentences, tab_types, tab_import, tab_export, tab_splits = st.tabs(
-    ["Sentences", "Entity types", "Import", "Export", "Splits"]
+tab_sentences, tab_types, tab_import, tab_export, tab_splits, tab_predict = st.tabs(
+    ["Sentences", "Entity types", "Import", "Export", "Splits", "Predict a file"]
 )
 
 # --- Sentences ---------------------------------------------------------------------------------
@@ -355,3 +356,7 @@ with tab_splits:
         else:
             st.session_state["data_notice"] = ("success", f"Moved {moved} sentence(s) to {move_to}.")
             st.rerun()
+
+# --- Predict a file ----------------------------------------------------------------------------
+with tab_predict:
+    predict_tab(db, project)

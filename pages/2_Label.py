@@ -6,6 +6,7 @@ from core import config
 from core.data import label_session, labeling, projects
 from core.errors import NotFound
 from core.ui import ANNOTATOR_KEY, init_page
+from core.ui import suggest_view as sv
 from core.ui.label_widget import action_handler, button_handler, jump_handler, label_widget
 
 db, project = init_page("Label", icon="🖍️")
@@ -37,15 +38,18 @@ entity = f3.selectbox(
     help="Only sentences with at least one span of this entity type.",
 )
 search = f4.text_input("Search text", key="label_search", placeholder="e.g. lithium")
+source, order = sv.controls(db, pid)
+session.suggest_from = source
 flt = labeling.QueueFilter(
     status=status,
     split=None if split == "all" else split,
     label=None if entity == "any" else entity,
     text=search,
+    order=order,
 )
 
 # --- Which sentence ----------------------------------------------------------------------------
-filter_key = (pid, status, split, entity, search.strip())
+filter_key = (pid, status, split, entity, search.strip(), order)
 link = st.query_params.get("sentence")
 acted, session.acted = session.acted, False
 if link and link != session.link_handled and not acted:
@@ -84,10 +88,13 @@ if sentence is None:
     session.current = labeling.first(db, pid, flt)
     sentence = projects.get_sentence(db, session.current) if session.current is not None else None
 
+sv.prepare(db, pid, source, sentence)
+
 # --- Progress ----------------------------------------------------------------------------------
 prog = labeling.progress(db, pid)
 st.progress(prog.fraction, text=prog.caption())
 st.caption(prog.details())
+sv.status(pid, source)
 queue_total = labeling.count(db, pid, flt)
 
 if sentence is None:
@@ -104,8 +111,9 @@ else:
     in_queue = labeling.matches(db, pid, flt, sentence["id"])
     data = label_session.widget_data(
         db, sentence, labels,
-        queue_index=labeling.rank(db, pid, flt, sentence["position"]) if in_queue else None,
-        queue_total=queue_total, ack=session.ack, focus=session.focus,
+        queue_index=labeling.rank(db, pid, flt, sentence["position"], sentence["id"])
+        if in_queue else None,
+        queue_total=queue_total, ack=session.ack, focus=session.focus, suggest_from=source,
     )
     label_widget(data, on_action=action_handler(session, pid, flt, ANNOTATOR_KEY))
 
@@ -115,7 +123,8 @@ else:
               help="Back to the sentence you came from, else the one before in the queue (↑).",
               on_click=button_handler(session, pid, flt, ANNOTATOR_KEY, "prev", sid))
     b2.button("✓ Accept and next", key="label_accept", type="primary", width="stretch",
-              help="Done: this sentence has all its entities (Enter).",
+              help="Done: this sentence has all its entities, the suggestions shown included "
+              "(Enter).",
               on_click=button_handler(session, pid, flt, ANNOTATOR_KEY, "accept", sid))
     b3.button("Next →", key="label_next", width="stretch",
               help="The next sentence in the queue, leaving this one as it is (↓).",
@@ -171,3 +180,5 @@ with st.expander("Progress in detail", expanded=False):
          for name, v in prog.per_label.items()],
         hide_index=True, width="stretch",
     )
+    if outcome := sv.outcome_caption(db, pid):
+        st.caption(outcome)

@@ -36,6 +36,9 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv(config.HOME_ENV, str(tmp_path))
     # The "try a sentence" process a test starts ends soon after its last request.
     monkeypatch.setenv("NERLAB_TRY_IDLE_S", "20")
+    # No automatic CRF in the background of tests that do not ask for suggestions (a project's
+    # own choice still wins).
+    monkeypatch.setenv("NERLAB_SUGGEST_DEFAULT", "off")
     return tmp_path
 
 

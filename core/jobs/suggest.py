@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from core.data import projects, suggestions
+from core.data import suggestions
 from core.data.records import SentenceRecord
 from core.data.runs import create_run, get_run, run_dir
 from core.data.spans import Example
@@ -30,6 +30,9 @@ from core.prediction import baselines, bulk, predictors
 from core.prediction.run_folder import check_predictable, ensure_card, run_title
 
 AUTO_TITLE = "Automatic CRF"
+#: What suggests in a project that chose nothing and has no finished run: ``auto`` (the
+#: automatic CRF; the default) or ``off``.
+DEFAULT_ENV = "NERLAB_SUGGEST_DEFAULT"
 
 
 # ------------------------------------------------------------------------------ prediction jobs
@@ -129,7 +132,10 @@ def resolve_source(db: Database, project_id: int) -> str:
     elif kind:
         return chosen
     best = best_run(db, project_id)
-    return suggestions.run_source(best["id"]) if best else suggestions.AUTO
+    if best:
+        return suggestions.run_source(best["id"])
+    fallback = os.environ.get(DEFAULT_ENV, suggestions.AUTO).strip()
+    return fallback if fallback in (suggestions.AUTO, suggestions.OFF) else suggestions.AUTO
 
 
 def source_title(db: Database, source: str) -> str:
@@ -244,8 +250,3 @@ def pending_count(db: Database, project_id: int, source: str) -> dict:
     have = sum(1 for r in rows if r["source"] and suggestions.matches(r, source))
     return {"unlabelled": len(rows), "suggested": have}
 
-
-def labelled_counts(db: Database, project_id: int) -> dict:
-    """``projects.stats`` in short, for messages."""
-    st = projects.stats(db, project_id)
-    return {"labelled": st["labelled"], "sentences": st["sentences"]}

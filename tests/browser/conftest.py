@@ -106,6 +106,8 @@ def app_server(app_home: Path) -> Iterator[str]:
         "NERLAB_HOME": str(app_home),
         "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
         "STREAMLIT_SERVER_HEADLESS": "true",
+        # Suggestions only where a test chooses them for its project (see test_loop_browser).
+        "NERLAB_SUGGEST_DEFAULT": "off",
     }
     env.pop("NERLAB_NO_DEMO", None)
     log = app_home / "streamlit.log"
