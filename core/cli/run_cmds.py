@@ -25,6 +25,7 @@ from core.models.adapters import DEFAULT_SHARD_SIZE, merge_run
 from core.models.export import export_run
 from core.models.gguf_export import OUTTYPES
 from core.models.merging import DTYPES
+from core.training import estimate
 from core.training.checks import check_run
 from core.training.runconfig import (
     DEFAULT_PRESET,
@@ -108,6 +109,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     issues = check_run(db, project["id"], cfg, cuda=info.device == "cuda", bf16_supported=info.bf16,
                        gpu_count=info.count)
     errors = [i for i in issues if i.level == "error"]
+    if args.estimate:
+        if errors:
+            raise NerlabError(f"{len(errors)} pre-flight check(s) failed: "
+                              + "; ".join(f"{i.title}: {i.msg}" for i in errors))
+        m = estimate.stored(db, project["id"], cfg) or estimate.measure(
+            db, project["id"], cfg, log=lambda msg: print(msg, file=sys.stderr))
+        print(f"Estimated wall time: {estimate.wall_time(db, project['id'], cfg, m).describe()}.")
+        return 0
     for issue in issues:
         if issue.level != "info" or args.wait:
             fix = f" Fix it with: {issue.command}" if issue.command else ""
@@ -198,6 +207,9 @@ def register(subparsers) -> None:
                    + f" (default: {DEFAULT_PRESET!r} on a CPU, 'LoRA+ for NER' on a GPU, as on the "
                    f"Train page; {NO_PRESET!r}: the plain defaults)")
     p.add_argument("--run-name", help="a name for the run (default train-ID)")
+    p.add_argument("--estimate", action="store_true",
+                   help="do not start: time one step of this run on this machine (about a minute, "
+                   "once per data and settings) and print how long the whole run would take")
     p.add_argument("--wait", action="store_true",
                    help="print every phase's progress until the run ends; exit 0 finished, "
                    "1 failed, 2 stopped")
