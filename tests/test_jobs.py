@@ -18,7 +18,7 @@ from core.data.runs import create_run, get_run, list_runs, log_path, read_log, r
 from core.errors import DataError, NotFound
 from core.jobs import launcher, worker
 from core.procs import pid_alive
-from core.training.runconfig import RunConfig
+from core.training.runconfig import RunConfig, default_preset_for, get_preset
 
 
 @pytest.fixture
@@ -127,9 +127,14 @@ def test_cli_flags_build_the_config_and_the_equivalent_command(db, project):
     assert cfg.lora.targets == ("q_proj", "v_proj") and cfg.train.eval_after is False
     assert cfg.lora.alpha == 64.0  # from the preset
     command = launcher.cli_command({"config": cfg.to_dict()}, "jobs")
-    assert command.startswith("nerlab train jobs --method dora")
-    rebuilt = config_from_args(build_parser().parse_args(command.split()[1:]))
-    assert rebuilt.with_overrides(preset="DoRA") == cfg
+    assert command.startswith("nerlab train jobs --preset DoRA --rank 4")
+    assert config_from_args(build_parser().parse_args(command.split()[1:])) == cfg
+    # Without --preset: the Train page's default on this machine, not other numbers.
+    default = config_from_args(build_parser().parse_args(["train", "jobs"]))
+    assert default == get_preset(default_preset_for(default.base_model, cuda=False)).config()
+    assert (default.train.lr, default.lora.dropout) == (5e-4, 0.0)
+    plain = config_from_args(build_parser().parse_args(["train", "jobs", "--preset", "none"]))
+    assert plain == RunConfig() and "--preset none" in launcher.cli_command({"config": plain.to_dict()}, "jobs")
 
 
 def test_cli_runs_and_stop(db, project, capsys):

@@ -25,8 +25,17 @@ from core.models.adapters import DEFAULT_SHARD_SIZE, merge_run
 from core.models.export import export_run
 from core.models.gguf_export import OUTTYPES
 from core.models.merging import DTYPES
+from core.training import estimate
 from core.training.checks import check_run
-from core.training.runconfig import FIELDS, PRESETS, RunConfig, get_preset
+from core.training.runconfig import (
+    DEFAULT_PRESET,
+    FIELDS,
+    NO_PRESET,
+    PRESETS,
+    RunConfig,
+    default_preset_for,
+    get_preset,
+)
 
 __all__ = ["EXIT_CODES", "cmd_train", "register", "wait_and_report"]
 
@@ -68,8 +77,10 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The preset (or defaults) with every flag given on the command line applied."""
+def config_from_args(args: argparse.Namespace, cuda: bool = False) -> RunConfig:
+    """The preset with every flag given on the command line applied. Without ``--preset`` the
+    one the Train page starts from on this machine (:func:`default_preset_for`);
+    ``--preset none`` starts from the plain defaults."""
     overrides = {}
     for name in FIELDS:
         if name in _NOT_FLAGS:
@@ -82,18 +93,30 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         overrides[name] = value
     if overrides.get("epochs") is not None and getattr(args, "max_steps", None) is None:
         overrides["max_steps"] = 0  # --epochs wins over a preset's max steps
-    preset = get_preset(args.preset) if args.preset else None
-    return preset.config(**overrides) if preset else RunConfig().with_overrides(**overrides)
+    name = args.preset or default_preset_for(overrides.get("base_model") or config.BUNDLED_MODEL,
+                                             cuda)
+    if name.strip().lower() == NO_PRESET:
+        return RunConfig().with_overrides(**overrides)
+    return get_preset(name).config(**overrides)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     db = get_db()
     project = projects.get_project(db, args.name)
-    cfg = config_from_args(args)
     info = loader.device_info()
+    cfg = config_from_args(args, cuda=info.device == "cuda")
+    print(f"Preset: {cfg.preset or NO_PRESET}; {cfg.summary()}", file=sys.stderr)
     issues = check_run(db, project["id"], cfg, cuda=info.device == "cuda", bf16_supported=info.bf16,
                        gpu_count=info.count)
     errors = [i for i in issues if i.level == "error"]
+    if args.estimate:
+        if errors:
+            raise NerlabError(f"{len(errors)} pre-flight check(s) failed: "
+                              + "; ".join(f"{i.title}: {i.msg}" for i in errors))
+        m = estimate.stored(db, project["id"], cfg) or estimate.measure(
+            db, project["id"], cfg, log=lambda msg: print(msg, file=sys.stderr))
+        print(f"Estimated wall time: {estimate.wall_time(db, project['id'], cfg, m).describe()}.")
+        return 0
     for issue in issues:
         if issue.level != "info" or args.wait:
             fix = f" Fix it with: {issue.command}" if issue.command else ""
@@ -180,8 +203,13 @@ def register(subparsers) -> None:
             f"{name!r}: {preset.description}" for name, preset in PRESETS.items())),
     )
     p.add_argument("name", help="project")
-    p.add_argument("--preset", help="start from a preset: " + ", ".join(repr(n) for n in PRESETS))
+    p.add_argument("--preset", help="start from a preset: " + ", ".join(repr(n) for n in PRESETS)
+                   + f" (default: {DEFAULT_PRESET!r} on a CPU, 'LoRA+ for NER' on a GPU, as on the "
+                   f"Train page; {NO_PRESET!r}: the plain defaults)")
     p.add_argument("--run-name", help="a name for the run (default train-ID)")
+    p.add_argument("--estimate", action="store_true",
+                   help="do not start: time one step of this run on this machine (about a minute, "
+                   "once per data and settings) and print how long the whole run would take")
     p.add_argument("--wait", action="store_true",
                    help="print every phase's progress until the run ends; exit 0 finished, "
                    "1 failed, 2 stopped")

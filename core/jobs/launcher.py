@@ -32,7 +32,7 @@ from core.prediction import baselines
 from core.prediction.crf import CRF_FILE, NATIVE_FILE
 from core.procs import file_lock, free_port, pid_alive, spawn
 from core.prompts.plan import run_template
-from core.training.runconfig import FIELDS, RunConfig
+from core.training.runconfig import FIELDS, NO_PRESET, PRESETS, RunConfig, get_preset
 
 #: A running worker whose heartbeat is older than this is considered hung.
 HEARTBEAT_STALE_S = 300
@@ -302,8 +302,11 @@ def wait(db: Database, run_id: int, timeout_s: float | None = None, poll_s: floa
 def cli_command(run: dict[str, Any], project_name: str) -> str:
     """The ``nerlab train`` command line that starts a run with the same settings."""
     cfg = RunConfig.from_dict(run["config"])
-    base = RunConfig()
-    parts = ["nerlab", "train", _quote(project_name)]
+    if cfg.preset in PRESETS:
+        base, preset = get_preset(cfg.preset).config(), cfg.preset
+    else:
+        base, preset = RunConfig(), NO_PRESET
+    parts = ["nerlab", "train", _quote(project_name), "--preset", _quote(preset)]
     flat, defaults = cfg.flat(), base.flat()
     for name, (_section, _f) in FIELDS.items():
         if name == "preset":

@@ -90,13 +90,18 @@ def run_template(db: Database, run: dict) -> PromptTemplate:
 
 def plan_for_run(db: Database, run: dict, shots: int | None = None,
                  selection: str | None = None) -> PromptPlan:
-    """Template, entity types and examples of a run.
+    """Template, entity types and examples of a run (see :func:`plan_for_template`)."""
+    return plan_for_template(db, run["project_id"], run_template(db, run), shots, selection)
+
+
+def plan_for_template(db: Database, project_id: int, tpl: PromptTemplate, shots: int | None = None,
+                      selection: str | None = None) -> PromptPlan:
+    """How a model is asked about the project's sentences with ``tpl``.
 
     ``shots`` (number of examples in each prompt) and ``selection`` (``fixed`` or ``retrieved``)
     are a baseline's settings; without them the template's own ``n_examples`` are retrieved, as
     in training.
     """
-    tpl = run_template(db, run)
     shots = tpl.n_examples if shots is None else int(shots)
     selection = selection or ("retrieved" if shots else "none")
     if shots and selection not in ("fixed", "retrieved"):
@@ -108,12 +113,12 @@ def plan_for_run(db: Database, run: dict, shots: int | None = None,
                 f"{shots} example(s). Add {{examples}} to it on the Template page."
             )
         tpl = dataclasses.replace(tpl, n_examples=shots)
-    train = projects.examples(db, run["project_id"], split="train") if shots else []
+    train = projects.examples(db, project_id, split="train") if shots else []
     if shots and not train:
         raise NerlabError("Few-shot prompts need labelled training sentences; there are none.")
     return PromptPlan(
         template=tpl,
-        labels=projects.list_labels(db, run["project_id"]),
+        labels=projects.list_labels(db, project_id),
         shots=shots,
         selection=selection if shots else "none",
         train=train,

@@ -18,6 +18,7 @@ from core.errors import NerlabError
 from core.models import loader
 from core.prompts.roundtrip import check_project
 from core.prompts.store import get_template
+from core.training import estimate
 from core.training.runconfig import RunConfig
 
 #: Training sentences whose answers the pre-flight check round-trips.
@@ -27,6 +28,10 @@ ROUND_TRIP_SAMPLE = 50
 #: The share of the training sentences the "No dev split" fix sets aside as dev, and its seed.
 DEV_SHARE = 0.1
 DEV_SEED = 0
+#: ``Issue.action`` of the "Estimated time" finding: the page offers to time one step (or says
+#: one is being timed).
+MEASURE = "measure"
+MEASURING = "measuring"
 #: ``Issue.action`` of the "No dev split" finding: the page offers a button that runs
 #: :func:`carve_dev_fix`.
 CARVE_DEV = "carve_dev"
@@ -117,6 +122,8 @@ def check_run(
             issues.append(Issue("info", "Template round-trip",
                                 f"Template {tpl.name!r} v{tpl.version}: answers of {report.checked} "
                                 "training sentences parse back to the same spans."))
+    if tpl is not None and train and labels and dev:
+        issues.append(_estimate(db, project_id, cfg))
     if not cuda:
         if cfg.method == "qlora":
             issues.append(Issue("warning", "QLoRA without CUDA",
@@ -150,6 +157,23 @@ def check_run(
         issues.append(Issue("warning", "Disk space", f"Only {free_gb:.1f} GB free in "
                             f"{config.home()}; adapters and merged models need room."))
     return issues
+
+
+def _estimate(db: Database, project_id: int, cfg: RunConfig) -> Issue:
+    """The run's wall time on this machine from a timed step, or how to measure it."""
+    command = f"nerlab train {shlex.quote(projects.get_project(db, project_id)['name'])} --estimate"
+    m = estimate.stored(db, project_id, cfg)
+    if m is not None:
+        wall = estimate.wall_time(db, project_id, cfg, m)
+        return Issue("info", "Estimated time", f"{wall.describe()} (timed {m.measured_at}: "
+                     f"{m.tokens_per_s:.0f} tokens/s, {m.step_s:.1f} s a step).", command=command)
+    if estimate.measuring(db, project_id, cfg):
+        return Issue("info", "Estimated time", "Timing one step of this run on this machine…",
+                     action=MEASURING)
+    why = estimate.failure(db, project_id, cfg)
+    return Issue("info", "Estimated time", (f"Timing a step failed: {why}. " if why else "")
+                 + "Not measured for these settings on this machine yet: timing one step takes "
+                 "about a minute.", command=command, action=MEASURE)
 
 
 def _gpu_issues(cfg: RunConfig, cuda: bool, gpu_count: int) -> list[Issue]:

@@ -344,6 +344,10 @@ def get_preset(name: str) -> Preset:
     raise ConfigError(f"No preset {name!r}. Presets: {', '.join(PRESETS)}.")
 
 
+#: What ``--preset`` takes for "no preset, the plain defaults".
+NO_PRESET = "none"
+
+
 def default_preset_for(base_model: str, cuda: bool) -> str:
     """The preset to offer first: the small-model one on CPU, LoRA+ for NER on a GPU."""
     return "LoRA+ for NER" if cuda else DEFAULT_PRESET

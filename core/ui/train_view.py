@@ -21,7 +21,8 @@ from core.data.runs import plain_text, read_log, run_metrics
 from core.errors import ConfigError
 from core.jobs import launcher
 from core.models import merging
-from core.training.checks import CARVE_DEV, DEV_SEED, DEV_SHARE, carve_dev_fix
+from core.training import estimate
+from core.training.checks import CARVE_DEV, DEV_SEED, DEV_SHARE, MEASURE, MEASURING, carve_dev_fix
 from core.training.runconfig import (
     DEFAULT_TARGETS,
     FIELDS,
@@ -189,9 +190,47 @@ def show_issues(issues: list, db: Database | None = None, project_id: int | None
                 help=f"Moves a seeded {DEV_SHARE:.0%} of the labelled training sentences to dev "
                 f"(seed {DEV_SEED}; the same as `{issue.command}`). Test sentences are not touched.",
             )
+        if issue.action == MEASURE and db is not None and project_id is not None:
+            st.form_submit_button(
+                "Time one step (about a minute)", key="train_measure", on_click=_measure,
+                args=(project_id,),
+                help="Loads the model, trains two steps and predicts a few dev sentences in a "
+                f"background process, then estimates the whole run (the same as `{issue.command}`).")
+        if issue.action == MEASURING:
+            _poll_measurement()
     outcome = st.session_state.pop("train_carved", None)
     if outcome:
         (st.success if outcome[0] == "ok" else st.error)(outcome[1])
+
+
+def current_config() -> RunConfig:
+    """The config the New run form holds now (base model, template and preset included)."""
+    state = st.session_state
+    source = state.get("train_model_source", SOURCE_BUNDLED)
+    base = {SOURCE_HUB: state.get("train_model_id", ""), SOURCE_FOLDER: state.get("train_model_path", "")
+            }.get(source, config.BUNDLED_MODEL)
+    return config_from_state((base or "").strip(), state.get("train_template", "default"),
+                             state.get("train_preset", ""))
+
+
+def _measure(project_id: int) -> None:
+    try:
+        estimate.start(get_db(), project_id, current_config())
+    except Exception as exc:  # noqa: BLE001 - shown to the user
+        st.session_state["train_carved"] = ("error", f"Could not time a step: {exc}")
+
+
+@st.fragment(run_every=3)
+def _poll_measurement() -> None:
+    """While a step is being timed: rerun the page once it is done (or failed)."""
+    st.caption("Timing one step in the background… the estimate appears here when it is done.")
+    project_id = st.session_state.get("project_id")
+    try:
+        busy = project_id is not None and estimate.measuring(get_db(), project_id, current_config())
+    except Exception:  # noqa: BLE001 - the settings changed to something invalid: stop polling
+        busy = False
+    if not busy:
+        st.rerun()
 
 
 def _carve_dev(project_id: int) -> None:
