@@ -16,6 +16,10 @@ from core.evaluation import run_scores, scoring
 from core.jobs import launcher
 from core.prediction import baselines
 from core.prediction.baselines import KINDS
+from core.prediction.encoder import BUNDLED_ENCODER, EncoderSettings, setting_help
+
+#: The encoder's settings ``nerlab baseline --kind encoder`` takes as flags.
+ENCODER_FLAGS = ("epochs", "lr", "batch_size", "max_length", "max_steps", "seed")
 
 
 def _run(db, ref: str) -> dict:
@@ -113,8 +117,18 @@ def cmd_predictions(args: argparse.Namespace) -> int:
 def baseline_config(args: argparse.Namespace) -> dict:
     """The run config of ``nerlab baseline`` from its flags (only what was given)."""
     cfg: dict = {}
-    if args.kind != "crf":
-        cfg["base_model"] = args.base_model
+    if args.kind in baselines.PROMPTED:
+        cfg["base_model"] = args.base_model or config.BUNDLED_MODEL
+    elif args.kind == "encoder":
+        cfg["base_model"] = args.base_model or BUNDLED_ENCODER
+        for key in ENCODER_FLAGS:
+            if getattr(args, key) is not None:
+                cfg[key] = getattr(args, key)
+    else:
+        given = [f"--{k.replace('_', '-')}" for k in ("base_model", *ENCODER_FLAGS)
+                 if getattr(args, k) is not None]
+        if given:
+            raise NerlabError(f"A CRF baseline takes no {', '.join(given)}.")
     if args.kind == "few-shot":
         cfg["shots"] = args.shots
         cfg["selection"] = args.selection
@@ -122,7 +136,7 @@ def baseline_config(args: argparse.Namespace) -> dict:
         cfg["splits"] = [s.strip() for s in args.splits.split(",") if s.strip()]
     if args.limit:
         cfg["limit"] = args.limit
-    if args.kind != "crf" and args.max_new_tokens:
+    if args.kind in baselines.PROMPTED and args.max_new_tokens:
         cfg["max_new_tokens"] = args.max_new_tokens
     if args.kind in baselines.PROMPTED:
         cfg["constrained"] = args.constrained
@@ -150,6 +164,10 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lower(text: str) -> str:
+    return (text[:1].lower() + text[1:]).rstrip(".")
+
+
 def register(subparsers) -> None:
     """Add the evaluation commands to ``nerlab``."""
     p = subparsers.add_parser("evaluate", help="score a run's predictions (per class, CI, errors)")
@@ -168,11 +186,13 @@ def register(subparsers) -> None:
     p.add_argument("--output", "-o", help="file to write (default: stdout)")
     p.set_defaults(func=cmd_predictions)
 
-    p = subparsers.add_parser("baseline", help="start a baseline run (zero-shot, few-shot, CRF)")
+    p = subparsers.add_parser("baseline", help="start a baseline run (zero-shot, few-shot, CRF, "
+                              "encoder)")
     p.add_argument("name", help="project")
     p.add_argument("--kind", choices=KINDS, required=True)
-    p.add_argument("--base-model", default=config.BUNDLED_MODEL,
-                   help="zero-/few-shot: the bundled model, a Hugging Face id or a local folder")
+    p.add_argument("--base-model", default=None,
+                   help="zero-/few-shot: the bundled model (default), a Hugging Face id or a local "
+                   f"folder; encoder: {BUNDLED_ENCODER!r} (default) or another BERT-style encoder")
     p.add_argument("--template", default="default", help="template name (latest version)")
     p.add_argument("--shots", type=int, default=5, help="few-shot: examples per prompt")
     p.add_argument("--selection", choices=("fixed", "retrieved"), default="fixed",
@@ -184,6 +204,11 @@ def register(subparsers) -> None:
     p.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=True,
                    help="zero-/few-shot: constrained decoding (default on): well-formed answers, "
                    "entities only whole words of the sentence; --no-constrained to compare")
+    defaults = EncoderSettings()
+    for key in ENCODER_FLAGS:
+        p.add_argument(f"--{key.replace('_', '-')}", type=type(getattr(defaults, key)), default=None,
+                       help=f"encoder: {_lower(setting_help(key) or key)} "
+                       f"(default {getattr(defaults, key)})")
     p.add_argument("--run-name", default="", help="a name for the run")
     p.add_argument("--wait", action="store_true",
                    help="print every phase's progress until the run ends, then its scores; "

@@ -30,6 +30,7 @@ from core.errors import NerlabError
 from core.models.adapters import ADAPTER_DIR, tidy_adapter
 from core.prediction import baselines
 from core.prediction.crf import CRF_FILE, NATIVE_FILE
+from core.prediction.encoder_folder import ENCODER_DIR, tidy_encoder
 from core.procs import file_lock, free_port, pid_alive, spawn
 from core.prompts.plan import run_template
 from core.training.runconfig import FIELDS, NO_PRESET, PRESETS, RunConfig, get_preset
@@ -199,6 +200,11 @@ def stop_outcome(phase: dict | None) -> str:
                 "ends.")
     if key in ("dev_loss", "save"):
         return "it saves its adapter and ends."
+    if key == "encoder_train":
+        return ("it drops the step in progress, saves the encoder as the last step left it and "
+                "ends.")
+    if key == "encoder_save":
+        return "it saves the encoder and ends."
     if key.startswith("predict") or key == "score":
         return "it ends now, keeping its adapter and the predictions stored so far."
     return "it ends now (nothing to save yet)."
@@ -213,13 +219,13 @@ def _age_s(stamp: str | None) -> float | None:
 
 def _end_dead_run(db: Database, row: dict, status: str, kind: str | None, message: str) -> None:
     """A run whose worker is gone: record how it ended, close its phases, and remove what a save
-    it was in the middle of left behind (keeping the newest complete adapter)."""
+    it was in the middle of left behind (keeping the newest complete adapter or encoder)."""
     run_id = row["id"]
     with contextlib.suppress(OSError):
         folder = config.runs_dir() / str(run_id)
         (folder / CRF_FILE).with_suffix(".partial").unlink(missing_ok=True)  # see crf.save_crf
         (folder / f"{NATIVE_FILE}.partial").unlink(missing_ok=True)
-        adapter = tidy_adapter(folder / ADAPTER_DIR)
+        adapter = tidy_adapter(folder / ADAPTER_DIR) or tidy_encoder(folder / ENCODER_DIR)
         if adapter is not None and not row.get("artifact_path"):
             db.execute("UPDATE runs SET artifact_path = ? WHERE id = ?", [str(adapter), run_id])
             db.conn.commit()

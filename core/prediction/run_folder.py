@@ -19,7 +19,7 @@ from core.data.runs import get_run
 from core.errors import NerlabError
 from core.evaluation import run_scores
 from core.models import run_card
-from core.prediction import crf
+from core.prediction import crf, encoder, encoder_folder
 from core.prediction.predictors import EXAMPLES_FILE, MODEL_DIRS, kinds, write_examples
 from core.prompts.plan import plan_for_run
 
@@ -30,8 +30,8 @@ PROMPTED = ("train", "zero-shot", "few-shot")
 
 
 def model_folder(run: dict) -> Path:
-    """Where a run keeps its model (``runs/ID/adapter`` for a training run, ``runs/ID`` for a
-    CRF or a prompt, the folder a registered kind named)."""
+    """Where a run keeps its model (``runs/ID/adapter`` for a training run, ``runs/ID/encoder``
+    for an encoder, ``runs/ID`` for a CRF or a prompt, the folder a registered kind named)."""
     sub = MODEL_DIRS.get(run["kind"], ".")
     folder = config.runs_dir() / str(run["id"])
     return folder if sub == "." else folder / sub
@@ -56,6 +56,7 @@ def check_predictable(run: dict) -> Path:
         "train": [] if (folder / "adapter_config.json").is_file() else ["adapter"],
         "crf": [] if ((folder / crf.CRF_FILE).is_file() or (folder / crf.NATIVE_FILE).is_file())
         else ["CRF model"],
+        "encoder": [] if (folder / encoder_folder.META_FILE).is_file() else ["encoder"],
     }.get(kind, [] if kind in PROMPTED or folder.is_dir() else ["model folder"])
     if missing:
         raise NerlabError(f"Run {rid} ({status}) has no saved {missing[0]} in {folder}: "
@@ -96,6 +97,8 @@ def build_manifest(db: Database, run: dict) -> dict:
         info = run_card.portable_base(base)
         manifest.update(base_model=info["name"] or base, base_model_info=info,
                         decoding={"constrained": constrained})
+    if kind == "encoder":
+        manifest.update(encoder_manifest(run))
     if kind == "train":
         try:
             saved = run_card.read_manifest(model_folder(run))
@@ -105,6 +108,22 @@ def build_manifest(db: Database, run: dict) -> dict:
                                       "prompt") if saved.get(k)}
         manifest = {**saved, **manifest, **keep}
     return manifest
+
+
+def encoder_manifest(run: dict) -> dict:
+    """What an encoder run's manifest adds: its base model, settings and tags (from the folder's
+    own description when it has one)."""
+    cfg = run["config"] or {}
+    base = cfg.get("base_model") or run["base_model"] or encoder.BUNDLED_ENCODER
+    try:
+        saved = encoder_folder.read_meta(model_folder(run))
+    except NerlabError:
+        saved = {}
+    info = ({"name": base, "kind": "bundled", "hub_id": encoder.MINILM_HUB_ID}
+            if base == encoder.BUNDLED_ENCODER else run_card.portable_base(base))
+    return {"base_model": base, "base_model_info": info,
+            "config": saved.get("settings") or encoder.EncoderSettings.from_dict(cfg).to_dict(),
+            "tags": saved.get("tags") or [], "training": saved.get("info") or {}}
 
 
 def write_run_card(db: Database, run_id: int, status: str | None = None) -> Path | None:
