@@ -11,9 +11,9 @@ from streamlit.testing.v1 import AppTest
 
 from core.data import projects
 from core.data.db import now
-from core.data.runs import create_run, get_run
+from core.data.runs import create_run, get_run, list_runs
 from core.evaluation import compare, run_scores, scoring
-from core.jobs import worker
+from core.jobs import launcher, worker
 from core.prediction import baselines, tryout
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,3 +159,26 @@ def test_evaluate_page_fits_the_kind_of_run(seeded):
         split = at.radio(key=f"eval_split_{run_id}")
         assert split.value in split.options or split.value == "test"  # always one chosen
     assert not at.exception
+
+
+def test_evaluate_page_starts_an_encoder_baseline(db, demo, monkeypatch):
+    """The baseline form offers the encoder with its own settings (and none of the prompts'),
+    and starting one stores an encoder run with them (queued here: no process is started)."""
+    monkeypatch.setattr(launcher, "launch", lambda _db, _run_id: False)
+    at = _page("5_Evaluate.py")
+    at.run()
+    kind = at.selectbox(key="eval_bl_kind")
+    assert kind.options[-1] == baselines.KIND_TITLES["encoder"]
+    kind.set_value("encoder").run()
+    keys = {w.key for w in at.text_input} | {w.key for w in at.number_input}
+    assert {"eval_bl_epochs", "eval_bl_lr", "eval_bl_batch"} <= keys
+    assert not {"eval_bl_base", "eval_bl_shots"} & keys
+    at.number_input(key="eval_bl_epochs").set_value(3)
+    at.number_input(key="eval_bl_limit").set_value(20)
+    next(b for b in at.button if b.label == "Start baseline").click().run()
+    assert not at.exception
+    run = list_runs(db, demo["id"])[0]
+    assert run["kind"] == "encoder" and run["status"] == "queued"
+    assert (run["config"]["epochs"], run["config"]["limit"]) == (3, 20)
+    assert run["config"]["lr"] == pytest.approx(1e-4)
+    assert any("encoder" in s.value and "queued" in s.value for s in at.success)
