@@ -20,7 +20,7 @@ import pytest
 
 from core import config
 from core.cli import main as cli
-from core.data import phases, projects
+from core.data import phases, projects, suggestions
 from core.data.db import get_db, now
 from core.data.records import SentenceRecord
 from core.data.runs import create_run, get_run, run_metrics
@@ -28,7 +28,17 @@ from core.data.spans import Example, Span, spans_to_bio, text_from_tokens, token
 from core.errors import ConfigError, DataError, ModelError, NerlabError, StopRequested
 from core.evaluation import run_scores
 from core.jobs import launcher, worker
-from core.prediction import api, baselines, encoder, encoder_folder, encoder_train, predictors
+from core.jobs import suggest as suggest_jobs
+from core.prediction import (
+    api,
+    baselines,
+    bulk,
+    encoder,
+    encoder_folder,
+    encoder_train,
+    predictors,
+    tryout,
+)
 from core.prediction.encoder import EncoderSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -222,7 +232,8 @@ def _records(examples, n: int) -> list[SentenceRecord]:
 @pytest.fixture(scope="module")
 def tiny_home(tmp_path_factory):
     """A data directory of its own with a tiny project: 32 training sentences of the demo, 8 dev,
-    8 test and a long test sentence (several demo sentences joined) that needs windows."""
+    8 test, a long test sentence (several demo sentences joined) that needs windows, and 5
+    sentences waiting to be labelled."""
     from core.data.demo import ensure_demo_project
 
     home = tmp_path_factory.mktemp("encoder-home")
@@ -242,6 +253,9 @@ def tiny_home(tmp_path_factory):
         projects.add_sentences(db, project["id"], [
             *_records(split["test"], 8), SentenceRecord(text, [], offsets, labelled=True)],
             split="test")
+        waiting = [SentenceRecord(e.text, tokens=list(e.tokens) if e.tokens else None,
+                                  labelled=False) for e in split["test"][20:25]]
+        projects.add_sentences(db, project["id"], waiting, split="train")
         yield home, project
     finally:
         for key, value in old.items():
@@ -335,6 +349,41 @@ def test_predictor_from_the_run_folder_gives_the_stored_predictions(encoder_run,
     assert [(d["start"], d["end"], d["label"]) for d in found] == \
         [(s["start"], s["end"], s["label"]) for s in json.loads(stored[ex.id]["spans"])]
     assert all(0 <= d["confidence"] <= 1 for d in found)
+
+
+@pytest.mark.slow
+def test_compare_page_try_box_answers_with_the_encoder(encoder_run, tiny_home):
+    db, run, _out = encoder_run
+    text = "Lithium induced severe hypotension in two patients ."
+    request_id = tryout.request_try(db, tiny_home[1]["id"], text, [run["id"]], start=False)
+    out = tryout.answer_try(db, request_id)[str(run["id"])]
+    assert out["status"] == "ok", out
+    expected = predictors.load_predictor(Path(run["artifact_path"])).predict(
+        [Example(id=-1, text=text, spans=(), tokens=tuple(tokenize(text)))])[0]
+    assert out["spans"] == [s.to_dict() for s in expected.spans]
+    assert len(out["raw"].split()) == len(tokenize(text))
+
+
+@pytest.mark.slow
+def test_label_page_suggestions_come_from_the_encoder(encoder_run, tiny_home):
+    """The project's only scored run is its default source of suggestions; pre-labelling the
+    queue with it (the Label page's button: a suggest job) stores spans with confidences."""
+    db, run, _out = encoder_run
+    project_id = tiny_home[1]["id"]
+    assert suggest_jobs.resolve_source(db, project_id) == suggestions.run_source(run["id"])
+    job = create_run(db, project_id, bulk.SUGGEST, {"source_run": run["id"],
+                                                    "source_kind": "encoder"})
+    db.execute("UPDATE runs SET status = 'running' WHERE id = ?", [job])
+    db.conn.commit()
+    bulk.run_suggest(worker.WorkerContext(db, get_run(db, job)))
+    waiting = [r["id"] for r in db.query("SELECT id FROM sentences WHERE project_id = ? AND"
+                                          " status = 'unlabelled'", [project_id])]
+    assert len(waiting) == 5
+    rows = [suggestions.get(db, i) for i in waiting]
+    assert all(r is not None and r["run_id"] == run["id"] for r in rows)
+    assert all(0 <= r["confidence"] <= 1 for r in rows)
+    assert all(0 <= c <= 1 for r in rows for _s, c in r["spans"])
+    assert any(r["spans"] for r in rows)
 
 
 # ---------------------------------------------------------------------------------- stopping

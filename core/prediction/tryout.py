@@ -30,13 +30,13 @@ from core.data.runs import get_run
 from core.data.spans import Example, Span, tokenize
 from core.errors import NerlabError, NotFound
 from core.models import adapters, loader, quiet
-from core.prediction import baselines, crf
+from core.prediction import baselines, crf, predictors, run_folder
 from core.prediction.predict import predict_examples
 from core.procs import file_lock, pid_alive, spawn
 
 #: The module whose process answers requests (``python -m core.prediction.tryout serve``).
 TRYOUT = "core.prediction.tryout"
-TRY_KINDS = ("train", "zero-shot", "few-shot", "crf")
+TRY_KINDS = ("train", "zero-shot", "few-shot", "crf", "encoder")
 #: Seconds the answering process waits for another request before it ends (and frees memory).
 IDLE_S = float(os.environ.get("NERLAB_TRY_IDLE_S") or 300)
 #: Base models kept loaded at once (each with the adapters of its runs).
@@ -117,18 +117,21 @@ def get_try(db: Database, request_id: int) -> dict:
 class ModelCache:
     """What the answering process keeps between requests: base models (least recently used
     dropped beyond :data:`MAX_BASES`) with the adapters of fine-tuned runs attached, each run's
-    tokenizer and prompt plan, and CRF models."""
+    tokenizer and prompt plan, CRF models and encoders."""
 
     def __init__(self, max_bases: int = MAX_BASES) -> None:
         self.max_bases = max(1, max_bases)
         self.bases: OrderedDict[str, dict] = OrderedDict()
         self.plans: dict[int, Any] = {}
         self.crfs: dict[int, Any] = {}
+        self.encoders: dict[int, Any] = {}
 
     def has(self, run: dict) -> bool:
         """True when the run's model is loaded (its answer needs no loading)."""
         if run["kind"] == "crf":
             return run["id"] in self.crfs
+        if run["kind"] == "encoder":
+            return run["id"] in self.encoders
         entry = self.bases.get(_base_of(run))
         return entry is not None and (run["kind"] != "train" or run["id"] in entry["adapters"])
 
@@ -136,6 +139,12 @@ class ModelCache:
         if run["id"] not in self.crfs:
             self.crfs[run["id"]] = crf.load_crf(crf._crf_path(run))
         return self.crfs[run["id"]]
+
+    def encoder(self, db: Database, run: dict) -> Any:
+        """An encoder run's predictor, from its run folder."""
+        if run["id"] not in self.encoders:
+            self.encoders[run["id"]] = predictors.load_predictor(run_folder.ensure_card(db, run))
+        return self.encoders[run["id"]]
 
     def plan(self, db: Database, run: dict) -> Any:
         if run["id"] not in self.plans:
@@ -248,6 +257,15 @@ def answer_try(db: Database, request_id: int, cache: ModelCache | None = None) -
                                                         tokens=tuple(tokenize(text)))])[0]
                 generate_s = time.perf_counter() - tick
                 result = {"spans": [s.to_dict() for s in spans], "raw": "", "status": "ok"}
+            elif run["kind"] == "encoder":
+                predictor = cache.encoder(db, run)
+                load_s = time.perf_counter() - started
+                tick = time.perf_counter()
+                found = predictor.predict([Example(id=-1, text=text, spans=(),
+                                                   tokens=tuple(tokenize(text)))])[0]
+                generate_s = time.perf_counter() - tick
+                result = {"spans": [s.to_dict() for s in found.spans], "raw": found.raw,
+                          "status": "ok"}
             else:
                 model, tokenizer, adapter = cache.model(db, run)
                 plan = cache.plan(db, run)
