@@ -3,7 +3,7 @@
 import streamlit as st
 
 from core import config
-from core.data import label_session, labeling, projects
+from core.data import annotations, label_session, labeling, projects
 from core.errors import NotFound
 from core.ui import ANNOTATOR_KEY, init_page
 from core.ui import suggest_view as sv
@@ -19,6 +19,8 @@ if project is None:
 pid = project["id"]
 
 session: label_session.LabelSession = st.session_state.setdefault("label_session", label_session.LabelSession())
+annotator = str(st.session_state.get(ANNOTATOR_KEY) or "").strip() or label_session.ANONYMOUS
+share = annotations.share(db, pid)
 labels = projects.list_labels(db, pid)
 label_names = [row["name"] for row in labels]
 
@@ -46,10 +48,12 @@ flt = labeling.QueueFilter(
     label=None if entity == "any" else entity,
     text=search,
     order=order,
+    annotator=annotator,
+    share=share,
 )
 
 # --- Which sentence ----------------------------------------------------------------------------
-filter_key = (pid, status, split, entity, search.strip(), order)
+filter_key = (pid, status, split, entity, search.strip(), order, annotator, share)
 link = st.query_params.get("sentence")
 acted, session.acted = session.acted, False
 if link and link != session.link_handled and not acted:
@@ -94,6 +98,9 @@ sv.prepare(db, pid, source, sentence)
 prog = labeling.progress(db, pid)
 st.progress(prog.fraction, text=prog.caption())
 st.caption(prog.details())
+if share != annotations.ONE:
+    st.caption(f"This project's sentences are shared out with {annotations.describe_share(share)}:"
+               f" “Not done yet” is your own queue, {annotator}; you see your own labels only.")
 sv.status(pid, source)
 queue_total = labeling.count(db, pid, flt)
 
@@ -107,13 +114,15 @@ if sentence is None:
             "Change the filters above to see others."
         )
 else:
-    session.seen(sentence)
+    work = label_session.working(db, sentence, annotator)
+    session.seen({"id": sentence["id"], "version": work["version"]})
     in_queue = labeling.matches(db, pid, flt, sentence["id"])
     data = label_session.widget_data(
         db, sentence, labels,
         queue_index=labeling.rank(db, pid, flt, sentence["position"], sentence["id"])
         if in_queue else None,
         queue_total=queue_total, ack=session.ack, focus=session.focus, suggest_from=source,
+        work=work,
     )
     label_widget(data, on_action=action_handler(session, pid, flt, ANNOTATOR_KEY))
 
@@ -133,7 +142,7 @@ else:
               help="Undo this tab's last change (Ctrl+Z).",
               on_click=button_handler(session, pid, flt, ANNOTATOR_KEY, "undo", sid))
     b5.button("Mark not done", key="label_reopen", width="stretch",
-              disabled=sentence["status"] != "labelled",
+              disabled=work["status"] != "labelled",
               help="Put this sentence back in the queue of sentences to label.",
               on_click=button_handler(session, pid, flt, ANNOTATOR_KEY, "reopen", sid))
 
