@@ -122,12 +122,16 @@ def of_sentence(db: Database, sentence_id: int) -> list[dict]:
     return _rows(db, "a.sentence_id = ?", [sentence_id])
 
 
+def labelled_rows(db: Database, project_id: int) -> list[dict]:
+    """Every labelled annotation of the project (rows with ``spans``), oldest save first."""
+    return _rows(db, "a.status = 'labelled' AND a.sentence_id IN"
+                     " (SELECT id FROM sentences WHERE project_id = ?)", [project_id])
+
+
 def labelled_sets(db: Database, project_id: int) -> dict[int, dict[str, list[Span]]]:
     """sentence id → annotator → spans, for every labelled annotation of the project."""
-    rows = _rows(db, "a.status = 'labelled' AND a.sentence_id IN"
-                     " (SELECT id FROM sentences WHERE project_id = ?)", [project_id])
     out: dict[int, dict[str, list[Span]]] = {}
-    for r in rows:
+    for r in labelled_rows(db, project_id):
         out.setdefault(r["sentence_id"], {})[r["annotator"]] = r["spans"]
     return out
 

@@ -309,7 +309,8 @@ def m_team_001_annotations_and_users(db: Database) -> None:
     The sentence's gold stays where training and evaluation read it (``spans`` with origin
     ``gold``, ``sentences.status``); ``sentences.gold_source`` says what set it (``single``,
     ``latest``, ``agreed``, ``disputed``, ``review``) and ``reviewed_by``/``reviewed_at`` who
-    adjudicated it. ``reviews`` is the log of adjudications.
+    adjudicated it. ``reviews`` is the log of adjudications (``seen_seq``: the latest save of an
+    annotation the reviewer saw).
 
     Every label stored before this migration becomes the annotation of its recorded annotator
     (the sentence's, else its spans', else ``import``): a labelled sentence, or one with gold
@@ -345,6 +346,7 @@ def m_team_001_annotations_and_users(db: Database) -> None:
             reviewer TEXT NOT NULL,
             choice TEXT NOT NULL,
             spans TEXT NOT NULL DEFAULT '[]',
+            seen_seq INTEGER NOT NULL DEFAULT 0,
             created_at TEXT NOT NULL
         );
         CREATE INDEX idx_reviews_sentence ON reviews(sentence_id);
