@@ -5,7 +5,7 @@ import streamlit as st
 from core import config
 from core.data import annotations, label_session, labeling, projects
 from core.errors import NotFound
-from core.ui import ANNOTATOR_KEY, init_page
+from core.ui import ANNOTATOR_KEY, current_visitor, init_page, may_link
 from core.ui import suggest_view as sv
 from core.ui.label_widget import action_handler, button_handler, jump_handler, label_widget
 
@@ -107,7 +107,8 @@ queue_total = labeling.count(db, pid, flt)
 if sentence is None:
     if prog.total == 0:
         st.info("This project has no sentences yet: import some on the **Data** page.")
-        st.page_link("pages/1_Data.py", label="Import sentences", icon="📥")
+        if may_link(current_visitor(), "pages/1_Data.py"):
+            st.page_link("pages/1_Data.py", label="Import sentences", icon="📥")
     else:
         st.success(
             f"No sentence matches this queue ({flt.describe()}). "
