@@ -53,7 +53,9 @@ flt = labeling.QueueFilter(
 )
 
 # --- Which sentence ----------------------------------------------------------------------------
-filter_key = (pid, status, split, entity, search.strip(), order, annotator, share)
+# Whose queue it is matters only where several annotators label each sentence.
+filter_key = (pid, status, split, entity, search.strip(), order,
+              annotator if share != annotations.ONE else None, share)
 link = st.query_params.get("sentence")
 acted, session.acted = session.acted, False
 if link and link != session.link_handled and not acted:

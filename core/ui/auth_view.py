@@ -225,11 +225,11 @@ def create_admin_form(db: Database, key: str) -> None:
     """The first launch's offer: create the admin account (sign-in is required from then on)."""
     with st.form(key, clear_on_submit=True):
         st.markdown("**Create the admin account**")
-        name = st.text_input("Name", key=f"{key}_name", autocomplete="username")
-        password = st.text_input("Password", type="password", key=f"{key}_password",
+        name = st.text_input("Admin's name", key=f"{key}_name", autocomplete="username")
+        password = st.text_input("Admin's password", type="password", key=f"{key}_password",
                                  autocomplete="new-password",
                                  help=f"At least {users.MIN_PASSWORD} characters.")
-        again = st.text_input("Password again", type="password", key=f"{key}_again",
+        again = st.text_input("The password again", type="password", key=f"{key}_again",
                               autocomplete="new-password")
         if st.form_submit_button("Create admin and sign in", type="primary"):
             if password != again:

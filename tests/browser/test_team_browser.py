@@ -87,7 +87,7 @@ def test_signed_out_browser_sees_only_the_sign_in_form(browser_page, app_server,
 
     _sign_in(page, app_server, "alice")
     page.get_by_text("Signed in as").wait_for()
-    assert page.locator('[data-testid="stMetric"]').count() >= 1
+    page.locator('[data-testid="stMetric"]').first.wait_for()  # the home page's figures
     # The session cookie keeps a reload signed in ...
     _wait_for(lambda: any(c["name"] == "nerlab_session" for c in page.context.cookies()),
               what="the session cookie")
