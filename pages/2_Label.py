@@ -5,7 +5,7 @@ import streamlit as st
 from core import config
 from core.data import annotations, label_session, labeling, projects
 from core.errors import NotFound
-from core.ui import ANNOTATOR_KEY, current_visitor, init_page, may_link
+from core.ui import ANNOTATOR_KEY, current_visitor, init_page, may_link, md_escape
 from core.ui import suggest_view as sv
 from core.ui.label_widget import action_handler, button_handler, jump_handler, label_widget
 
@@ -101,8 +101,11 @@ prog = labeling.progress(db, pid)
 st.progress(prog.fraction, text=prog.caption())
 st.caption(prog.details())
 if share != annotations.ONE:
-    st.caption(f"This project's sentences are shared out with {annotations.describe_share(share)}:"
-               f" “Not done yet” is your own queue, {annotator}; you see your own labels only.")
+    mine = labeling.count(db, pid, labeling.QueueFilter("labelled", annotator=annotator, share=share))
+    todo = labeling.count(db, pid, labeling.QueueFilter(annotator=annotator, share=share))
+    st.caption(f"Sentences are shared out: {annotations.describe_share(share)}. You, "
+               f"{md_escape(annotator)}, have labelled {mine}; {todo} wait in your queue (“Not done "
+               "yet”). You see your own labels only.")
 sv.status(pid, source)
 queue_total = labeling.count(db, pid, flt)
 

@@ -177,3 +177,35 @@ def test_team_panel_shows_agreement(home, monkeypatch):
     pairs = next(d.value for d in at.dataframe if "Annotators" in d.value.columns)
     assert list(pairs["Annotators"]) == ["alice – bob", "all pairs – (micro)"]
     assert list(pairs["F1 exact"])[0] == "0.667"
+
+
+def test_label_page_shows_each_annotator_their_own_work(home, monkeypatch):
+    monkeypatch.setenv("NERLAB_NO_DEMO", "1")
+    db = get_db()
+    p = projects.create_project(db, "Blind", labels=["Drug", "Disease"])
+    projects.add_sentences(db, p["id"], [SentenceRecord("Lithium caused tremor .", labelled=False),
+                                         SentenceRecord("Aspirin helps .", labelled=False)])
+    sid = db.execute("SELECT id FROM sentences ORDER BY position").fetchone()[0]
+    annotations.set_share(db, p["id"], annotations.EVERYONE)
+    projects.save_annotation(db, sid, [Span(0, 7, "Drug")], "alice")
+
+    def label_page(who: str) -> AppTest:
+        at = AppTest.from_file(str(ROOT / "pages/2_Label.py"), default_timeout=60)
+        at.session_state["project_id"] = p["id"]
+        at.session_state["annotator"] = who
+        at.query_params["sentence"] = str(sid)
+        return at.run()
+
+    alice = label_page("alice")
+    assert json.loads(alice.get("bidi_component")[0].proto.json)["spans"] == [
+        {"start": 0, "end": 7, "label": "Drug"}]
+    assert any("have labelled 1; 1 wait in your queue" in c.value for c in alice.caption)
+    bob = label_page("bob")
+    data = json.loads(bob.get("bidi_component")[0].proto.json)
+    assert data["spans"] == [] and data["status"] == "unlabelled"  # Alice's labels stay hers
+    assert any("have labelled 0; 2 wait in your queue" in c.value for c in bob.caption)
+    _button(bob, "✓ Accept and next").click().run()
+    assert not bob.exception
+    kept = {a["annotator"]: (a["status"], a["spans"]) for a in annotations.of_sentence(db, sid)}
+    assert kept == {"alice": ("labelled", [Span(0, 7, "Drug")]), "bob": ("labelled", [])}
+    assert projects.get_sentence(db, sid)["gold_source"] == "disputed"

@@ -246,13 +246,17 @@ def sentence_rows(
     """One page of matching sentences with their gold spans, for the Data page's table.
 
     Each row: ``id``, ``number`` (1-based), ``text``, ``split``, ``status``, ``annotator``,
-    ``updated_at``, ``spans`` (list of :class:`Span`) and ``entities`` (``"Disease: fever; …"``).
+    ``updated_at``, ``gold_source`` (see :mod:`core.data.annotations`), ``annotations`` (how many
+    annotators labelled it), ``spans`` (list of :class:`Span`) and ``entities``
+    (``"Disease: fever; …"``).
     """
     sql, params = _where(db, project_id, flt)
     rows = [
         dict(r)
         for r in db.query(
             "SELECT s.id, s.position, s.text, s.split, s.status, s.annotator, s.updated_at,"
+            " s.gold_source, (SELECT COUNT(*) FROM annotations a WHERE a.sentence_id = s.id"
+            "   AND a.status = 'labelled') AS annotations,"
             " (SELECT COUNT(*) FROM sentences t WHERE t.project_id = s.project_id"
             "   AND t.position < s.position) + 1 AS number"
             f" FROM sentences s WHERE {sql} ORDER BY s.position LIMIT ? OFFSET ?",
