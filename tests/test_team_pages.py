@@ -209,3 +209,33 @@ def test_label_page_shows_each_annotator_their_own_work(home, monkeypatch):
     kept = {a["annotator"]: (a["status"], a["spans"]) for a in annotations.of_sentence(db, sid)}
     assert kept == {"alice": ("labelled", [Span(0, 7, "Drug")]), "bob": ("labelled", [])}
     assert projects.get_sentence(db, sid)["gold_source"] == "disputed"
+
+
+def test_open_to_the_network_sign_in_is_required_even_without_users(home):
+    from streamlit import config as st_config
+
+    old = st_config.get_option("server.address")
+    st_config.set_option("server.address", "0.0.0.0")
+    try:
+        at = AppTest.from_file(APP, default_timeout=60).run()
+        assert not at.exception and not at.metric
+        assert "has no users yet" in _everything_shown(at)
+        assert {b.label for b in at.button} == {"Create admin and sign in"}  # asked from localhost
+    finally:
+        st_config.set_option("server.address", old)
+
+
+def test_single_sign_on_offers_the_identity_provider(home):
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.secrets["auth"] = {"client_id": "x", "client_secret": "y", "redirect_uri": "http://h/cb",
+                          "cookie_secret": "z", "server_metadata_url": "http://h/.well-known"}
+    at.run()
+    assert not at.exception and not at.metric
+    assert {b.label for b in at.button} == {"Sign in with your organisation's account",
+                                            "Create admin and sign in"}
+    # Whoever the provider vouches for is an annotator unless an admin gave them a role.
+    db = get_db()
+    users.add_user(db, "ana@example.org", None, "admin")
+    assert users.single_sign_on_user(db, "ana@example.org")["role"] == "admin"
+    assert users.single_sign_on_user(db, "ben@example.org")["role"] == "annotator"
+    assert not users.get_user(db, "ben@example.org")["has_password"]

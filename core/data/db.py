@@ -330,6 +330,7 @@ def m_team_001_annotations_and_users(db: Database) -> None:
             UNIQUE (sentence_id, annotator)
         );
         CREATE INDEX idx_annotations_annotator ON annotations(annotator, status);
+        CREATE INDEX idx_annotations_seq ON annotations(seq);
         CREATE TABLE annotation_spans (
             id INTEGER PRIMARY KEY,
             annotation_id INTEGER NOT NULL REFERENCES annotations(id) ON DELETE CASCADE,

@@ -208,7 +208,9 @@ def sign_in_page(db: Database) -> None:
         st.caption("Forgot your password? An admin sets a new one with "
                    "`nerlab user passwd NAME`.")
     elif not users.any_users(db):
-        st.info("This NERLab is open to the network and has no users yet.")
+        st.info("This NERLab asks everybody to sign in "
+                + ("(it is open to the network) " if open_to_network() else "")
+                + "and has no users yet: create the admin account first.")
         if _browser_is_local():
             create_admin_form(db, "auth_first")
         else:
