@@ -1,19 +1,32 @@
 """NERLab's entrypoint and home page: pick or create a project, see where it stands, and where to
 go next.
 
-``streamlit run app.py`` runs this file on every interaction: it registers the pages, draws the
-sidebar every page shares (the open project, the user's name) and runs the page the user is on.
+``streamlit run app.py`` runs this file on every interaction: it finds out who is here (a
+signed-out browser gets the sign-in page and nothing else), registers the pages their role opens,
+draws the sidebar every page shares (the open project, the user's name) and runs the page the
+user is on.
 """
 
 import streamlit as st
 
 from core.data import overview, projects
+from core.data.db import get_db
 from core.errors import NerlabError
-from core.ui import PROJECT_KEY, draw_shell, navigation, open_project, serving, show_error
+from core.ui import (
+    PROJECT_KEY,
+    draw_shell,
+    may_link,
+    navigation,
+    open_project,
+    serving,
+    show_error,
+    who,
+)
+from core.ui.team_view import team_panel, users_panel
 
 
 def home() -> None:
-    db, project = shell.db, shell.project
+    db, project, visitor = shell.db, shell.project, shell.visitor
     st.title("🏷️ NERLab")
     st.caption(
         "Label sentences, shape the instruction template, fine-tune an LLM with LoRA / LoRA+ / "
@@ -37,17 +50,20 @@ def home() -> None:
         upcoming = overview.next_step(steps)
         if upcoming is not None:
             st.info(f"**Next: {upcoming.title}.** {upcoming.action}")
-            st.page_link(upcoming.page, label=f"Go to {upcoming.title}", icon="➡️")
+            if may_link(visitor, upcoming.page):
+                st.page_link(upcoming.page, label=f"Go to {upcoming.title}", icon="➡️")
         else:
             st.success("Every step is done. Label more, try other presets, or compare runs.")
-            st.page_link("pages/6_Compare.py", label="Compare runs side by side", icon="⚖️")
+            if may_link(visitor, "pages/6_Compare.py"):
+                st.page_link("pages/6_Compare.py", label="Compare runs side by side", icon="⚖️")
 
         st.markdown("#### Your path")
         for i, step in enumerate(steps, start=1):
             col_mark, col_text, col_link = st.columns([0.12, 0.58, 0.30], vertical_alignment="center")
             col_mark.markdown("✅ done" if step.done else "⬜ to do")
             col_text.markdown(f"**{i}. {step.title}** — {step.detail}")
-            col_link.page_link(step.page, label=f"Open {step.page.split('_', 1)[1][:-3]}")
+            if may_link(visitor, step.page):
+                col_link.page_link(step.page, label=f"Open {step.page.split('_', 1)[1][:-3]}")
 
     rows = projects.list_projects(db)
     if rows:
@@ -70,6 +86,12 @@ def home() -> None:
     else:
         st.info("There is no project yet. Create one below, then import or type the sentences to label.")
 
+    if project is not None:
+        team_panel(db, project, visitor)
+    users_panel(db, visitor)
+    if not visitor.is_admin:
+        st.caption("An admin creates, renames and deletes projects.")
+        return
     if project is not None:
         manage(db, project)
 
@@ -134,7 +156,9 @@ def manage(db, project: dict) -> None:
 
 
 st.set_page_config(page_title="NERLab", page_icon="🏷️", layout="wide")
-page = navigation(home)
-shell = draw_shell()
+_db = get_db()
+_visitor = who(_db)
+page = navigation(home, _visitor)
+shell = draw_shell(_db, _visitor)
 with serving(shell):
     page.run()

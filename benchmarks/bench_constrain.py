@@ -6,7 +6,7 @@
 Uses the bundled SmolLM2-135M-Instruct on CPU (float32), the demo project's first N test
 sentences and the default template, zero-shot (the case where the free model writes prose or
 other JSON shapes). Both sides use the same batched loop with the shared-prefix cache
-(:func:`core.inference.generate_details`) and the same per-sentence budgets; the constrained
+(:func:`core.prediction.decoding.generate_details`) and the same per-sentence budgets; the constrained
 side builds its constraints inside the timed region. The two sides alternate (free, constrained,
 then constrained, free, ...) so that load from other processes weighs on both alike; the figure
 to read is the ratio of each adjacent pair, not an absolute time.
@@ -49,40 +49,46 @@ def main() -> int:
         os.environ.setdefault("NERLAB_MODELS_DIR", str(cached))
 
     import torch
-    from core.db import get_db
 
-    from core import config, constrain, demo, inference, models, projects, templates
+    from core import config
+    from core.data import projects
+    from core.data.db import get_db
+    from core.data.demo import ensure_demo_project
+    from core.models import loader
+    from core.prediction import constrain, decoding, vocab
+    from core.prompts import formats, render, template
 
     torch.set_num_threads(args.threads)
     db = get_db()
-    project = demo.ensure_demo_project(db)
+    project = ensure_demo_project(db)
     labels = projects.list_labels(db, project["id"])
     names = [r["name"] for r in labels]
-    model, tokenizer = models.load_model(config.BUNDLED_MODEL, device="cpu")
+    model, tokenizer = loader.load_model(config.BUNDLED_MODEL, device="cpu")
     examples = projects.examples(db, project["id"], split="test")[: args.n]
 
     t0 = time.perf_counter()
-    vocab = constrain.TokenVocab.from_tokenizer(tokenizer)
-    _ = vocab.trie
+    token_vocab = vocab.TokenVocab.from_tokenizer(tokenizer)
+    _ = token_vocab.trie
     once_s = time.perf_counter() - t0
     print(f"SmolLM2-135M-Instruct, CPU, {args.threads} threads, {len(examples)} demo test sentences, "
           f"batch {args.batch_size}, zero-shot; vocabulary bytes + trie built once in {once_s:.2f} s")
 
-    formats = ["json_list", "json_dict", "inline_tags"] if args.format == "all" else [args.format]
-    for fmt in formats:
-        tpl = templates.default_template(fmt)
-        prompts = [templates.build_chat(tokenizer, tpl, e.text, labels)[0] for e in examples]
-        budgets = [inference.token_budget(tokenizer, e.text, fmt) for e in examples]
+    output_formats = (["json_list", "json_dict", "inline_tags"] if args.format == "all"
+                      else [args.format])
+    for fmt in output_formats:
+        tpl = template.default_template(fmt)
+        prompts = [render.build_chat(tokenizer, tpl, e.text, labels)[0] for e in examples]
+        budgets = [decoding.token_budget(tokenizer, e.text, fmt) for e in examples]
         if args.max_new_tokens:
             budgets = [min(b, args.max_new_tokens) for b in budgets]
-        inference.generate(model, tokenizer, prompts[:2], 4, batch_size=2)  # warm-up
+        decoding.generate(model, tokenizer, prompts[:2], 4, batch_size=2)  # warm-up
 
         def free():
-            return inference.generate_details(model, tokenizer, prompts, budgets, batch_size=args.batch_size)
+            return decoding.generate_details(model, tokenizer, prompts, budgets, batch_size=args.batch_size)
 
         def constrained():
             cons = constrain.constraints_for(tokenizer, examples, names, fmt)
-            return inference.generate_details(model, tokenizer, prompts, budgets,
+            return decoding.generate_details(model, tokenizer, prompts, budgets,
                                               batch_size=args.batch_size, constraints=cons)
 
         runs: dict[str, list[tuple[float, int]]] = {"free": [], "constrained": []}
@@ -155,7 +161,7 @@ def main() -> int:
             gens = outputs[name]
             unparsable = partial = halluc = unknown = off_tokens = completed = 0
             for ex, g in zip(examples, gens, strict=True):
-                parsed = templates.parse_output(tpl, g.text, ex.text, names)
+                parsed = formats.parse_output(tpl, g.text, ex.text, names)
                 unparsable += parsed.status == "unparsable"
                 partial += parsed.status == "partial"
                 halluc += bool(parsed.hallucinated)

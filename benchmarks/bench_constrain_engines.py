@@ -62,15 +62,15 @@ def fmt_ms(xs: list[float]) -> str:
 
 
 def bench_ours(tok, data, labels):
-    from core import constrain
+    from core.prediction import constrain, vocab
 
-    _, vocab_s = timed(constrain.TokenVocab.from_tokenizer, tok)
-    vocab = constrain.TokenVocab.from_tokenizer(tok)
-    _, trie_s = timed(lambda: vocab.trie)
+    _, vocab_s = timed(vocab.TokenVocab.from_tokenizer, tok)
+    token_vocab = vocab.TokenVocab.from_tokenizer(tok)
+    _, trie_s = timed(lambda: token_vocab.trie)
     setup, masks, checks = [], [], []
     accepted = 0
     for ex, gold_ids in data:
-        c, s = timed(constrain.AnswerConstraint, vocab, ex.text, labels, "json_list", ex.token_offsets())
+        c, s = timed(constrain.AnswerConstraint, token_vocab, ex.text, labels, "json_list", ex.token_offsets())
         setup.append(s)
         for t in gold_ids:
             _, m = timed(c.allowed_tokens)
@@ -170,7 +170,7 @@ def bench_outlines(tok, data, labels, pieces):
         item = (re.escape('{"type": "') + "(" + "|".join(re.escape(x) for x in labels) + ")"
                 + re.escape('", "text": "') + "(" + "|".join(re.escape(c) for c in candidates(ex))
                 + ")" + re.escape('"}'))
-        regex = r"\[(" + item + "(, " + item + ")*)?\]"
+        regex = r"\[(" + item + "(, " + item + r")*)?\]"
         index, s = timed(oc.Index, regex, vocab)
         setup.append(s)
         guide = oc.Guide(index)
@@ -226,25 +226,29 @@ def main() -> int:
     os.environ.setdefault("NERLAB_HOME", tempfile.mkdtemp(prefix="nerlab-bench-"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: fail at once, not after retries
 
-    from core.db import get_db
     from transformers import AutoTokenizer
 
-    from core import constrain, demo, models, projects, templates
+    from core.data import projects
+    from core.data.db import get_db
+    from core.data.demo import ensure_demo_project
+    from core.models import loader
+    from core.prediction import vocab
+    from core.prompts import formats, template
 
     db = get_db()
-    project = demo.ensure_demo_project(db)
+    project = ensure_demo_project(db)
     labels = [r["name"] for r in projects.list_labels(db, project["id"])]
-    tok = AutoTokenizer.from_pretrained(str(models.ensure_bundled_model()))
-    tpl = templates.default_template("json_list")
+    tok = AutoTokenizer.from_pretrained(str(loader.ensure_bundled_model()))
+    tpl = template.default_template("json_list")
     data = []
     for ex in projects.examples(db, project["id"], split="test")[: args.n]:
-        gold = templates.render_answer(tpl, ex.text, ex.spans)
+        gold = formats.render_answer(tpl, ex.text, ex.spans)
         data.append((ex, tok(gold, add_special_tokens=False)["input_ids"]))
     n_cands = [len(candidates(ex)) for ex, _ in data]
     print(f"{len(data)} sentences; entity-text alternatives per grammar: median "
           f"{statistics.median(n_cands):.0f}, max {max(n_cands)}; gold answers "
           f"{sum(len(g) for _, g in data)} tokens")
-    pieces = constrain.token_pieces(tok)
+    pieces = vocab.token_pieces(tok)
     runners = {
         "ours": lambda: bench_ours(tok, data, labels),
         "llguidance": lambda: bench_llguidance(tok, data, labels),

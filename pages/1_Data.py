@@ -64,7 +64,10 @@ with tab_sentences:
                 "Sentence": r["text"],
                 "Entities": r["entities"],
                 "Split": r["split"],
-                "Done": "✓ done" if r["status"] == "labelled" else "–",
+                "Done": ("✓ reviewed" if r["gold_source"] == "review" else "✓ done")
+                if r["status"] == "labelled"
+                else "⚖ disputed" if r["gold_source"] == "disputed" else "–",
+                "Annotators": r["annotations"],
                 "By": (f"{r['annotator']}, " if r["annotator"] else "") + r["updated_at"][5:16].replace("T", " "),
                 "Open": f"Label?sentence={r['id']}",
             }
@@ -72,14 +75,20 @@ with tab_sentences:
         ],
         hide_index=True,
         width="stretch",
-        column_order=["#", "Open", "Sentence", "Entities", "Split", "Done", "By"],
+        column_order=["#", "Open", "Sentence", "Entities", "Split", "Done", "Annotators", "By"],
         column_config={
             "#": st.column_config.NumberColumn(width=45),
             "Sentence": st.column_config.TextColumn(help="Hover a cell to read it whole"),
             "Entities": st.column_config.TextColumn(width=200),
             "Split": st.column_config.TextColumn(width=55),
-            "Done": st.column_config.TextColumn(width=65, help="Marked done on the Label page"),
-            "By": st.column_config.TextColumn(width=130, help="Who saved it last, and when (UTC)"),
+            "Done": st.column_config.TextColumn(
+                width=80, help="Marked done on the Label page; disputed: annotators disagree "
+                "(see the Review page); reviewed: a reviewer set the gold"),
+            "Annotators": st.column_config.NumberColumn(
+                width=70, help="How many annotators labelled it"),
+            "By": st.column_config.TextColumn(
+                width=130, help="Whose labels are the gold (the reviewer's, once reviewed), and "
+                "when (UTC)"),
             "Open": st.column_config.LinkColumn("Open", display_text="label ↗", width=65,
                                                 help="Open this sentence on the Label page"),
         },

@@ -3,9 +3,9 @@
 import streamlit as st
 
 from core import config
-from core.data import label_session, labeling, projects
+from core.data import annotations, label_session, labeling, projects
 from core.errors import NotFound
-from core.ui import ANNOTATOR_KEY, init_page
+from core.ui import ANNOTATOR_KEY, current_visitor, init_page, may_link, md_escape
 from core.ui import suggest_view as sv
 from core.ui.label_widget import action_handler, button_handler, jump_handler, label_widget
 
@@ -19,6 +19,8 @@ if project is None:
 pid = project["id"]
 
 session: label_session.LabelSession = st.session_state.setdefault("label_session", label_session.LabelSession())
+annotator = str(st.session_state.get(ANNOTATOR_KEY) or "").strip() or label_session.ANONYMOUS
+share = annotations.share(db, pid)
 labels = projects.list_labels(db, pid)
 label_names = [row["name"] for row in labels]
 
@@ -46,10 +48,14 @@ flt = labeling.QueueFilter(
     label=None if entity == "any" else entity,
     text=search,
     order=order,
+    annotator=annotator,
+    share=share,
 )
 
 # --- Which sentence ----------------------------------------------------------------------------
-filter_key = (pid, status, split, entity, search.strip(), order)
+# Whose queue it is matters only where several annotators label each sentence.
+filter_key = (pid, status, split, entity, search.strip(), order,
+              annotator if share != annotations.ONE else None, share)
 link = st.query_params.get("sentence")
 acted, session.acted = session.acted, False
 if link and link != session.link_handled and not acted:
@@ -94,26 +100,35 @@ sv.prepare(db, pid, source, sentence)
 prog = labeling.progress(db, pid)
 st.progress(prog.fraction, text=prog.caption())
 st.caption(prog.details())
+if share != annotations.ONE:
+    mine = labeling.count(db, pid, labeling.QueueFilter("labelled", annotator=annotator, share=share))
+    todo = labeling.count(db, pid, labeling.QueueFilter(annotator=annotator, share=share))
+    st.caption(f"Sentences are shared out: {annotations.describe_share(share)}. You, "
+               f"{md_escape(annotator)}, have labelled {mine}; {todo} wait in your queue (“Not done "
+               "yet”). You see your own labels only.")
 sv.status(pid, source)
 queue_total = labeling.count(db, pid, flt)
 
 if sentence is None:
     if prog.total == 0:
         st.info("This project has no sentences yet: import some on the **Data** page.")
-        st.page_link("pages/1_Data.py", label="Import sentences", icon="📥")
+        if may_link(current_visitor(), "pages/1_Data.py"):
+            st.page_link("pages/1_Data.py", label="Import sentences", icon="📥")
     else:
         st.success(
             f"No sentence matches this queue ({flt.describe()}). "
             "Change the filters above to see others."
         )
 else:
-    session.seen(sentence)
+    work = label_session.working(db, sentence, annotator)
+    session.seen({"id": sentence["id"], "version": work["version"]})
     in_queue = labeling.matches(db, pid, flt, sentence["id"])
     data = label_session.widget_data(
         db, sentence, labels,
         queue_index=labeling.rank(db, pid, flt, sentence["position"], sentence["id"])
         if in_queue else None,
         queue_total=queue_total, ack=session.ack, focus=session.focus, suggest_from=source,
+        work=work,
     )
     label_widget(data, on_action=action_handler(session, pid, flt, ANNOTATOR_KEY))
 
@@ -133,7 +148,7 @@ else:
               help="Undo this tab's last change (Ctrl+Z).",
               on_click=button_handler(session, pid, flt, ANNOTATOR_KEY, "undo", sid))
     b5.button("Mark not done", key="label_reopen", width="stretch",
-              disabled=sentence["status"] != "labelled",
+              disabled=work["status"] != "labelled",
               help="Put this sentence back in the queue of sentences to label.",
               on_click=button_handler(session, pid, flt, ANNOTATOR_KEY, "reopen", sid))
 

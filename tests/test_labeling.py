@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from core.data import io, label_session, labeling, projects
+from core.data import annotations, io, label_session, labeling, projects
 from core.data.label_session import Action, LabelSession
 from core.data.labeling import QueueFilter
 from core.data.spans import Span
@@ -221,7 +221,7 @@ def test_previous_goes_back_to_the_sentence_just_accepted(db, small):
     assert tab.current == ids[2] and "first sentence" in tab.notice.text
 
 
-def test_two_tabs_never_overwrite_each_other(db, small):
+def test_two_tabs_of_one_annotator_never_overwrite_each_other(db, small):
     pid, ids = small
     sid = ids[3]
     tab_a, tab_b = LabelSession(), LabelSession()
@@ -229,16 +229,37 @@ def test_two_tabs_never_overwrite_each_other(db, small):
         tab.seen(projects.get_sentence(db, sid))
     flt = QueueFilter()
     label_session.apply_action(db, pid, tab_a, _edit(tab_a, sid, [Span(0, 7, "Drug")]), "alice", flt)
-    label_session.apply_action(db, pid, tab_b, _edit(tab_b, sid, [Span(15, 21, "Disease")]), "bob", flt)
-    assert projects.sentence_spans(db, sid) == [Span(0, 7, "Drug")]  # Alice's work kept
+    label_session.apply_action(db, pid, tab_b, _edit(tab_b, sid, [Span(15, 21, "Disease")]), "alice", flt)
+    assert projects.sentence_spans(db, sid) == [Span(0, 7, "Drug")]  # the first tab's work kept
     assert tab_b.notice.level == "error"
     assert "changed by alice" in tab_b.notice.text and "Drug “Lithium”" in tab_b.notice.text
     assert tab_b.notice.unsaved == [Span(15, 21, "Disease")]
-    # Tab B now shows Alice's version; an edit made on it saves.
+    # Tab B now shows the version tab A saved; an edit made on it saves.
     label_session.apply_action(db, pid, tab_b, _edit(tab_b, sid, [Span(0, 7, "Drug"), Span(15, 21, "Disease")]),
-                          "bob", flt)
+                          "alice", flt)
     assert tab_b.notice is None
     assert len(projects.sentence_spans(db, sid)) == 2
+
+
+def test_two_annotators_on_one_sentence_keep_both_annotations(db, small):
+    """Before teams the second annotator's save was refused (or overwrote the first): now each
+    keeps their own annotation; with one annotator per sentence the latest save is the gold."""
+    pid, ids = small
+    sid = ids[3]
+    tab_a, tab_b = LabelSession(), LabelSession()
+    for tab in (tab_a, tab_b):
+        tab.seen(projects.get_sentence(db, sid))
+    flt = QueueFilter()
+    label_session.apply_action(db, pid, tab_a, _edit(tab_a, sid, [Span(0, 7, "Drug")], kind="accept"),
+                               "alice", flt)
+    label_session.apply_action(db, pid, tab_b, _edit(tab_b, sid, [Span(15, 21, "Disease")], kind="accept"),
+                               "bob", flt)
+    assert tab_a.notice is None and tab_b.notice is None
+    kept = {a["annotator"]: a["spans"] for a in annotations.of_sentence(db, sid)}
+    assert kept == {"alice": [Span(0, 7, "Drug")], "bob": [Span(15, 21, "Disease")]}
+    row = projects.get_sentence(db, sid)
+    assert (row["status"], row["annotator"], row["gold_source"]) == ("labelled", "bob", "latest")
+    assert projects.sentence_spans(db, sid) == [Span(15, 21, "Disease")]
 
 
 def test_quick_edits_of_one_tab_do_not_conflict_with_each_other(db, small):
@@ -253,9 +274,9 @@ def test_quick_edits_of_one_tab_do_not_conflict_with_each_other(db, small):
                                                 version=base, seq=2), "a", QueueFilter())
     assert tab.notice is None
     assert len(projects.sentence_spans(db, sid)) == 2
-    # ... but an edit based on a version somebody else replaced is refused.
-    projects.save_annotation(db, sid, [], "other", expected_version=2, status="unlabelled")
-    tab.versions[sid] = 3  # the page refreshed and showed the other's version
+    # ... but an edit based on a version another tab of theirs replaced is refused.
+    projects.save_annotation(db, sid, [], "a", expected_version=2, status="unlabelled")
+    tab.versions[sid] = 3  # the page refreshed and showed the other tab's version
     label_session.apply_action(db, pid, tab, _edit(tab, sid, [Span(0, 7, "Drug")], version=2, seq=3), "a",
                           QueueFilter())
     assert tab.notice.level == "error" and projects.sentence_spans(db, sid) == []
@@ -302,9 +323,9 @@ def test_undo_does_not_overwrite_another_tabs_later_save(db, small):
     tab = LabelSession()
     tab.seen(projects.get_sentence(db, sid))
     label_session.apply_action(db, pid, tab, _edit(tab, sid, [Span(0, 7, "Drug")]), "a", QueueFilter())
-    projects.save_annotation(db, sid, [Span(15, 21, "Disease")], "bob", expected_version=1, status="labelled")
+    projects.save_annotation(db, sid, [Span(15, 21, "Disease")], "a", expected_version=1, status="labelled")
     label_session.apply_action(db, pid, tab, Action("undo", sid), "a", QueueFilter())
-    assert tab.notice.level == "error" and "bob" in tab.notice.text
+    assert tab.notice.level == "error" and "changed by a" in tab.notice.text
     assert projects.sentence_spans(db, sid) == [Span(15, 21, "Disease")]
 
 

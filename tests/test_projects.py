@@ -56,9 +56,9 @@ def test_save_annotation_refuses_a_stale_version(db):
     v0 = projects.get_sentence(db, sid)["version"]
     v1 = projects.save_annotation(db, sid, [Span(0, 7, "Chemical")], "tab-a", expected_version=v0)
     assert v1 == v0 + 1
-    # A second tab that loaded version v0 must not overwrite tab-a's work.
+    # A second tab of the same annotator that loaded version v0 must not overwrite the first's.
     with pytest.raises(Conflict, match="changed by tab-a"):
-        projects.save_annotation(db, sid, [], "tab-b", expected_version=v0)
+        projects.save_annotation(db, sid, [], "tab-a", expected_version=v0)
     assert projects.sentence_spans(db, sid) == [Span(0, 7, "Chemical")]
     row = projects.get_sentence(db, sid)
     assert (row["status"], row["annotator"]) == ("labelled", "tab-a")

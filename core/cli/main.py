@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from core import config
-from core.cli import eval_cmds, predict_cmds, run_cmds, template_cmds
+from core.cli import eval_cmds, predict_cmds, run_cmds, team_cmds, template_cmds
 from core.data import io, projects, suggestions
 from core.data.db import get_db
 from core.data.demo import ensure_demo_project
@@ -26,7 +26,7 @@ from core.models import loader, quiet
 
 #: Modules that add sub-commands: each defines ``register(subparsers) -> None`` and sets
 #: ``func`` on its parsers (``func(args) -> int``).
-COMMAND_MODULES = (template_cmds, run_cmds, eval_cmds, predict_cmds)
+COMMAND_MODULES = (template_cmds, run_cmds, eval_cmds, predict_cmds, team_cmds)
 
 
 def _project(db, name: str) -> dict:
@@ -47,7 +47,8 @@ def cmd_import(args) -> int:
     db = get_db()
     project = _project(db, args.name)
     options = {"split": args.split, "allow_new_labels": False if args.fixed_labels else None,
-               "update": args.update, "text_field": args.text_field, "tags": args.tags}
+               "update": args.update, "text_field": args.text_field, "tags": args.tags,
+               "as_annotator": args.annotator}
     if args.label_config:
         options["label_config"] = _read_text(args.label_config)
     fmt = None if args.format == "auto" else args.format
@@ -205,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fixed-labels", action="store_true", help="reject entity types not in the project")
     p.add_argument("--update", action="store_true",
                    help="apply the file's labels to sentences already in the project (and say what changed)")
+    p.add_argument("--annotator", metavar="NAME",
+                   help="the file holds NAME's labels: they become NAME's annotations of the "
+                   "sentences already in the project (and of new ones), beside everyone else's, "
+                   "so that they can be compared (nerlab agreement)")
     p.add_argument("--text-field", help="Label Studio: the data field that holds the sentence")
     p.add_argument("--label-config", metavar="FILE",
                    help="Label Studio: the labelling config (XML), to find the text field")

@@ -296,3 +296,113 @@ def m_loop_001_suggestions(db: Database) -> None:
         );
         """
     )
+
+
+@migrations()
+def m_team_001_annotations_and_users(db: Database) -> None:
+    """Teams: every annotator's own annotation of a sentence, reviews, how a project shares its
+    sentences out, and the people who may sign in.
+
+    ``annotations`` (with ``annotation_spans``): one per sentence and annotator, with its status
+    and a version for optimistic concurrency (each annotator's tabs are checked against their
+    own annotation; two annotators never overwrite each other) and ``seq``, the order of saves.
+    The sentence's gold stays where training and evaluation read it (``spans`` with origin
+    ``gold``, ``sentences.status``); ``sentences.gold_source`` says what set it (``single``,
+    ``latest``, ``agreed``, ``disputed``, ``review``) and ``reviewed_by``/``reviewed_at`` who
+    adjudicated it. ``reviews`` is the log of adjudications (``seen_seq``: the latest save of an
+    annotation the reviewer saw).
+
+    Every label stored before this migration becomes the annotation of its recorded annotator
+    (the sentence's, else its spans', else ``import``): a labelled sentence, or one with gold
+    spans (a draft), keeps exactly its spans and status."""
+    db.executescript(
+        """
+        CREATE TABLE annotations (
+            id INTEGER PRIMARY KEY,
+            sentence_id INTEGER NOT NULL REFERENCES sentences(id) ON DELETE CASCADE,
+            annotator TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'unlabelled'
+                CHECK (status IN ('unlabelled', 'labelled')),
+            version INTEGER NOT NULL DEFAULT 1,
+            seq INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            UNIQUE (sentence_id, annotator)
+        );
+        CREATE INDEX idx_annotations_annotator ON annotations(annotator, status);
+        CREATE INDEX idx_annotations_seq ON annotations(seq);
+        CREATE TABLE annotation_spans (
+            id INTEGER PRIMARY KEY,
+            annotation_id INTEGER NOT NULL REFERENCES annotations(id) ON DELETE CASCADE,
+            start INTEGER NOT NULL,
+            "end" INTEGER NOT NULL,
+            label_id INTEGER NOT NULL REFERENCES labels(id) ON DELETE CASCADE,
+            CHECK (start >= 0 AND "end" > start)
+        );
+        CREATE INDEX idx_annotation_spans_annotation ON annotation_spans(annotation_id);
+        CREATE INDEX idx_annotation_spans_label ON annotation_spans(label_id);
+        CREATE TABLE reviews (
+            id INTEGER PRIMARY KEY,
+            sentence_id INTEGER NOT NULL REFERENCES sentences(id) ON DELETE CASCADE,
+            reviewer TEXT NOT NULL,
+            choice TEXT NOT NULL,
+            spans TEXT NOT NULL DEFAULT '[]',
+            seen_seq INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX idx_reviews_sentence ON reviews(sentence_id);
+        ALTER TABLE sentences ADD COLUMN gold_source TEXT;
+        ALTER TABLE sentences ADD COLUMN reviewed_by TEXT;
+        ALTER TABLE sentences ADD COLUMN reviewed_at TEXT;
+        CREATE TABLE team_settings (
+            project_id INTEGER PRIMARY KEY REFERENCES projects(id) ON DELETE CASCADE,
+            per_sentence INTEGER NOT NULL DEFAULT 1 CHECK (per_sentence >= 0),
+            updated_at TEXT NOT NULL
+        );
+        CREATE TABLE users (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+            password_hash TEXT,
+            role TEXT NOT NULL DEFAULT 'annotator'
+                CHECK (role IN ('admin', 'reviewer', 'annotator')),
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            last_sign_in_at TEXT
+        );
+        CREATE TABLE user_sessions (
+            id INTEGER PRIMARY KEY,
+            token_hash TEXT NOT NULL UNIQUE,
+            user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL
+        );
+        CREATE INDEX idx_user_sessions_user ON user_sessions(user_id);
+        """
+    )
+    # Every existing label becomes the annotation of its recorded annotator.
+    db.execute(
+        """
+        INSERT INTO annotations (sentence_id, annotator, status, version, seq, created_at,
+                                 updated_at)
+        SELECT s.id,
+               COALESCE(NULLIF(TRIM(s.annotator), ''),
+                        (SELECT sp.annotator FROM spans sp WHERE sp.sentence_id = s.id
+                           AND sp.origin = 'gold' AND COALESCE(sp.annotator, '') != ''
+                         ORDER BY sp.id LIMIT 1),
+                        'import'),
+               s.status, 1, s.id, s.created_at, s.updated_at
+        FROM sentences s
+        WHERE s.status = 'labelled'
+           OR EXISTS (SELECT 1 FROM spans sp WHERE sp.sentence_id = s.id AND sp.origin = 'gold')
+        """
+    )
+    db.execute(
+        """
+        INSERT INTO annotation_spans (annotation_id, start, "end", label_id)
+        SELECT a.id, sp.start, sp."end", sp.label_id
+        FROM spans sp JOIN annotations a ON a.sentence_id = sp.sentence_id
+        WHERE sp.origin = 'gold' ORDER BY sp.sentence_id, sp.start
+        """
+    )
+    db.execute("UPDATE sentences SET gold_source = 'single' WHERE id IN"
+               " (SELECT sentence_id FROM annotations)")

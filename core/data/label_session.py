@@ -1,4 +1,8 @@
-"""One browser tab's labelling: the sentence on screen, its undo stack, and the actions the widget sends, saved at once with optimistic concurrency."""
+"""One browser tab's labelling: the sentence on screen, its undo stack, and the actions the widget sends, saved at once with optimistic concurrency.
+
+What a tab shows and saves is its annotator's own annotation of the sentence (see
+:func:`core.data.annotations.working`): two annotators never overwrite each other, and two
+tabs of one annotator are kept apart by the version of that annotation."""
 
 from __future__ import annotations
 
@@ -9,12 +13,14 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from core.data import projects, suggestions
+from core.data import annotations, projects, suggestions
 from core.data.labeling import QueueFilter, neighbour, next_in_queue, number_of
 from core.data.spans import Span, tokenize
 from core.errors import Conflict, NerlabError, NotFound
 
 ACTIONS = ("edit", "accept", "next", "prev", "undo", "reopen")
+#: Who saves when the tab has no name (a single user who cleared the name field).
+ANONYMOUS = "anonymous"
 
 
 #: Undo entries a tab keeps (older changes can still be fixed by hand).
@@ -31,6 +37,9 @@ class UndoEntry:
     #: The sentence's suggestion's taken/reviewed marks before the change (see
     #: :func:`core.data.suggestions.state`).
     suggestion: tuple | None = None
+    #: Whose annotation changed, and whether it existed before (undoing a first save removes it).
+    annotator: str = ""
+    existed: bool = True
 
 
 @dataclass
@@ -168,19 +177,21 @@ def parse_action(raw: Any) -> Action:
 
 
 
-def _saved_spans(db: Database, sentence_id: int) -> list[Span]:
-    return projects.sentence_spans(db, sentence_id)
+def working(db: Database, sentence: Mapping[str, Any], annotator: str) -> dict:
+    """What ``annotator`` sees of a sentence and saves on: spans, status, version (see
+    :func:`core.data.annotations.working`)."""
+    return annotations.working(db, sentence, annotator or ANONYMOUS)
 
 
-def _describe_conflict(db: Database, sentence_id: int) -> str:
+def _describe_conflict(db: Database, sentence_id: int, annotator: str) -> str:
     current = projects.get_sentence(db, sentence_id)
-    saved = _saved_spans(db, sentence_id)
-    who = current["annotator"] or "someone"
-    entities = ", ".join(f"{s.label} “{current['text'][s.start:s.end]}”" for s in saved) or "no entities"
+    work = working(db, current, annotator)
+    entities = ", ".join(f"{s.label} “{current['text'][s.start:s.end]}”"
+                         for s in work["spans"]) or "no entities"
     return (
-        f"Not saved: sentence {number_of(db, current)} was changed by {who} at "
-        f"{current['updated_at']} (in another tab or by another user) after this tab loaded it. "
-        f"Their version is shown now ({entities}; {current['status']}). "
+        f"Not saved: sentence {number_of(db, current)} was changed by "
+        f"{annotator or ANONYMOUS} at {work['updated_at']} (in another tab) after this tab "
+        f"loaded it. That version is shown now ({entities}; {work['status']}). "
         "Redo your change on it if it is still needed."
     )
 
@@ -200,22 +211,25 @@ def _save(
     ``shown``: the untaken suggestion the user saw with these spans; it is taken (and, when the
     sentence is accepted, reviewed) with the save."""
     sid = sentence["id"]
-    before = UndoEntry(sid, _saved_spans(db, sid), sentence["status"], suggestions.state(db, sid))
+    who = annotator or ANONYMOUS
+    work = working(db, sentence, who)
+    before = UndoEntry(sid, work["spans"], work["status"], suggestions.state(db, sid), who,
+                       work["own"])
     expected = session.expected_version(sid, base)
     if expected is None:  # every save is checked against the version this tab has seen
         session.notice = Notice("error", f"Not saved: this tab has not seen sentence "
                                 f"{number_of(db, sentence)} yet; reload the page.", unsaved=list(spans))
         return False
     try:
-        version = projects.save_annotation(db, sid, list(spans), annotator or "anonymous",
+        version = projects.save_annotation(db, sid, list(spans), who,
                                            expected_version=expected, status=status)
     except Conflict:
-        session.notice = Notice("error", _describe_conflict(db, sid), unsaved=list(spans))
-        session.seen(projects.get_sentence(db, sid))
+        session.notice = Notice("error", _describe_conflict(db, sid, who), unsaved=list(spans))
+        session.seen({"id": sid, "version": working(db, sentence, who)["version"]})
         return False
     session.wrote(sid, version)
     if shown is not None:
-        suggestions.take(db, shown["id"], annotator or "anonymous")
+        suggestions.take(db, shown["id"], who)
     if status == "labelled":
         suggestions.mark_reviewed(db, sid)
     changed = suggestions.state(db, sid) != before.suggestion
@@ -253,18 +267,20 @@ def apply_action(
         if sentence["project_id"] != project_id:
             raise NerlabError("That sentence belongs to another project; reload the page.")
         if action.type in ("edit", "accept", "reopen"):
-            shown = suggestions.pending(db, sentence, session.suggest_from)
+            work = working(db, sentence, annotator)
+            view = {**sentence, "status": work["status"]}  # as this annotator sees it
+            shown = suggestions.pending(db, view, session.suggest_from)
             if action.spans is not None:
                 spans = list(action.spans)
                 if shown is not None and action.suggestion != shown["id"]:
                     shown = None  # the widget showed no suggestion, or one since replaced
             else:  # a button: what the page shows, suggestions included
-                spans = suggestions.display_spans(db, sentence, session.suggest_from)
-            status = {"edit": sentence["status"], "accept": "labelled", "reopen": "unlabelled"}[
+                spans = suggestions.display_spans(db, view, session.suggest_from, work["spans"])
+            status = {"edit": work["status"], "accept": "labelled", "reopen": "unlabelled"}[
                 action.type
             ]
-            unchanged = (sorted(spans) == _saved_spans(db, sentence["id"])
-                         and status == sentence["status"] and shown is None)
+            unchanged = (sorted(spans) == work["spans"]
+                         and status == work["status"] and shown is None)
             if action.type == "edit" and unchanged:
                 session.current = sentence["id"]  # nothing to save (e.g. a span dragged back)
                 return
@@ -328,14 +344,19 @@ def _undo(db: Database, project_id: int, session: LabelSession, annotator: str) 
         return
     session.current = sentence["id"]
     sid = sentence["id"]
+    who = entry.annotator or annotator or ANONYMOUS
     try:
-        version = projects.save_annotation(
-            db, sid, entry.spans, annotator or "anonymous",
-            expected_version=session.expected_version(sid, None), status=entry.status,
-        )
+        if entry.existed:
+            version = projects.save_annotation(
+                db, sid, entry.spans, who,
+                expected_version=session.expected_version(sid, None), status=entry.status,
+            )
+        else:  # the change undone was this annotator's first save: the annotation goes
+            annotations.remove(db, sid, who, session.expected_version(sid, None))
+            version = 0
     except Conflict:
-        session.notice = Notice("error", _describe_conflict(db, sid))
-        session.seen(projects.get_sentence(db, sid))
+        session.notice = Notice("error", _describe_conflict(db, sid, who))
+        session.seen({"id": sid, "version": working(db, sentence, who)["version"]})
         return
     session.wrote(sid, version)
     suggestions.restore(db, entry.suggestion)
@@ -365,19 +386,25 @@ def widget_data(
     ack: int = 0,
     focus: int = 0,
     suggest_from: str | None = None,
+    work: Mapping[str, Any] | None = None,
 ) -> dict:
     """Everything the widget needs to draw one sentence (JSON-serialisable). A new ``focus``
     number makes the widget take the keyboard back from a text box (after a search).
 
     ``spans`` carry ``suggested`` (a model's suggestion not yet accepted: drawn dashed) and
     ``confidence``; ``suggestion`` says which model suggested them (see
-    :func:`core.data.suggestions.display`), for the suggestions of ``suggest_from``."""
+    :func:`core.data.suggestions.display`), for the suggestions of ``suggest_from``.
+
+    ``work``: what the annotator sees (:func:`working`; default: what an unnamed one sees)."""
     tokens = json.loads(sentence["tokens"]) if sentence["tokens"] else tokenize(sentence["text"])
-    spans, suggestion = suggestions.display(db, sentence, suggest_from)
+    if work is None:
+        work = working(db, sentence, ANONYMOUS)
+    spans, suggestion = suggestions.display(db, {**sentence, "status": work["status"]},
+                                            suggest_from, gold=work["spans"])
     return {
         "sentence_id": sentence["id"],
-        "version": sentence["version"],
-        "status": sentence["status"],
+        "version": work["version"],
+        "status": work["status"],
         "text": sentence["text"],
         "tokens": [list(t) for t in tokens],
         "spans": spans,
@@ -385,8 +412,8 @@ def widget_data(
         "labels": label_legend(labels),
         "number": number_of(db, sentence),
         "split": sentence["split"],
-        "annotator": sentence["annotator"] or "",
-        "updated_at": sentence["updated_at"],
+        "annotator": work["annotator"] or "",
+        "updated_at": work["updated_at"],
         "queue_index": queue_index,
         "queue_total": queue_total,
         "ack": ack,

@@ -40,6 +40,13 @@ class QueueFilter:
         text: only sentences containing this text (case-insensitive for ASCII letters).
         order: ``"position"`` (project order), ``"random"`` (the same shuffle for everybody,
             from each sentence's content hash) or ``"confidence"`` (least confident first).
+        annotator: whose queue it is. Where several annotators label each sentence
+            (``share`` other than 1), ``"unlabelled"`` is their own queue: the sentences they
+            have not labelled that still need an annotator (fewer than ``share`` labelled them;
+            every sentence for ``share`` 0, "everyone"), not reviewed yet; ``"labelled"`` the
+            sentences they labelled. With ``share`` 1 (one annotator per sentence, the default)
+            the status is the sentence's own, as for a single user.
+        share: how many annotators label each sentence (see :mod:`core.data.annotations`).
     """
 
     status: str = "unlabelled"
@@ -47,6 +54,8 @@ class QueueFilter:
     label: str | None = None
     text: str = ""
     order: str = "position"
+    annotator: str | None = None
+    share: int = 1
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -78,7 +87,20 @@ def _where(db: Database, project_id: int, flt: QueueFilter) -> tuple[str, list[A
     """SQL condition (on alias ``s``) and its parameters for a filter."""
     where = ["s.project_id = ?"]
     params: list[Any] = [project_id]
-    if flt.status != "all":
+    if flt.status != "all" and flt.annotator and flt.share != 1:
+        mine = ("EXISTS (SELECT 1 FROM annotations a WHERE a.sentence_id = s.id"
+                " AND a.annotator = ? AND a.status = 'labelled')")
+        if flt.status == "labelled":
+            where.append(mine)
+            params.append(flt.annotator)
+        else:
+            where.append(f"NOT {mine} AND s.reviewed_at IS NULL")
+            params.append(flt.annotator)
+            if flt.share > 1:
+                where.append("(SELECT COUNT(*) FROM annotations a WHERE a.sentence_id = s.id"
+                             " AND a.status = 'labelled') < ?")
+                params.append(flt.share)
+    elif flt.status != "all":
         where.append("s.status = ?")
         params.append(flt.status)
     if flt.split:
@@ -224,13 +246,17 @@ def sentence_rows(
     """One page of matching sentences with their gold spans, for the Data page's table.
 
     Each row: ``id``, ``number`` (1-based), ``text``, ``split``, ``status``, ``annotator``,
-    ``updated_at``, ``spans`` (list of :class:`Span`) and ``entities`` (``"Disease: fever; …"``).
+    ``updated_at``, ``gold_source`` (see :mod:`core.data.annotations`), ``annotations`` (how many
+    annotators labelled it), ``spans`` (list of :class:`Span`) and ``entities``
+    (``"Disease: fever; …"``).
     """
     sql, params = _where(db, project_id, flt)
     rows = [
         dict(r)
         for r in db.query(
             "SELECT s.id, s.position, s.text, s.split, s.status, s.annotator, s.updated_at,"
+            " s.gold_source, (SELECT COUNT(*) FROM annotations a WHERE a.sentence_id = s.id"
+            "   AND a.status = 'labelled') AS annotations,"
             " (SELECT COUNT(*) FROM sentences t WHERE t.project_id = s.project_id"
             "   AND t.position < s.position) + 1 AS number"
             f" FROM sentences s WHERE {sql} ORDER BY s.position LIMIT ? OFFSET ?",

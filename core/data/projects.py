@@ -9,16 +9,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
-import unicodedata
 from collections.abc import Iterable, Sequence
 
 from sqlite_utils import Database
 
 from core import config
-from core.data import suggestions
+from core.data import annotations, suggestions
 from core.data.db import now
+from core.data.labels import (  # noqa: F401 - re-exported: callers import them from here
+    _check_label_name,
+    add_label,
+    count_label_spans,
+    delete_label,
+    label_by_name,
+    list_labels,
+    update_label,
+)
 from core.data.records import (  # noqa: F401 - re-exported: callers import them from here
     SPLIT_SOURCES,
     AddResult,
@@ -38,8 +45,6 @@ from core.data.splits import (  # noqa: F401 - re-exported
     split_project,
 )
 from core.errors import Conflict, NerlabError, NotFound  # noqa: F401 - re-exported
-
-_HOTKEYS = "123456789" + "qwertyuiopasdfghjklzxcvbnm"
 
 
 def text_hash(text: str) -> str:
@@ -159,130 +164,6 @@ def delete_project(db: Database, project_id: int) -> dict:
     return gone
 
 
-def list_labels(db: Database, project_id: int) -> list[dict]:
-    """The project's entity types in display order."""
-    return list(db["labels"].rows_where("project_id = ?", [project_id], order_by="position, id"))
-
-
-def label_by_name(db: Database, project_id: int) -> dict[str, dict]:
-    return {row["name"]: row for row in list_labels(db, project_id)}
-
-
-_LABEL_NAME_RE = re.compile(r"^[^\s\[\]{}:,\"']([^\[\]{}:,\"']*[^\s\[\]{}:,\"'])?$")
-
-
-#: Unicode categories no entity type name may contain: control, format (zero-width and
-#: direction marks), surrogates, private use, unassigned, line and paragraph separators.
-_INVISIBLE = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
-
-
-def _check_label_name(name: str) -> str:
-    if not isinstance(name, str):
-        raise NerlabError(f"An entity type name must be text, got {type(name).__name__}.")
-    name = name.strip()
-    if not name:
-        raise NerlabError("An entity type needs a name.")
-    bad = next((ch for ch in name if unicodedata.category(ch) in _INVISIBLE), None)
-    if bad is not None:
-        raise NerlabError(
-            f"Entity type name {ascii(name)} is not allowed: it contains the control or invisible "
-            f"character U+{ord(bad):04X} ({unicodedata.name(bad, 'unnamed')}); names must be "
-            "readable text."
-        )
-    if not any(unicodedata.category(ch)[0] in "LNPS" for ch in name):
-        raise NerlabError(f"Entity type name {ascii(name)} is not allowed: it has no visible character.")
-    if not _LABEL_NAME_RE.match(name) or len(name) > 40:
-        raise NerlabError(
-            f"Entity type name {name!r} is not allowed: use up to 40 characters without "
-            "brackets, braces, colons, commas or quotes (they would break the model's answers)."
-        )
-    return name
-
-
-def add_label(
-    db: Database,
-    project_id: int,
-    name: str,
-    color: str | None = None,
-    hotkey: str | None = None,
-    description: str = "",
-) -> dict:
-    """Add an entity type; colour and hotkey default to the next free ones."""
-    name = _check_label_name(name)
-    existing = list_labels(db, project_id)
-    if any(row["name"] == name for row in existing):
-        raise NerlabError(f"Entity type {name!r} already exists in this project.")
-    used_keys = {row["hotkey"] for row in existing}
-    if hotkey:
-        hotkey = _check_hotkey(hotkey, used_keys, name)
-    else:
-        hotkey = next((k for k in _HOTKEYS if k not in used_keys), "")
-    if not color:
-        color = config.LABEL_COLOURS[len(existing) % len(config.LABEL_COLOURS)]
-    _check_colour(color)
-    db["labels"].insert(
-        {
-            "project_id": project_id,
-            "name": name,
-            "color": color,
-            "hotkey": hotkey,
-            "description": description.strip(),
-            "position": len(existing),
-        }
-    )
-    return label_by_name(db, project_id)[name]
-
-
-def _check_hotkey(hotkey: str, used: set[str], name: str) -> str:
-    hotkey = hotkey.strip().lower()
-    if len(hotkey) != 1 or hotkey not in _HOTKEYS:
-        raise NerlabError(f"Hotkey {hotkey!r} for {name!r} must be one digit 1-9 or one letter.")
-    if hotkey in used:
-        raise NerlabError(f"Hotkey {hotkey!r} is already used by another entity type.")
-    return hotkey
-
-
-def _check_colour(color: str) -> None:
-    if not re.fullmatch(r"#[0-9a-fA-F]{6}", color):
-        raise NerlabError(f"Colour {color!r} must look like #a1b2c3.")
-
-
-def update_label(db: Database, label_id: int, **changes) -> dict:
-    """Rename an entity type or change its colour, hotkey or guideline."""
-    row = db["labels"].get(label_id)
-    others = [r for r in list_labels(db, row["project_id"]) if r["id"] != label_id]
-    update: dict = {}
-    if "name" in changes and changes["name"] != row["name"]:
-        name = _check_label_name(changes["name"])
-        if any(r["name"] == name for r in others):
-            raise NerlabError(f"Entity type {name!r} already exists in this project.")
-        update["name"] = name
-    if "hotkey" in changes and changes["hotkey"] != row["hotkey"]:
-        update["hotkey"] = _check_hotkey(changes["hotkey"], {r["hotkey"] for r in others}, row["name"])
-    if "color" in changes and changes["color"] != row["color"]:
-        _check_colour(changes["color"])
-        update["color"] = changes["color"]
-    if "description" in changes:
-        update["description"] = (changes["description"] or "").strip()
-    if update:
-        db["labels"].update(label_id, update)
-    return db["labels"].get(label_id)
-
-
-def count_label_spans(db: Database, label_id: int) -> int:
-    """Gold spans of an entity type (a model's suggestions are not counted)."""
-    return db["spans"].count_where("label_id = ? AND origin = 'gold'", [label_id])
-
-
-def delete_label(db: Database, label_id: int) -> int:
-    """Delete an entity type and its spans; return how many spans went with it."""
-    n = count_label_spans(db, label_id)
-    with db.atomic():
-        db.execute("DELETE FROM spans WHERE label_id = ?", [label_id])
-        db.execute("DELETE FROM labels WHERE id = ?", [label_id])
-    return n
-
-
 def add_sentences(
     db: Database,
     project_id: int,
@@ -291,6 +172,7 @@ def add_sentences(
     allow_new_labels: bool | None = None,
     annotator: str | None = "import",
     update: bool = False,
+    as_annotator: str | None = None,
 ) -> AddResult:
     """Add sentences (with their spans) in one transaction; nothing is written on error.
 
@@ -302,7 +184,20 @@ def add_sentences(
     fixed label set (or ``allow_new_labels`` is False), in which case the whole import is
     rejected with the first offending line. A record with spans but no tokens of its own is
     stored with the default tokens cut where a span starts or ends inside one.
+
+    Every labelled record (or one with spans) becomes the annotation of its annotator (the
+    file's, else ``annotator``). With ``as_annotator`` the file holds one person's labels: each
+    labelled record becomes ``as_annotator``'s annotation, of a new sentence or of the copy
+    already in the project (whose other annotations stay as they are), so that labels made
+    elsewhere can be compared (:mod:`core.evaluation.agreement`).
     """
+    if as_annotator is not None:
+        as_annotator = as_annotator.strip()
+        if not as_annotator:
+            raise NerlabError("Give the annotator's name (--annotator NAME).")
+        if update:
+            raise NerlabError("--annotator and --update do not go together: --annotator already "
+                              "adds or replaces that person's annotations.")
     project = db["projects"].get(project_id)
     if allow_new_labels is None:
         allow_new_labels = not project["fixed_labels"]
@@ -310,8 +205,10 @@ def add_sentences(
         raise NerlabError(f"Split {split!r} is not one of {', '.join(config.SPLITS)}.")
     records = list(records)
     labels = label_by_name(db, project_id)
-    result = AddResult()
+    result = AddResult(annotator=as_annotator)
     for rec in records:
+        if as_annotator is not None:
+            rec.annotator = as_annotator
         _check_record(rec, labels, result, allow_new_labels)
     stamp = now()
     with db.atomic():
@@ -331,6 +228,16 @@ def add_sentences(
             labelled = rec.labelled if rec.labelled is not None else bool(rec.spans)
             if digest in kept or digest in stored:
                 result.duplicates += 1
+                if as_annotator is not None and digest in stored and digest not in kept:
+                    row = stored[digest]
+                    if labelled or rec.spans:
+                        result.annotations += _annotate(
+                            db, row, move_spans(rec.text, row["text"], rec.spans), labels,
+                            as_annotator, "labelled" if labelled else "unlabelled", rec, stamp)
+                    kept[digest] = (row["text"], rec.spans, labelled, row["number"], rec.line)
+                    continue
+                if as_annotator is not None:
+                    continue  # a second copy in the file: the first one was this person's
                 if digest not in kept:  # the first copy of this file: compare with the project's
                     row = stored[digest]
                     old = sentence_spans(db, row["id"])
@@ -351,20 +258,54 @@ def add_sentences(
             created = rec.created_at or rec.updated_at or stamp
             cursor = db.execute(
                 "INSERT INTO sentences (project_id, position, text, tokens, split, split_source,"
-                " source, hash, status, annotator, created_at, updated_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                " source, hash, status, annotator, gold_source, created_at, updated_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [project_id, position, rec.text, json.dumps(rec.tokens) if rec.tokens else None,
                  rec.split or split or "train", _split_source(rec, split), rec.source, digest,
-                 "labelled" if labelled else "unlabelled", who, created, rec.updated_at or created],
+                 "labelled" if labelled else "unlabelled", who,
+                 "single" if labelled or rec.spans else None, created, rec.updated_at or created],
             )
             position += 1
+            owner = rec.annotator or annotator or annotations.IMPORT
             db.conn.executemany(
                 'INSERT INTO spans (sentence_id, start, "end", label_id, origin, annotator,'
                 " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?)",
                 [(cursor.lastrowid, s.start, s.end, labels[s.label]["id"], "gold",
-                  rec.annotator or annotator, created, rec.updated_at or created) for s in rec.spans],
+                  owner, created, rec.updated_at or created) for s in rec.spans],
             )
+            if labelled or rec.spans:  # the label is its annotator's annotation
+                annotations.write(db, cursor.lastrowid, owner, rec.spans,
+                                  "labelled" if labelled else "unlabelled",
+                                  {n: r["id"] for n, r in labels.items()},
+                                  rec.updated_at or created, created_at=created)
+                result.annotations += as_annotator is not None
     return result
+
+
+def _annotate(db: Database, row: dict, spans: list[Span], labels: dict, who: str, status: str,
+              rec: SentenceRecord, stamp: str) -> int:
+    """``who``'s annotation (from a file) of a sentence already in the project; 1 when it was
+    added or changed, 0 when it was there already."""
+    try:
+        ordered = validate_spans(row["text"], spans)
+    except SpanError as exc:
+        raise NerlabError(f"{rec.where()}: {exc}") from None
+    mine = annotations.get(db, row["id"], who)
+    if mine is not None and mine["spans"] == ordered and mine["status"] == status:
+        return 0
+    _cut_tokens(db, row, ordered)
+    annotations.write(db, row["id"], who, ordered, status, {n: r["id"] for n, r in labels.items()},
+                      rec.updated_at or stamp, created_at=rec.created_at)
+    annotations.refresh_gold(db, row["id"], stamp)
+    return 1
+
+
+def _cut_tokens(db: Database, row: dict, ordered: Sequence[Span]) -> None:
+    """Cut the stored tokens where a span starts or ends inside one."""
+    tokens = [tuple(t) for t in json.loads(row["tokens"])] if row["tokens"] else None
+    cut = split_at_spans(tokens or tokenize(row["text"]), ordered)
+    if cut != (tokens or tokenize(row["text"])):
+        db.execute("UPDATE sentences SET tokens = ? WHERE id = ?", [json.dumps(cut), row["id"]])
 
 
 def _check_record(rec: SentenceRecord, labels: dict, result: AddResult, allow_new: bool) -> None:
@@ -410,7 +351,8 @@ def _split_source(rec: SentenceRecord, split: str | None) -> str:
 
 def _update(db: Database, row: dict, old: list[Span], new: list[Span], labels: dict,
             annotator: str | None, stamp: str, result: AddResult) -> None:
-    """Apply a re-imported annotation to a sentence already in the project (``--update``)."""
+    """Apply a re-imported annotation to a sentence already in the project (``--update``): it
+    becomes the annotation of the file's annotator (else ``import``), and the gold follows."""
     before, after = anchored(row["text"], old), anchored(row["text"], new)
     if before == after and row["status"] == "labelled":
         return
@@ -418,38 +360,14 @@ def _update(db: Database, row: dict, old: list[Span], new: list[Span], labels: d
         ordered = validate_spans(row["text"], new)
     except SpanError as exc:
         raise NerlabError(f"Sentence {row['number']}: {exc}") from None
-    tokens = [tuple(t) for t in json.loads(row["tokens"])] if row["tokens"] else None
-    cut = split_at_spans(tokens or tokenize(row["text"]), ordered)
-    if cut != (tokens or tokenize(row["text"])):
-        db.execute("UPDATE sentences SET tokens = ? WHERE id = ?", [json.dumps(cut), row["id"]])
-    _write_annotation(db, row["id"], ordered, labels, annotator or "import", "labelled", stamp)
+    _cut_tokens(db, row, ordered)
+    annotations.write(db, row["id"], annotator or annotations.IMPORT, ordered, "labelled",
+                      {n: r["id"] for n, r in labels.items()}, stamp)
+    annotations.refresh_gold(db, row["id"], stamp)
     result.updated += 1
     result.updated_numbers.append(row["number"])
     result.spans_added += len(after - before)
     result.spans_removed += len(before - after)
-
-
-def _write_annotation(db: Database, sentence_id: int, ordered: Sequence[Span], labels: dict,
-                      annotator: str, status: str, stamp: str,
-                      expected_version: int | None = None) -> int:
-    """Replace a sentence's gold spans and status (inside the caller's transaction); returns how
-    many sentence rows changed (0: somebody saved it since ``expected_version``)."""
-    cur = db.execute(
-        "UPDATE sentences SET status = ?, annotator = ?, version = version + 1, updated_at = ?"
-        " WHERE id = ?" + (" AND version = ?" if expected_version is not None else ""),
-        [status, annotator, stamp, sentence_id]
-        + ([expected_version] if expected_version is not None else []),
-    )
-    if cur.rowcount == 0:
-        return 0
-    db.execute("DELETE FROM spans WHERE sentence_id = ? AND origin = 'gold'", [sentence_id])
-    db.conn.executemany(
-        'INSERT INTO spans (sentence_id, start, "end", label_id, origin, annotator,'
-        " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?)",
-        [(sentence_id, s.start, s.end, labels[s.label]["id"], "gold", annotator, stamp, stamp)
-         for s in ordered],
-    )
-    return cur.rowcount
 
 
 def get_sentence(db: Database, sentence_id: int) -> dict:
@@ -477,30 +395,10 @@ def save_annotation(
     expected_version: int | None = None,
     status: str = "labelled",
 ) -> int:
-    """Replace a sentence's gold spans and status in one transaction; return the new version.
-
-    With ``expected_version`` the save is refused with :class:`Conflict` when somebody saved the
-    sentence since it was loaded, so two tabs never silently overwrite each other.
-    """
-    sentence = get_sentence(db, sentence_id)
-    try:
-        ordered = validate_spans(sentence["text"], list(spans))
-    except SpanError as exc:
-        raise NerlabError(f"Sentence {sentence_id}: {exc}") from None
-    labels = label_by_name(db, sentence["project_id"])
-    for span in ordered:
-        if span.label not in labels:
-            raise NerlabError(f"Sentence {sentence_id}: unknown entity type {span.label!r}.")
-    with db.atomic():
-        if not _write_annotation(db, sentence_id, ordered, labels, annotator, status, now(),
-                                 expected_version):
-            current = get_sentence(db, sentence_id)
-            raise Conflict(
-                f"Sentence {sentence['position'] + 1} was changed by {current['annotator'] or 'someone'} "
-                f"at {current['updated_at']} after you opened it; reload it to see their version."
-            )
-        # Read inside the transaction: after it, another process may have saved a newer one.
-        return db.execute("SELECT version FROM sentences WHERE id = ?", [sentence_id]).fetchone()[0]
+    """Save ``annotator``'s annotation of a sentence (its gold follows); return the version of
+    their annotation. See :func:`core.data.annotations.save`: with ``expected_version`` a save
+    from a tab of theirs that missed a later save of theirs is refused with :class:`Conflict`."""
+    return annotations.save(db, sentence_id, spans, annotator, expected_version, status)
 
 
 def examples(

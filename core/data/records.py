@@ -74,10 +74,16 @@ class AddResult:
     updated_numbers: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what the parser set aside, and why
     format: str = ""
+    #: ``--annotator NAME``: whose annotations the file holds, and how many of the project's
+    #: sentences (already there or new) got one from it or had theirs changed.
+    annotator: str | None = None
+    annotations: int = 0
 
     def summary(self) -> str:
         parts = [f"{self.added} sentence(s) added"]
-        if self.duplicates:
+        if self.duplicates and self.annotator is not None:
+            parts.append(f"{self.duplicates} already in the project")
+        elif self.duplicates:
             parts.append(f"{self.duplicates} duplicate(s) skipped")
         if self.conflicts:
             parts.append(f"{len(self.conflicts)} of them with labels that differ from the copy "
@@ -87,6 +93,8 @@ class AddResult:
                          f"{self.spans_removed} removed)")
         if self.new_labels:
             parts.append("new entity type(s): " + ", ".join(self.new_labels))
+        if self.annotator is not None:
+            parts.append(f"{self.annotations} annotation(s) by {self.annotator} added or changed")
         if self.notes:
             parts.append(f"{len(self.notes)} note(s)")
         return "; ".join(parts) + "."

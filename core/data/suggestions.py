@@ -269,9 +269,10 @@ def display(db: Database, sentence: Mapping[str, Any], source: str | None,
     return out, info
 
 
-def display_spans(db: Database, sentence: Mapping[str, Any], source: str | None) -> list[Span]:
+def display_spans(db: Database, sentence: Mapping[str, Any], source: str | None,
+                  gold: Sequence[Span] | None = None) -> list[Span]:
     """The spans the Label page shows for a sentence (see :func:`display`), as plain spans."""
-    spans, _ = display(db, sentence, source)
+    spans, _ = display(db, sentence, source, gold)
     return [Span(d["start"], d["end"], d["label"]) for d in spans]
 
 

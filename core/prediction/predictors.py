@@ -6,7 +6,8 @@ the kind (:data:`LOADERS`) for a :class:`Predictor`, whose :meth:`~Predictor.pre
 one :class:`Prediction` per sentence: spans, a confidence per span where the model has one, and
 the model's confidence in the whole sentence (what "least confident first" sorts by):
 
-- ``crf``: the lowest marginal probability of a token's tag (per span: of its tokens' tags);
+- ``crf``: the mean marginal probability of its tokens' tags (per span: the lowest of its
+  tokens');
 - ``encoder``: the same from the encoder's softmax over each word's tags (its model folder is
   ``encoder/`` in the run folder);
 - ``train``, ``zero-shot``, ``few-shot`` (an LLM): the lowest probability of a token of its

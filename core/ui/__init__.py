@@ -5,8 +5,13 @@ page shares with :func:`draw_shell` (the open project and the user's name, in th
 runs the page the user is on inside :func:`serving`. Because the sidebar is drawn by the
 entrypoint on every run, its choices hold on every page; they live under non-widget keys
 (:data:`PROJECT_KEY`, :data:`ANNOTATOR_KEY`), which Streamlit never drops on a page switch, and
-the open project is also written to the URL (``?project=ID``) so that a reload keeps it. The
-name is remembered by the browser (a cookie), so a new session starts with it.
+the open project is also written to the URL (``?project=ID``) so that a reload keeps it.
+
+Who the user is comes first (:func:`core.ui.auth_view.gate`): with sign-in on, a signed-out
+browser gets the sign-in page and no other (:func:`sign_in_only`), a signed-in user's name is
+the annotator and their role decides which pages are registered. With sign-in off (no users, the
+server on localhost) the sidebar's "Your name" names the annotator; the browser remembers it (a
+cookie), so a new session starts with it.
 
 Every page starts with :func:`init_page`. Under the entrypoint it returns what the shell opened;
 a page run on its own (``AppTest.from_file("pages/...")``) draws the shell itself.
@@ -17,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-import re
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,17 +34,21 @@ from core.data import projects
 from core.data.db import get_db
 from core.data.demo import ensure_demo_project
 from core.errors import NerlabError
+from core.ui import auth_view
+from core.ui.auth_view import ANNOTATOR_KEY, LOCAL, Visitor
+from core.ui.text import md_escape  # noqa: F401 - re-exported: pages import it from here
 
 #: Session-state keys shared by every page (page-local keys are prefixed with the page's name).
 #: Both are plain keys, not widget keys: a widget's state is dropped when the page changes.
 PROJECT_KEY = "project_id"
-ANNOTATOR_KEY = "annotator"
 #: The sidebar widgets that edit them.
 _PICKER_KEY = "shell_project"
 _NAME_KEY = "shell_name"
 #: The ``?project=`` value this session wrote last (a different one in the URL is a link).
 _URL_SHOWN_KEY = "shell_url_project"
 _NAME_SAVED_KEY = "shell_name_saved"
+#: Who this run's shell found (set on every run by :func:`draw_shell`).
+_VISITOR_KEY = "shell_visitor"
 URL_PROJECT = "project"
 NAME_COOKIE = "nerlab_annotator"
 _NAME_COOKIE_DAYS = 365
@@ -53,26 +61,48 @@ PAGES = (
     ("pages/4_Train.py", "Train", "🏋️"),
     ("pages/5_Evaluate.py", "Evaluate", "📊"),
     ("pages/6_Compare.py", "Compare", "⚖️"),
+    ("pages/7_Review.py", "Review", "⚖"),
 )
 
 
 @dataclass(frozen=True)
 class Shell:
-    """What the entrypoint opened for this script run: the database and the open project."""
+    """What the entrypoint opened for this script run: the database, the open project and who
+    is using the app."""
 
     db: Database
     project: dict | None
+    visitor: Visitor = LOCAL
 
 
 _current: contextvars.ContextVar[Shell | None] = contextvars.ContextVar("nerlab_shell", default=None)
 
 
-def navigation(home: Callable[[], None]):
-    """The app's pages for ``st.navigation``: ``home`` (the entrypoint's own page) first."""
+def navigation(home: Callable[[], None], visitor: Visitor = LOCAL):
+    """The app's pages for ``st.navigation``: ``home`` (the entrypoint's own page) first, then
+    the pages ``visitor``'s role may open."""
     return st.navigation(
         [st.Page(home, title="Home", icon="🏷️", default=True)]
-        + [st.Page(path, title=title, icon=icon) for path, title, icon in PAGES]
+        + [st.Page(path, title=title, icon=icon) for path, title, icon in PAGES
+           if auth_view.may_open(visitor, title)]
     )
+
+
+def may_link(visitor: Visitor, path: str) -> bool:
+    """Whether a page link to ``path`` (``pages/…``) leads to a page ``visitor`` may open."""
+    title = next((t for p, t, _i in PAGES if p == path), "Home")
+    return auth_view.may_open(visitor, title)
+
+
+def who(db: Database) -> Visitor:
+    """Who uses this tab; a signed-out browser gets the sign-in page, registered as the only
+    page (so no URL reaches another), and the script stops there."""
+    visitor = auth_view.gate(db)
+    if visitor is None:
+        st.navigation([st.Page(lambda: auth_view.sign_in_page(db), title="Sign in", icon="🔑",
+                               url_path="signin", default=True)], position="hidden").run()
+        st.stop()
+    return visitor
 
 
 @contextlib.contextmanager
@@ -95,16 +125,39 @@ def init_page(title: str, icon: str = "🏷️", layout: str = "wide") -> tuple[
     shell = _current.get()
     if shell is None:
         shell = draw_shell()
+    if not auth_view.may_open(shell.visitor, title):
+        st.error(f"Your role ({shell.visitor.role}) does not open the {title} page; an admin can "
+                 "change it.")
+        st.stop()
     return shell.db, shell.project
 
 
-def draw_shell() -> Shell:
-    """Open the database, make sure the demo exists, and draw the sidebar's project and name."""
-    db = get_db()
+def current_visitor() -> Visitor:
+    """Who uses this tab (as :func:`draw_shell` found out on this run)."""
+    visitor = st.session_state.get(_VISITOR_KEY)
+    return visitor if isinstance(visitor, Visitor) else LOCAL
+
+
+def draw_shell(db: Database | None = None, visitor: Visitor | None = None) -> Shell:
+    """Open the database, find out who is here (a signed-out browser gets the sign-in form and
+    nothing else), make sure the demo exists, and draw the sidebar's project and name."""
+    if db is None:
+        db = get_db()
+    if visitor is None:
+        visitor = auth_view.gate(db)
+        if visitor is None:  # a page run on its own: the same form, then nothing
+            auth_view.sign_in_page(db)
+            st.stop()
     ensure_demo(db)
     project = _project_picker(db)
-    _name_field()
-    return Shell(db, project)
+    if visitor.signed_in:
+        auth_view.account(db, visitor, str(config.db_path()))
+    else:
+        _name_field()
+        visitor = Visitor(str(st.session_state.get(ANNOTATOR_KEY) or "").strip(), visitor.role,
+                          False)
+    st.session_state[_VISITOR_KEY] = visitor
+    return Shell(db, project, visitor)
 
 
 def open_project(project_id: int) -> None:
@@ -166,18 +219,6 @@ def _remembered_name() -> str | None:
     return None
 
 
-_COOKIE_JS = """
-export default function (component) {
-  const { data } = component;
-  if (data && data.name) {
-    document.cookie = `${data.name}=${encodeURIComponent(data.value)}; path=/; `
-      + `max-age=${data.max_age}; SameSite=Strict`;
-  }
-}
-"""
-_cookie_writer = st.components.v2.component("nerlab_cookie", html="<span></span>", js=_COOKIE_JS)
-
-
 def _name_field() -> None:
     """The sidebar's "Your name": recorded with every label; the browser remembers it."""
     state = st.session_state
@@ -192,7 +233,7 @@ def _name_field() -> None:
     name = str(state[ANNOTATOR_KEY]).strip()
     if name and state.get(_NAME_SAVED_KEY) != name:
         with st.sidebar:
-            _cookie_writer(key="shell_name_cookie", height=0, data={
+            auth_view.cookie_writer(key="shell_name_cookie", height=0, data={
                 "name": NAME_COOKIE, "value": name, "max_age": _NAME_COOKIE_DAYS * 86400})
         state[_NAME_SAVED_KEY] = name
 
@@ -203,14 +244,3 @@ def show_error(exc: Exception) -> None:
         st.error(str(exc))
     else:
         st.error(f"{type(exc).__name__}: {exc}")
-
-
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$&=^\"'/])")
-
-
-def md_escape(text: object) -> str:
-    """``text`` as plain text inside Markdown (st.markdown, captions, headings): every character
-    Markdown or Streamlit would read as syntax is escaped, so a run name like ``![i](http://x)``
-    shows as typed and makes the browser fetch nothing. Control characters become spaces."""
-    cleaned = " ".join("".join(ch if ch.isprintable() else " " for ch in str(text)).split())
-    return _MD_SPECIAL.sub(r"\\\1", cleaned)

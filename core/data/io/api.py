@@ -63,12 +63,15 @@ def parse_bytes(data: bytes, fmt: str | None, name: str = "file", **options) -> 
 
 def import_records(db: Database, project_id: int, records: Records, fmt: str, name: str,
                    split: str | None = None, allow_new_labels: bool | None = None,
-                   update: bool = False) -> AddResult:
+                   update: bool = False, as_annotator: str | None = None) -> AddResult:
+    """Add parsed records; ``as_annotator``: the file holds that person's annotations (see
+    :func:`core.data.projects.add_sentences`)."""
     for rec in records:
         rec.source = name
     try:
         result = projects.add_sentences(db, project_id, records, split=split,
-                                        allow_new_labels=allow_new_labels, update=update)
+                                        allow_new_labels=allow_new_labels, update=update,
+                                        as_annotator=as_annotator)
     except NerlabError as exc:
         msg = str(exc)
         placed = re.match(r"^[\w-]*\s?(line|task|row|doc) \d+: ", msg)
@@ -87,6 +90,7 @@ def import_bytes(
     split: str | None = None,
     allow_new_labels: bool | None = None,
     update: bool = False,
+    as_annotator: str | None = None,
     **options,
 ) -> AddResult:
     """Parse and add a file's content in one transaction; a bad file writes nothing.
@@ -95,7 +99,8 @@ def import_bytes(
     names for numeric ``ner_tags``).
     """
     fmt, records = parse_bytes(data, fmt, name, **options)
-    return import_records(db, project_id, records, fmt, name, split, allow_new_labels, update)
+    return import_records(db, project_id, records, fmt, name, split, allow_new_labels, update,
+                          as_annotator)
 
 
 def import_file(db: Database, project_id: int, path: str | Path, fmt: str | None = None,
@@ -107,7 +112,8 @@ def import_file(db: Database, project_id: int, path: str | Path, fmt: str | None
             raise NerlabError(f"{path.name} is a folder: only a Hugging Face dataset folder (hf) can be "
                               "imported from a folder.")
         records = hf.load_hf(path, path.name, tags=kwargs.pop("tags", None))
-        kwargs = {k: v for k, v in kwargs.items() if k in ("split", "allow_new_labels", "update")}
+        kwargs = {k: v for k, v in kwargs.items() if k in ("split", "allow_new_labels", "update",
+                                                           "as_annotator")}
         return import_records(db, project_id, records, "hf", path.name, **kwargs)
     if not path.is_file():
         raise NerlabError(f"No file {str(path)!r}.")
