@@ -83,10 +83,12 @@ def main() -> int:
             budgets = [min(b, args.max_new_tokens) for b in budgets]
         decoding.generate(model, tokenizer, prompts[:2], 4, batch_size=2)  # warm-up
 
-        def free():
+        # This format's prompts and budgets bound as defaults (ruff B023; called in this
+        # iteration only, so the same values as before).
+        def free(prompts=prompts, budgets=budgets):
             return decoding.generate_details(model, tokenizer, prompts, budgets, batch_size=args.batch_size)
 
-        def constrained():
+        def constrained(prompts=prompts, budgets=budgets, fmt=fmt):
             cons = constrain.constraints_for(tokenizer, examples, names, fmt)
             return decoding.generate_details(model, tokenizer, prompts, budgets,
                                               batch_size=args.batch_size, constraints=cons)
@@ -126,7 +128,7 @@ def main() -> int:
                  "finish": [0, 0.0]}
         originals = {k: getattr(constrain.AnswerConstraint, k) for k in stats}
 
-        def timed(name):
+        def timed(name, originals=originals, stats=stats):
             fn = originals[name]
 
             def wrapper(self, *a, **kw):
