@@ -135,8 +135,10 @@ def test_viterbi_keeps_the_tags_well_formed():
         assert not b.startswith("I-") or a[2:] == b[2:]
     assert encoder.viterbi([], TAGS) == []
     found = encoder.decode([(0, 3), (4, 7), (8, 9)], probs, TAGS)
-    assert found.confidence == pytest.approx(min(p[TAGS.index(t)] for p, t in zip(probs, found.tags, strict=True)))
-    assert all(found.confidence <= c for c in found.span_confidences)
+    chosen = [p[TAGS.index(t)] for p, t in zip(probs, found.tags, strict=True)]
+    assert found.confidence == pytest.approx(sum(chosen) / 3)  # the sentence: the mean
+    assert found.lowest == pytest.approx(min(chosen))
+    assert all(found.lowest <= c for c in found.span_confidences)  # a span: its lowest
 
 
 def test_settings_are_checked_and_read_from_a_run_config():
@@ -292,7 +294,7 @@ def test_encoder_run_trains_predicts_and_scores(encoder_run, tiny_home):
         details = json.loads(r["details"])
         spans = json.loads(r["spans"])
         assert all(t == "O" or t[:2] in ("B-", "I-") for t in r["raw_output"].split())
-        assert 0 <= details["confidence"] <= 1
+        assert 0 <= details["lowest"] <= details["confidence"] <= 1
         assert len(details["span_confidences"]) == len(spans)
     long = max(projects.examples(db, tiny_home[1]["id"], split="test"), key=lambda e: len(e.text))
     long_row = next(r for r in rows if r["sentence_id"] == long.id)

@@ -23,8 +23,10 @@ How a sentence is seen:
   probabilities that never lets ``I-X`` follow anything but ``B-X``/``I-X`` (default), or by
   argmax (a stray ``I-`` then starts a chunk, conlleval's reading).
 - Confidence: a span's is the lowest probability of the tags of its words; a sentence's is the
-  lowest probability of any of its words' tags (1.0 for a sentence without words), with the
-  lowest top-1 minus top-2 margin alongside. Both feed "least confident first" active learning.
+  mean probability of its words' tags (1.0 for a sentence without words), as for the CRF (the
+  lowest would rank long sentences with one odd word first, which made "least confident first"
+  worse than labelling in order for the CRF; ``benchmarks/bench_loop.py``). The lowest
+  probability and the lowest top-1 minus top-2 margin come alongside.
 
 torch and transformers are imported inside the functions that need them, never at module level.
 """
@@ -190,8 +192,10 @@ class EncoderPrediction:
 
     #: Each predicted span with its confidence (lowest probability of its words' tags).
     spans: list[tuple[Span, float]]
-    #: The sentence's confidence: lowest probability of any word's tag (1.0 without words).
+    #: The sentence's confidence: mean probability of its words' tags (1.0 without words).
     confidence: float
+    #: Lowest probability of any word's tag (1.0 without words).
+    lowest: float
     #: Lowest top-1 minus top-2 tag probability over the words (1.0 without words).
     margin: float
     #: The decoded IOB2 tag of each word (the sentence's tokens).
@@ -431,7 +435,7 @@ def decode(tokens: Sequence[tuple[int, int]], probs: Sequence[Sequence[float]],
            tags: Sequence[str], how: str = "viterbi") -> EncoderPrediction:
     """Tags, spans and confidences of one sentence from its words' tag probabilities."""
     if not tokens:
-        return EncoderPrediction(spans=[], confidence=1.0, margin=1.0, tags=[])
+        return EncoderPrediction(spans=[], confidence=1.0, lowest=1.0, margin=1.0, tags=[])
     if how == "viterbi":
         chosen = viterbi(probs, tags)
     else:
@@ -446,8 +450,8 @@ def decode(tokens: Sequence[tuple[int, int]], probs: Sequence[Sequence[float]],
     for span in bio_to_spans(tokens, word_tags):
         inside = [chosen_p[w] for w, (s, e) in enumerate(tokens) if s >= span.start and e <= span.end]
         scored.append((span, min(inside) if inside else 0.0))
-    return EncoderPrediction(spans=scored, confidence=min(chosen_p), margin=min(margins),
-                             tags=word_tags)
+    return EncoderPrediction(spans=scored, confidence=sum(chosen_p) / len(chosen_p),
+                             lowest=min(chosen_p), margin=min(margins), tags=word_tags)
 
 
 # --------------------------------------------------------------------------------- prediction

@@ -328,7 +328,8 @@ def prediction_rows(examples: Sequence[Example], predicted: Sequence[Any]) -> li
     sentence's and each span's confidence in the details."""
     return [{"sentence_id": ex.id, "raw_output": " ".join(p.tags), "spans": p.span_list,
              "parse_status": "ok",
-             "details": {"confidence": round(p.confidence, 6), "margin": round(p.margin, 6),
+             "details": {"confidence": round(p.confidence, 6), "lowest": round(p.lowest, 6),
+                         "margin": round(p.margin, 6),
                          "span_confidences": [round(c, 6) for c in p.span_confidences]}}
             for ex, p in zip(examples, predicted, strict=True)]
 

@@ -179,8 +179,8 @@ def _tags(example: Example, spans: Sequence[Span]) -> list[str]:
 
 class EncoderPredictor:
     """An encoder run (token classification): its decoded tags, and the probabilities of the
-    chosen tags as confidences (per span: the lowest of its words'; per sentence: the lowest
-    of all)."""
+    chosen tags as confidences (per span: the lowest of its words'; per sentence: their
+    mean)."""
 
     kind = "encoder"
 
@@ -201,7 +201,8 @@ class EncoderPredictor:
     def predict(self, examples: Sequence[Example]) -> list[Prediction]:
         found = encoder_mod.predict_encoder(self.bundle, examples, self.batch_size)
         return [Prediction(p.span_list, list(p.span_confidences), p.confidence,
-                           raw=" ".join(p.tags), details={"margin": p.margin}) for p in found]
+                           raw=" ".join(p.tags), details={"lowest": p.lowest, "margin": p.margin})
+                for p in found]
 
 
 # --------------------------------------------------------------------------------------- LLM
