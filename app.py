@@ -54,8 +54,8 @@ def home() -> None:
                 st.page_link(upcoming.page, label=f"Go to {upcoming.title}", icon="➡️")
         else:
             st.success("Every step is done. Label more, try other presets, or compare runs.")
-            if may_link(visitor, "pages/6_Compare.py"):
-                st.page_link("pages/6_Compare.py", label="Compare runs side by side", icon="⚖️")
+            if may_link(visitor, "views/6_Compare.py"):
+                st.page_link("views/6_Compare.py", label="Compare runs side by side", icon="⚖️")
 
         st.markdown("#### Your path")
         for i, step in enumerate(steps, start=1):

@@ -117,7 +117,7 @@ def main() -> None:
 
         from streamlit.testing.v1 import AppTest  # noqa: TID251 - the test harness, not UI code
 
-        at = AppTest.from_file(str(ROOT / "pages" / "2_Label.py"), default_timeout=120)
+        at = AppTest.from_file(str(ROOT / "views" / "2_Label.py"), default_timeout=120)
         t0 = time.perf_counter()
         at.run()
         assert not at.exception, at.exception
@@ -136,7 +136,7 @@ def main() -> None:
         med, worst = _timed(accept, args.repeat)
         print(f"AppTest 'accept and next' (save + next sentence): median {med * 1000:.0f} ms, max {worst * 1000:.0f} ms")
 
-        data_page = AppTest.from_file(str(ROOT / "pages" / "1_Data.py"), default_timeout=120)
+        data_page = AppTest.from_file(str(ROOT / "views" / "1_Data.py"), default_timeout=120)
         data_page.run()
         assert not data_page.exception, data_page.exception
         med, worst = _timed(data_page.run, max(3, args.repeat // 4))

@@ -37,7 +37,7 @@ def seeded(db, demo, home):
 
 
 def _page(name: str) -> AppTest:
-    return AppTest.from_file(str(ROOT / "pages" / name), default_timeout=60)
+    return AppTest.from_file(str(ROOT / "views" / name), default_timeout=60)
 
 
 def test_evaluate_page_shows_scores_and_errors(seeded, db):

@@ -336,7 +336,7 @@ def test_train_page_offers_the_merge_dtype_with_its_expected_size(home, bundled_
     db.execute("UPDATE runs SET status = 'finished', artifact_path = ? WHERE id = ?",
                [str(adapter), run_id])
     db.conn.commit()
-    at = AppTest.from_file(str(Path(__file__).parent.parent / "pages/4_Train.py"),
+    at = AppTest.from_file(str(Path(__file__).parent.parent / "views/4_Train.py"),
                            default_timeout=60).run()
     assert not at.exception
     box = at.selectbox(key=f"train_merge_dtype_{run_id}")

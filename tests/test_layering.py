@@ -136,7 +136,7 @@ def test_nerlab_modules_are_imported_at_the_top():
     """Lazy imports are for heavy third-party packages only; NERLab's own modules are imported
     at the top, so the import graph above is the whole truth."""
     nested = [f"{p.relative_to(ROOT)}:{line} {name}" for p in [*_core_files(), ROOT / "app.py",
-                                                              *sorted((ROOT / "pages").glob("*.py"))]
+                                                              *sorted((ROOT / "views").glob("*.py"))]
               for name, line, top in _imports(p) if name.split(".")[0] == "core" and not top]
     assert nested == []
 
@@ -151,7 +151,7 @@ def test_only_core_ui_imports_streamlit():
 
 
 def _faces() -> list[Path]:
-    return [ROOT / "app.py", *sorted((ROOT / "pages").glob("*.py")), *sorted((CORE / "ui").glob("*.py"))]
+    return [ROOT / "app.py", *sorted((ROOT / "views").glob("*.py")), *sorted((CORE / "ui").glob("*.py"))]
 
 
 def test_pages_and_ui_have_no_heavy_top_level_imports():

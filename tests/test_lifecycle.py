@@ -380,7 +380,7 @@ def test_the_evaluate_page_shows_an_active_baselines_phase(db, demo, tmp_path):
         ctx.plan_phases([baselines.CRF_TRAIN, phases.predict_phase("test", 147), phases.SCORE])
         ctx.phase(phases.predict_phase("test", 147))
         ctx.phase_progress(30, 147, eta_s=12.0)
-        at = AppTest.from_file(str(ROOT / "pages" / "5_Evaluate.py"), default_timeout=60)
+        at = AppTest.from_file(str(ROOT / "views" / "5_Evaluate.py"), default_timeout=60)
         at.run()
         assert not at.exception, at.exception
         texts = [p.proto.text for p in at.get("progress")]

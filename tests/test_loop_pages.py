@@ -17,8 +17,8 @@ from core.jobs import launcher
 from core.prediction import bulk
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = str(ROOT / "pages/1_Data.py")
-LABEL = str(ROOT / "pages/2_Label.py")
+DATA = str(ROOT / "views/1_Data.py")
+LABEL = str(ROOT / "views/2_Label.py")
 
 
 def _run(path: str, **query: str) -> AppTest:

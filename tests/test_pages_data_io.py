@@ -12,7 +12,7 @@ from core.data import projects
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
-PAGE = str(ROOT / "pages/1_Data.py")
+PAGE = str(ROOT / "views/1_Data.py")
 
 
 def _run() -> AppTest:

@@ -12,8 +12,8 @@ from core.data import projects
 from core.data.spans import Span
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = str(ROOT / "pages/1_Data.py")
-LABEL = str(ROOT / "pages/2_Label.py")
+DATA = str(ROOT / "views/1_Data.py")
+LABEL = str(ROOT / "views/2_Label.py")
 
 
 def _run(path: str, **query: str) -> AppTest:
@@ -193,7 +193,7 @@ def test_label_page_without_sentences_or_projects(home, monkeypatch):
     # Entered from the home page, as in the app, so the page link to the Data page resolves.
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
     at.run()
-    at.switch_page("pages/2_Label.py").run()
+    at.switch_page("views/2_Label.py").run()
     assert not at.exception, at.exception
     assert any("no sentences yet" in i.value for i in at.info)
 

@@ -50,7 +50,7 @@ def test_signed_out_sees_only_the_sign_in_form(team_db):
     assert {b.label for b in at.button} == {"Sign in"}
     assert "BC5CDR" not in _everything_shown(at) and not at.sidebar.selectbox
     # A page opened on its own (as a URL would) shows the same form and no data.
-    for page in ("pages/1_Data.py", "pages/2_Label.py", "pages/7_Review.py"):
+    for page in ("views/1_Data.py", "views/2_Label.py", "views/7_Review.py"):
         p = AppTest.from_file(str(ROOT / page), default_timeout=60).run()
         assert not p.exception
         assert {b.label for b in p.button} == {"Sign in"}, page
@@ -74,16 +74,18 @@ def test_signed_in_user_is_the_annotator_and_the_role_decides_the_pages(team_db)
     assert not [w for w in at.sidebar.text_input if w.label == "Your name"]
     assert any("Signed in as **bob** · annotator" in m.value for m in at.sidebar.markdown)
     assert "An admin creates, renames and deletes projects." in _everything_shown(at)
-    at.switch_page("pages/2_Label.py").run()
+    at.switch_page("views/2_Label.py").run()
     assert not at.exception and at.get("bidi_component")
     # The Data page is not registered for an annotator; opened on its own it says why.
-    data = AppTest.from_file(str(ROOT / "pages/1_Data.py"), default_timeout=60)
+    data = AppTest.from_file(str(ROOT / "views/1_Data.py"), default_timeout=60)
     data.session_state["auth_token"] = at.session_state["auth_token"]
     data.run()
     assert any("does not open the Data page" in e.value for e in data.error)
     # Signing out ends the session for good.
     token = at.session_state["auth_token"]
-    at.switch_page("app.py").run()
+    at = AppTest.from_file(APP, default_timeout=60)  # the home page, in the same session
+    at.session_state["auth_token"] = token
+    at.run()
     _button(at, "Sign out").click().run()
     assert {b.label for b in at.button} == {"Sign in"}
     assert users.session_user(team_db, token) is None
@@ -130,7 +132,7 @@ def test_review_page_turns_a_disagreement_into_gold(home, monkeypatch):
     monkeypatch.setenv("NERLAB_NO_DEMO", "1")
     db = get_db()
     pid, sid = _disputed_project(db)
-    at = AppTest.from_file(str(ROOT / "pages/7_Review.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "views/7_Review.py"), default_timeout=60)
     at.session_state["project_id"] = pid
     at.session_state["annotator"] = "rita"
     at.run()
@@ -153,7 +155,7 @@ def test_review_page_saves_a_merged_version(home, monkeypatch):
     monkeypatch.setenv("NERLAB_NO_DEMO", "1")
     db = get_db()
     pid, sid = _disputed_project(db)
-    at = AppTest.from_file(str(ROOT / "pages/7_Review.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "views/7_Review.py"), default_timeout=60)
     at.session_state["project_id"] = pid
     at.session_state["annotator"] = "rita"
     at.run()
@@ -190,7 +192,7 @@ def test_label_page_shows_each_annotator_their_own_work(home, monkeypatch):
     projects.save_annotation(db, sid, [Span(0, 7, "Drug")], "alice")
 
     def label_page(who: str) -> AppTest:
-        at = AppTest.from_file(str(ROOT / "pages/2_Label.py"), default_timeout=60)
+        at = AppTest.from_file(str(ROOT / "views/2_Label.py"), default_timeout=60)
         at.session_state["project_id"] = p["id"]
         at.session_state["annotator"] = who
         at.query_params["sentence"] = str(sid)

@@ -15,7 +15,7 @@ from core.prompts.store import get_template, list_templates
 from core.prompts.template import DEFAULT_INSTRUCTION, default_template
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGE = str(ROOT / "pages/3_Template.py")
+PAGE = str(ROOT / "views/3_Template.py")
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from core.data.runs import create_run, get_run, log_path
 from core.training.runconfig import RunConfig, get_preset
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGE = str(ROOT / "pages/4_Train.py")
+PAGE = str(ROOT / "views/4_Train.py")
 
 
 @pytest.fixture

@@ -59,20 +59,20 @@ def steps(db: Database, project_id: int) -> list[Step]:
     train_runs = db["runs"].count_where("project_id = ? AND kind = 'train'", [project_id])
     out = [
         Step(
-            "data", "Import sentences", "pages/1_Data.py", s["sentences"] > 0 and n_labels > 0,
+            "data", "Import sentences", "views/1_Data.py", s["sentences"] > 0 and n_labels > 0,
             f"{s['sentences']} sentences, {n_labels} entity types",
             "Import a CoNLL, JSONL, Label Studio, doccano or plain-text file, and name your "
             "entity types." if s["sentences"] == 0 or n_labels == 0 else
             "Add more sentences or entity types any time.",
         ),
         Step(
-            "label", "Label", "pages/2_Label.py", s["unlabelled"] == 0 and s["labelled"] > 0,
+            "label", "Label", "views/2_Label.py", s["unlabelled"] == 0 and s["labelled"] > 0,
             f"{s['labelled']} of {s['sentences']} labelled (train {train}, dev {dev}, test {test})",
             f"{s['unlabelled']} sentences are waiting to be labelled." if s["unlabelled"] else
             "Everything is labelled.",
         ),
         Step(
-            "splits", "Split train / dev / test", "pages/1_Data.py",
+            "splits", "Split train / dev / test", "views/1_Data.py",
             train >= MIN_TRAIN and dev > 0 and test > 0,
             f"train {train}, dev {dev}, test {test} labelled",
             f"Label at least {MIN_TRAIN} training sentences and keep some labelled dev and test "
@@ -80,19 +80,19 @@ def steps(db: Database, project_id: int) -> list[Step]:
             "Enough labelled data in every split.",
         ),
         Step(
-            "template", "Check the template", "pages/3_Template.py", templates > 0,
+            "template", "Check the template", "views/3_Template.py", templates > 0,
             f"{templates} saved version(s)" if templates else "the default template",
             "See the exact prompt and answer the model gets, and check every sentence "
             "round-trips." if not templates else "Edit it any time; each run records its version.",
         ),
         Step(
-            "train", "Fine-tune", "pages/4_Train.py", runs["finished"] > 0 and train_runs > 0,
+            "train", "Fine-tune", "views/4_Train.py", runs["finished"] > 0 and train_runs > 0,
             f"{train_runs} training run(s); {runs['running']} running, {runs['queued']} queued",
             "Start a LoRA+ run on the bundled model (minutes on a CPU) or a bigger model on your "
             "GPU." if not train_runs else "Compare presets or base models with more runs.",
         ),
         Step(
-            "evaluate", "Read the scores", "pages/5_Evaluate.py", best is not None,
+            "evaluate", "Read the scores", "views/5_Evaluate.py", best is not None,
             (f"best: {best['name'] or 'run ' + str(best['id'])} — micro-F1 {best['micro_f1']:.3f}, "
              f"macro-F1 {best['macro_f1']:.3f} on test") if best else "no scored run yet",
             "Per-class precision, recall and F1, the confusion matrix and every error; then "

@@ -1,4 +1,4 @@
-"""The only place (with pages/ and app.py) that imports Streamlit.
+"""The only place (with views/ and app.py) that imports Streamlit.
 
 ``app.py`` is the entrypoint: it registers the pages with :func:`navigation`, draws what every
 page shares with :func:`draw_shell` (the open project and the user's name, in the sidebar) and
@@ -14,7 +14,7 @@ server on localhost) the sidebar's "Your name" names the annotator; the browser 
 cookie), so a new session starts with it.
 
 Every page starts with :func:`init_page`. Under the entrypoint it returns what the shell opened;
-a page run on its own (``AppTest.from_file("pages/...")``) draws the shell itself.
+a page run on its own (``AppTest.from_file("views/...")``) draws the shell itself.
 """
 
 from __future__ import annotations
@@ -55,13 +55,13 @@ _NAME_COOKIE_DAYS = 365
 
 #: The pages after the home page: file, title (also the URL path), icon.
 PAGES = (
-    ("pages/1_Data.py", "Data", "📥"),
-    ("pages/2_Label.py", "Label", "🖍️"),
-    ("pages/3_Template.py", "Template", "📝"),
-    ("pages/4_Train.py", "Train", "🏋️"),
-    ("pages/5_Evaluate.py", "Evaluate", "📊"),
-    ("pages/6_Compare.py", "Compare", "⚖️"),
-    ("pages/7_Review.py", "Review", "⚖"),
+    ("views/1_Data.py", "Data", "📥"),
+    ("views/2_Label.py", "Label", "🖍️"),
+    ("views/3_Template.py", "Template", "📝"),
+    ("views/4_Train.py", "Train", "🏋️"),
+    ("views/5_Evaluate.py", "Evaluate", "📊"),
+    ("views/6_Compare.py", "Compare", "⚖️"),
+    ("views/7_Review.py", "Review", "⚖"),
 )
 
 
@@ -89,7 +89,7 @@ def navigation(home: Callable[[], None], visitor: Visitor = LOCAL):
 
 
 def may_link(visitor: Visitor, path: str) -> bool:
-    """Whether a page link to ``path`` (``pages/…``) leads to a page ``visitor`` may open."""
+    """Whether a page link to ``path`` (``views/…``) leads to a page ``visitor`` may open."""
     title = next((t for p, t, _i in PAGES if p == path), "Home")
     return auth_view.may_open(visitor, title)
 

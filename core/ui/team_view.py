@@ -94,7 +94,7 @@ def team_panel(db: Database, project: dict, visitor: Visitor) -> None:
         else:
             st.caption("No two annotators have labelled the same sentence yet.")
         if rep["disputed"] and visitor.may_review:
-            st.page_link("pages/7_Review.py", label=f"Review {rep['disputed']} disagreement(s)",
+            st.page_link("views/7_Review.py", label=f"Review {rep['disputed']} disagreement(s)",
                          icon="⚖")
 
 

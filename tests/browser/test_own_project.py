@@ -121,3 +121,13 @@ def test_own_project_holds_on_every_page_and_labels_carry_the_name(browser_page,
     page.reload(wait_until="domcontentloaded")
     page.wait_for_selector(".nl-text .nl-tok", timeout=60_000)
     _expect_open(page, project, "alice", "the Label page after a reload")
+
+
+def test_a_page_opened_by_its_url_has_the_apps_sidebar(browser_page, app_server):
+    """With the page files in ``pages/`` Streamlit listed them itself for a page opened by URL
+    (an "app" entry, no Home, every page whatever the role); they live in ``views/`` now."""
+    page = browser_page
+    page.goto(f"{app_server}/Label", wait_until="domcontentloaded")
+    nav = page.locator('[data-testid="stSidebarNav"]')
+    nav.get_by_role("link", name="Home").wait_for(timeout=60_000)
+    assert nav.get_by_role("link", name="app", exact=True).count() == 0

@@ -83,7 +83,7 @@ def test_signed_out_browser_sees_only_the_sign_in_form(browser_page, app_server,
     for path in ("", f"/Label?sentence={sentence['id']}", "/Data", "/Review", "/Train"):
         page.goto(app_server + path, wait_until="domcontentloaded")
         nothing_but_the_form(path)
-    # Streamlit may list the pages/ folder's names in the sidebar for a URL of one of them (it
+    # Streamlit may list the views/ folder's names in the sidebar for a URL of one of them (it
     # does so without sign-in too); following such a link still leads to the form alone.
     links = page.locator('[data-testid="stSidebarNavLink"]')
     for i in range(min(links.count(), 3)):

@@ -112,8 +112,8 @@ queue_total = labeling.count(db, pid, flt)
 if sentence is None:
     if prog.total == 0:
         st.info("This project has no sentences yet: import some on the **Data** page.")
-        if may_link(current_visitor(), "pages/1_Data.py"):
-            st.page_link("pages/1_Data.py", label="Import sentences", icon="📥")
+        if may_link(current_visitor(), "views/1_Data.py"):
+            st.page_link("views/1_Data.py", label="Import sentences", icon="📥")
     else:
         st.success(
             f"No sentence matches this queue ({flt.describe()}). "
