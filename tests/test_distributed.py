@@ -215,16 +215,98 @@ def _wait_for_a_step(db, run_id: int) -> None:
 
 
 def _worker_pids(run_id: int) -> list[int]:
-    """Live processes whose command line runs this run's worker (launcher and ranks)."""
+    """Live processes whose command line runs this run's worker (launcher and ranks) with this
+    test's data directory (other test sessions on the machine have runs with the same ids)."""
+    import os
     from pathlib import Path
 
     tail = f"core.jobs.worker\0{run_id}\0".encode()
+    home = f"\0NERLAB_HOME={os.environ['NERLAB_HOME']}\0".encode()
     pids = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                if tail in (proc / "cmdline").read_bytes() and pid_alive(int(proc.name), launcher.WORKER):
+                if (tail in (proc / "cmdline").read_bytes()
+                        and home in b"\0" + (proc / "environ").read_bytes()
+                        and pid_alive(int(proc.name), launcher.WORKER)):
                     pids.append(int(proc.name))
             except OSError:
                 continue
     return pids
+
+
+# -- prediction shared by the processes ----------------------------------------------------------
+
+
+def test_deal_and_merge_give_back_every_item_once_in_order():
+    from core.prediction.predict import deal, merge
+
+    for n in range(0, 12):
+        for world in (1, 2, 3, 5):
+            items = list(range(n))
+            parts = [deal(items, r, world) for r in range(world)]
+            assert merge(parts) == items
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def _gloo(args: list[str], world: int, tmp_path) -> list:
+    """Run tests/gloo_predict.py in ``world`` processes (1: alone, no process group)."""
+    import json
+    import os
+    import socket
+    import subprocess
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / f"gloo-{world}-{time.monotonic_ns()}.json"
+    script = Path(__file__).with_name("gloo_predict.py")
+    procs = []
+    for rank in range(world):
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        if world > 1:
+            env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([sys.executable, str(script), *args, str(out)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), logs
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow  # no model, but four processes start torch: about half a minute on 2 cores
+def test_sharded_rounds_over_two_processes_return_every_sentence_once_in_order(tmp_path):
+    """Two gloo processes and a stand-in predictor: rank 0 gets every item once, in order (7 items,
+    2 per process per round: the last round is uneven), each process predicted its share only;
+    a stop seen by rank 1 alone ends both at the same round."""
+    rank0, rank1 = _gloo(["rounds", "7", "2"], 2, tmp_path)
+    assert rank0["seen"] == list(range(7)) and rank1["seen"] == []
+    assert rank0["chunks"] == rank1["chunks"] == [[0, 1, 2, 3], [4, 5, 6]]
+    assert rank0["did"] == [0, 2, 4, 6] and rank1["did"] == [1, 3, 5]
+    assert not rank0["stopped"]
+    rank0, rank1 = _gloo(["rounds", "7", "1", "2"], 2, tmp_path)  # rank 1 asks after 2 rounds
+    assert rank0["stopped"] and rank1["stopped"]
+    assert rank0["seen"] == [0, 1, 2, 3] and len(rank0["chunks"]) == len(rank1["chunks"]) == 2
+
+
+@pytest.mark.slow
+def test_two_processes_predict_what_one_predicts(db, bundled_model_path, tmp_path):
+    """The bundled model predicts a project's dev and test sentences in one process and in two:
+    the same rows, stored once each and in the same order (longest sentence first)."""
+    from core.data.runs import create_run
+    from core.prediction import baselines
+
+    project = tiny_project(db, n_train=2, n_dev=3, n_test=2)
+    runs = {}
+    for world in (1, 2):
+        runs[world] = create_run(db, project["id"], "zero-shot", baselines.settings("zero-shot", {}))
+        _gloo(["run", str(runs[world]), "2"], world, tmp_path)
+
+    def stored(run_id):
+        return db.execute("SELECT sentence_id, split, raw_output, spans FROM predictions"
+                          " WHERE run_id = ? ORDER BY rowid", [run_id]).fetchall()
+
+    one, two = stored(runs[1]), stored(runs[2])
+    assert len(one) == 5 and len({r[0] for r in two}) == len(two)
+    assert two == one
