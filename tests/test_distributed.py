@@ -57,6 +57,97 @@ def test_worker_command_uses_accelerate_launch_for_several_gpus(home):
     assert launcher.run_gpus({"kind": "crf", "config": {}}) == 1
 
 
+def test_the_users_accelerate_config_and_several_machines_reach_accelerate_launch(home, tmp_path):
+    from core.errors import ConfigError
+    from core.training.launch import Launch
+
+    def value(cmd, flag):
+        return cmd[cmd.index(flag) + 1] if flag in cmd else None
+
+    mine = tmp_path / "fsdp.yaml"
+    mine.write_text("distributed_type: FSDP\nnum_machines: 1\nnum_processes: 4\n")
+    cmd = launcher.worker_command(7, setup=Launch(config_file=str(mine)))
+    assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert value(cmd, "--config_file") == str(mine) and "--multi_gpu" not in cmd
+    assert value(cmd, "--num_processes") is None  # the config says how many
+    assert cmd[-3:] == ["-m", "core.jobs.worker", "7"]
+    cmd = launcher.worker_command(7, gpus=2, setup=Launch(config_file=str(mine)))
+    assert value(cmd, "--num_processes") == "2"  # --gpus wins over the config
+    cmd = launcher.worker_command(7, gpus=2, setup=Launch(config_file="default"))
+    assert "--config_file" not in cmd  # accelerate finds ACCELERATE_CONFIG_FILE or its default
+
+    two = Launch(num_machines=2, main_process_ip="10.0.0.1", main_process_port=29500)
+    cmd = launcher.worker_command(7, gpus=4, setup=two)
+    assert value(cmd, "--config_file") == str(run_dir(7) / "accelerate.yaml")
+    assert (value(cmd, "--num_processes"), value(cmd, "--num_machines"),
+            value(cmd, "--machine_rank"), value(cmd, "--main_process_ip"),
+            value(cmd, "--main_process_port")) == ("8", "2", "0", "10.0.0.1", "29500")
+    written = launcher.write_accelerate_config(7, 4, two).read_text()
+    assert "num_machines: 2" in written and "num_processes: 8" in written
+    with pytest.raises(ConfigError, match="Machine rank"):
+        Launch(num_machines=2, machine_rank=2)
+    with pytest.raises(ConfigError, match="Machines must be"):
+        Launch(num_machines=0)
+
+
+def test_nerlab_train_keeps_the_launch_settings_and_join_builds_the_other_machines_command(db):
+    from core.cli.main import build_parser
+    from core.cli.run_cmds import launch_from_args
+    from core.data.runs import create_run
+    from core.errors import NerlabError
+    from core.training import launch as launch_settings
+
+    args = build_parser().parse_args(
+        ["train", "tiny", "--num-machines", "2", "--main-process-ip", "10.0.0.1",
+         "--main-process-port", "29500", "--accelerate-config", "default"])
+    setup = launch_from_args(args)
+    assert (setup.num_machines, setup.main_process_ip, setup.main_process_port,
+            setup.config_file) == (2, "10.0.0.1", 29500, "default")
+    assert launch_from_args(build_parser().parse_args(["train", "tiny"])).plain
+
+    project = tiny_project(db)
+    run_id = create_run(db, project["id"], "train", RunConfig().with_overrides(gpus=2).to_dict())
+    launch_settings.save(run_dir(run_id), setup)
+    assert launch_settings.load(run_dir(run_id)) == setup
+    cmd = launcher.join_command(db, run_id, 1)
+    assert cmd[cmd.index("--machine_rank") + 1] == "1" and cmd[-1] == str(run_id)
+    assert cmd[cmd.index("--num_processes") + 1] == "4"
+    for wrong in (0, 2):
+        with pytest.raises(NerlabError, match="join as machine 1"):
+            launcher.join_command(db, run_id, wrong)
+    alone = create_run(db, project["id"], "train", RunConfig().to_dict())
+    with pytest.raises(NerlabError, match="one machine"):
+        launcher.join_command(db, alone, 1)
+
+
+def test_the_pre_flight_check_says_how_the_run_starts(db, tmp_path):
+    from core.training.launch import Launch
+
+    project = tiny_project(db)
+    cfg = quick_config(gpus=2, batch_size=2, grad_accum=2)
+
+    def starts(setup, level=None):
+        return [i.msg for i in check_run(db, project["id"], cfg, cuda=True, gpu_count=2,
+                                         launch=setup)
+                if i.title == "How the run starts" and (level is None or i.level == level)]
+
+    assert "NERLab's own accelerate config: 2 process(es) on this machine" in starts(Launch())[0]
+    two = starts(Launch(num_machines=2), "error")
+    assert any("main machine's address" in m for m in two) and any("port" in m for m in two)
+    ok = Launch(num_machines=2, main_process_ip="10.0.0.1", main_process_port=29500)
+    assert not starts(ok, "error")
+    assert "2 machines × 2 process(es), 4 in all" in starts(ok)[0]
+    assert any("nerlab join RUN_ID --machine-rank K" in m for m in starts(ok))
+    assert "No accelerate config" in starts(Launch(config_file=str(tmp_path / "none.yaml")),
+                                            "error")[0]
+    fsdp = tmp_path / "fsdp.yaml"
+    fsdp.write_text("distributed_type: FSDP\nnum_processes: 2\n")
+    warned = starts(Launch(config_file=str(fsdp)), "warning")
+    assert warned and "does not apply the config's FSDP settings" in warned[0]
+    alone = check_run(db, project["id"], quick_config(), cuda=False, launch=Launch())
+    assert all(i.title != "How the run starts" for i in alone)  # one plain process: nothing to say
+
+
 def test_gpus_setting_is_validated_and_checked_against_the_machine(db):
     from core.errors import ConfigError
 
