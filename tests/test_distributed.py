@@ -222,10 +222,11 @@ def _adapter(run_id: int) -> dict:
 @pytest.mark.slow
 def test_two_processes_train_the_same_adapter_as_one(db, bundled_model_path):
     """The same run (seed, data, steps) on one process and on two: the step losses and the
-    trained adapter agree to float32 rounding; rank 0 alone writes metrics, predictions and
-    scores, and the log says how the run was split."""
+    trained adapter agree to float32 rounding; rank 0 alone writes metrics and scores, both
+    processes predict and rank 0 stores every sentence once, in the same order as one process;
+    the log says how the run was split."""
     project = tiny_project(db, n_train=12, n_dev=2, n_test=2)
-    settings = dict(max_steps=2, batch_size=2, grad_accum=2, rank=4, eval_limit=1,
+    settings = dict(max_steps=2, batch_size=2, grad_accum=2, rank=4, eval_limit=2,
                     dev_loss_sentences=2)
     one, _ = launcher.submit_training(db, project["id"], quick_config(**settings, gpus=1))
     two, _ = launcher.submit_training(db, project["id"], quick_config(**settings, gpus=2))
@@ -253,7 +254,14 @@ def test_two_processes_train_the_same_adapter_as_one(db, bundled_model_path):
         diff = (w1[name] - w2[name]).norm() / max(float(w1[name].norm()), 1e-12)
         assert diff < 1e-3, (name, float(diff))
     assert any("lora_B" in n and w2[n].abs().max() > 0 for n in w2)  # it did train
-    assert db["predictions"].count_where("run_id = ?", [two]) == 2  # eval_limit 1, dev and test
+    # eval_limit 2, dev and test: each process predicted one sentence of each split's batch
+    assert "each batch shared by 2 processes" in log, log
+
+    def predicted(run_id):
+        return db.execute("SELECT sentence_id FROM predictions WHERE run_id = ? ORDER BY rowid",
+                          [run_id]).fetchall()
+
+    assert len(predicted(two)) == 4 and predicted(two) == predicted(one)
     assert db["evaluations"].count_where("run_id = ?", [two]) >= 2
 
 
