@@ -409,3 +409,35 @@ def test_two_processes_predict_what_one_predicts(db, bundled_model_path, tmp_pat
     one, two = stored(runs[1]), stored(runs[2])
     assert len(one) == 5 and len({r[0] for r in two}) == len(two)
     assert two == one
+
+
+@pytest.mark.slow
+def test_nerlab_predict_over_two_processes_writes_what_one_process_writes(db, bundled_model_path):
+    """``nerlab predict --gpus 2``: the job's two processes share the sentences and rank 0 writes
+    every one of them once, in the file's order, with the answers one process gives."""
+    import json
+
+    from core.data import io
+    from core.jobs import suggest
+    from core.prediction import baselines, bulk
+
+    project = tiny_project(db, n_train=2, n_dev=1, n_test=1)
+    source = create_run(db, project["id"], "zero-shot", baselines.settings("zero-shot", {}))
+    db.execute("UPDATE runs SET status = 'finished' WHERE id = ?", [source])
+    db.conn.commit()
+    texts = ["Aspirin caused hypotension .", "Naloxone reverses the effect of morphine .",
+             "No side effects .", "Cisplatin nephrotoxicity was seen in two patients .",
+             "Lithium and tremor ."]
+    records = io.parse_bytes("\n".join(texts).encode(), "text")[1]
+    jobs = {}
+    for gpus in (1, 2):
+        jobs[gpus], _ = suggest.submit_predict(db, source, records, "five.txt", batch_size=2,
+                                               gpus=gpus)
+    for job in jobs.values():
+        run = launcher.wait(db, job, timeout_s=900)
+        assert run["status"] == "finished", read_log(job, 200)
+    assert "1 more process(es) under accelerate launch" in read_log(jobs[2], 200)
+    one, two = bulk.output_text(jobs[1]), bulk.output_text(jobs[2])
+    rows = [json.loads(line) for line in two.splitlines() if line.strip()]
+    assert [r["text"] for r in rows] == texts
+    assert two == one

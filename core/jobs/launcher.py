@@ -117,7 +117,10 @@ def write_accelerate_config(run_id: int, gpus: int, setup: Launch | None = None)
 
 
 def run_gpus(run: dict) -> int:
-    """How many processes a run's worker starts (``train.gpus`` of a training run, else 1)."""
+    """How many processes a run's worker starts (``train.gpus`` of a training run, ``gpus`` of a
+    ``nerlab predict`` job, else 1)."""
+    if run.get("kind") == "predict":
+        return max(1, int((run.get("config") or {}).get("gpus") or 1))
     if run.get("kind") != "train":
         return 1
     return max(1, int(((run.get("config") or {}).get("train") or {}).get("gpus") or 1))
