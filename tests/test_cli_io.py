@@ -104,7 +104,7 @@ def test_train_json_reports_the_new_run(home, demo, capsys, monkeypatch):
 
     monkeypatch.setattr(run_cmds.loader, "device_info", lambda: DeviceInfo("cpu", "CPU", False, None))
     monkeypatch.setattr(run_cmds, "check_run", lambda *a, **k: [])
-    monkeypatch.setattr(run_cmds.launcher, "submit_training", lambda db, pid, cfg, name="": (7, False))
+    monkeypatch.setattr(run_cmds.launcher, "submit_training", lambda db, pid, cfg, name="", setup=None: (7, False))
     assert cli.main(["train", "BC5CDR demo", "--json"]) == 0
     out = capsys.readouterr().out
     assert json.loads(out) == {"run_id": 7, "queued": True, "issues": []}

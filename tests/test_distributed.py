@@ -57,6 +57,97 @@ def test_worker_command_uses_accelerate_launch_for_several_gpus(home):
     assert launcher.run_gpus({"kind": "crf", "config": {}}) == 1
 
 
+def test_the_users_accelerate_config_and_several_machines_reach_accelerate_launch(home, tmp_path):
+    from core.errors import ConfigError
+    from core.training.launch import Launch
+
+    def value(cmd, flag):
+        return cmd[cmd.index(flag) + 1] if flag in cmd else None
+
+    mine = tmp_path / "fsdp.yaml"
+    mine.write_text("distributed_type: FSDP\nnum_machines: 1\nnum_processes: 4\n")
+    cmd = launcher.worker_command(7, setup=Launch(config_file=str(mine)))
+    assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert value(cmd, "--config_file") == str(mine) and "--multi_gpu" not in cmd
+    assert value(cmd, "--num_processes") is None  # the config says how many
+    assert cmd[-3:] == ["-m", "core.jobs.worker", "7"]
+    cmd = launcher.worker_command(7, gpus=2, setup=Launch(config_file=str(mine)))
+    assert value(cmd, "--num_processes") == "2"  # --gpus wins over the config
+    cmd = launcher.worker_command(7, gpus=2, setup=Launch(config_file="default"))
+    assert "--config_file" not in cmd  # accelerate finds ACCELERATE_CONFIG_FILE or its default
+
+    two = Launch(num_machines=2, main_process_ip="10.0.0.1", main_process_port=29500)
+    cmd = launcher.worker_command(7, gpus=4, setup=two)
+    assert value(cmd, "--config_file") == str(run_dir(7) / "accelerate.yaml")
+    assert (value(cmd, "--num_processes"), value(cmd, "--num_machines"),
+            value(cmd, "--machine_rank"), value(cmd, "--main_process_ip"),
+            value(cmd, "--main_process_port")) == ("8", "2", "0", "10.0.0.1", "29500")
+    written = launcher.write_accelerate_config(7, 4, two).read_text()
+    assert "num_machines: 2" in written and "num_processes: 8" in written
+    with pytest.raises(ConfigError, match="Machine rank"):
+        Launch(num_machines=2, machine_rank=2)
+    with pytest.raises(ConfigError, match="Machines must be"):
+        Launch(num_machines=0)
+
+
+def test_nerlab_train_keeps_the_launch_settings_and_join_builds_the_other_machines_command(db):
+    from core.cli.main import build_parser
+    from core.cli.run_cmds import launch_from_args
+    from core.data.runs import create_run
+    from core.errors import NerlabError
+    from core.training import launch as launch_settings
+
+    args = build_parser().parse_args(
+        ["train", "tiny", "--num-machines", "2", "--main-process-ip", "10.0.0.1",
+         "--main-process-port", "29500", "--accelerate-config", "default"])
+    setup = launch_from_args(args)
+    assert (setup.num_machines, setup.main_process_ip, setup.main_process_port,
+            setup.config_file) == (2, "10.0.0.1", 29500, "default")
+    assert launch_from_args(build_parser().parse_args(["train", "tiny"])).plain
+
+    project = tiny_project(db)
+    run_id = create_run(db, project["id"], "train", RunConfig().with_overrides(gpus=2).to_dict())
+    launch_settings.save(run_dir(run_id), setup)
+    assert launch_settings.load(run_dir(run_id)) == setup
+    cmd = launcher.join_command(db, run_id, 1)
+    assert cmd[cmd.index("--machine_rank") + 1] == "1" and cmd[-1] == str(run_id)
+    assert cmd[cmd.index("--num_processes") + 1] == "4"
+    for wrong in (0, 2):
+        with pytest.raises(NerlabError, match="join as machine 1"):
+            launcher.join_command(db, run_id, wrong)
+    alone = create_run(db, project["id"], "train", RunConfig().to_dict())
+    with pytest.raises(NerlabError, match="one machine"):
+        launcher.join_command(db, alone, 1)
+
+
+def test_the_pre_flight_check_says_how_the_run_starts(db, tmp_path):
+    from core.training.launch import Launch
+
+    project = tiny_project(db)
+    cfg = quick_config(gpus=2, batch_size=2, grad_accum=2)
+
+    def starts(setup, level=None):
+        return [i.msg for i in check_run(db, project["id"], cfg, cuda=True, gpu_count=2,
+                                         launch=setup)
+                if i.title == "How the run starts" and (level is None or i.level == level)]
+
+    assert "NERLab's own accelerate config: 2 process(es) on this machine" in starts(Launch())[0]
+    two = starts(Launch(num_machines=2), "error")
+    assert any("main machine's address" in m for m in two) and any("port" in m for m in two)
+    ok = Launch(num_machines=2, main_process_ip="10.0.0.1", main_process_port=29500)
+    assert not starts(ok, "error")
+    assert "2 machines × 2 process(es), 4 in all" in starts(ok)[0]
+    assert any("nerlab join RUN_ID --machine-rank K" in m for m in starts(ok))
+    assert "No accelerate config" in starts(Launch(config_file=str(tmp_path / "none.yaml")),
+                                            "error")[0]
+    fsdp = tmp_path / "fsdp.yaml"
+    fsdp.write_text("distributed_type: FSDP\nnum_processes: 2\n")
+    warned = starts(Launch(config_file=str(fsdp)), "warning")
+    assert warned and "does not apply the config's FSDP settings" in warned[0]
+    alone = check_run(db, project["id"], quick_config(), cuda=False, launch=Launch())
+    assert all(i.title != "How the run starts" for i in alone)  # one plain process: nothing to say
+
+
 def test_gpus_setting_is_validated_and_checked_against_the_machine(db):
     from core.errors import ConfigError
 
@@ -131,10 +222,11 @@ def _adapter(run_id: int) -> dict:
 @pytest.mark.slow
 def test_two_processes_train_the_same_adapter_as_one(db, bundled_model_path):
     """The same run (seed, data, steps) on one process and on two: the step losses and the
-    trained adapter agree to float32 rounding; rank 0 alone writes metrics, predictions and
-    scores, and the log says how the run was split."""
+    trained adapter agree to float32 rounding; rank 0 alone writes metrics and scores, both
+    processes predict and rank 0 stores every sentence once, in the same order as one process;
+    the log says how the run was split."""
     project = tiny_project(db, n_train=12, n_dev=2, n_test=2)
-    settings = dict(max_steps=2, batch_size=2, grad_accum=2, rank=4, eval_limit=1,
+    settings = dict(max_steps=2, batch_size=2, grad_accum=2, rank=4, eval_limit=2,
                     dev_loss_sentences=2)
     one, _ = launcher.submit_training(db, project["id"], quick_config(**settings, gpus=1))
     two, _ = launcher.submit_training(db, project["id"], quick_config(**settings, gpus=2))
@@ -162,7 +254,14 @@ def test_two_processes_train_the_same_adapter_as_one(db, bundled_model_path):
         diff = (w1[name] - w2[name]).norm() / max(float(w1[name].norm()), 1e-12)
         assert diff < 1e-3, (name, float(diff))
     assert any("lora_B" in n and w2[n].abs().max() > 0 for n in w2)  # it did train
-    assert db["predictions"].count_where("run_id = ?", [two]) == 2  # eval_limit 1, dev and test
+    # eval_limit 2, dev and test: each process predicted one sentence of each split's batch
+    assert "each batch shared by 2 processes" in log, log
+
+    def predicted(run_id):
+        return db.execute("SELECT sentence_id FROM predictions WHERE run_id = ? ORDER BY rowid",
+                          [run_id]).fetchall()
+
+    assert len(predicted(two)) == 4 and predicted(two) == predicted(one)
     assert db["evaluations"].count_where("run_id = ?", [two]) >= 2
 
 
@@ -215,16 +314,130 @@ def _wait_for_a_step(db, run_id: int) -> None:
 
 
 def _worker_pids(run_id: int) -> list[int]:
-    """Live processes whose command line runs this run's worker (launcher and ranks)."""
+    """Live processes whose command line runs this run's worker (launcher and ranks) with this
+    test's data directory (other test sessions on the machine have runs with the same ids)."""
+    import os
     from pathlib import Path
 
     tail = f"core.jobs.worker\0{run_id}\0".encode()
+    home = f"\0NERLAB_HOME={os.environ['NERLAB_HOME']}\0".encode()
     pids = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                if tail in (proc / "cmdline").read_bytes() and pid_alive(int(proc.name), launcher.WORKER):
+                if (tail in (proc / "cmdline").read_bytes()
+                        and home in b"\0" + (proc / "environ").read_bytes()
+                        and pid_alive(int(proc.name), launcher.WORKER)):
                     pids.append(int(proc.name))
             except OSError:
                 continue
     return pids
+
+
+# -- prediction shared by the processes ----------------------------------------------------------
+
+
+def test_deal_and_merge_give_back_every_item_once_in_order():
+    from core.prediction.predict import deal, merge
+
+    for n in range(0, 12):
+        for world in (1, 2, 3, 5):
+            items = list(range(n))
+            parts = [deal(items, r, world) for r in range(world)]
+            assert merge(parts) == items
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def _gloo(args: list[str], world: int, tmp_path) -> list:
+    """Run tests/gloo_predict.py in ``world`` processes (1: alone, no process group)."""
+    import json
+    import os
+    import socket
+    import subprocess
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / f"gloo-{world}-{time.monotonic_ns()}.json"
+    script = Path(__file__).with_name("gloo_predict.py")
+    procs = []
+    for rank in range(world):
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        if world > 1:
+            env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([sys.executable, str(script), *args, str(out)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), logs
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow  # no model, but four processes start torch: about half a minute on 2 cores
+def test_sharded_rounds_over_two_processes_return_every_sentence_once_in_order(tmp_path):
+    """Two gloo processes and a stand-in predictor: rank 0 gets every item once, in order (7 items,
+    2 per process per round: the last round is uneven), each process predicted its share only;
+    a stop seen by rank 1 alone ends both at the same round."""
+    rank0, rank1 = _gloo(["rounds", "7", "2"], 2, tmp_path)
+    assert rank0["seen"] == list(range(7)) and rank1["seen"] == []
+    assert rank0["chunks"] == rank1["chunks"] == [[0, 1, 2, 3], [4, 5, 6]]
+    assert rank0["did"] == [0, 2, 4, 6] and rank1["did"] == [1, 3, 5]
+    assert not rank0["stopped"]
+    rank0, rank1 = _gloo(["rounds", "7", "1", "2"], 2, tmp_path)  # rank 1 asks after 2 rounds
+    assert rank0["stopped"] and rank1["stopped"]
+    assert rank0["seen"] == [0, 1, 2, 3] and len(rank0["chunks"]) == len(rank1["chunks"]) == 2
+
+
+@pytest.mark.slow
+def test_two_processes_predict_what_one_predicts(db, bundled_model_path, tmp_path):
+    """The bundled model predicts a project's dev and test sentences in one process and in two:
+    the same rows, stored once each and in the same order (longest sentence first)."""
+    from core.data.runs import create_run
+    from core.prediction import baselines
+
+    project = tiny_project(db, n_train=2, n_dev=3, n_test=2)
+    runs = {}
+    for world in (1, 2):
+        runs[world] = create_run(db, project["id"], "zero-shot", baselines.settings("zero-shot", {}))
+        _gloo(["run", str(runs[world]), "2"], world, tmp_path)
+
+    def stored(run_id):
+        return db.execute("SELECT sentence_id, split, raw_output, spans FROM predictions"
+                          " WHERE run_id = ? ORDER BY rowid", [run_id]).fetchall()
+
+    one, two = stored(runs[1]), stored(runs[2])
+    assert len(one) == 5 and len({r[0] for r in two}) == len(two)
+    assert two == one
+
+
+@pytest.mark.slow
+def test_nerlab_predict_over_two_processes_writes_what_one_process_writes(db, bundled_model_path):
+    """``nerlab predict --gpus 2``: the job's two processes share the sentences and rank 0 writes
+    every one of them once, in the file's order, with the answers one process gives."""
+    import json
+
+    from core.data import io
+    from core.jobs import suggest
+    from core.prediction import baselines, bulk
+
+    project = tiny_project(db, n_train=2, n_dev=1, n_test=1)
+    source = create_run(db, project["id"], "zero-shot", baselines.settings("zero-shot", {}))
+    db.execute("UPDATE runs SET status = 'finished' WHERE id = ?", [source])
+    db.conn.commit()
+    texts = ["Aspirin caused hypotension .", "Naloxone reverses the effect of morphine .",
+             "No side effects .", "Cisplatin nephrotoxicity was seen in two patients .",
+             "Lithium and tremor ."]
+    records = io.parse_bytes("\n".join(texts).encode(), "text")[1]
+    jobs = {}
+    for gpus in (1, 2):
+        jobs[gpus], _ = suggest.submit_predict(db, source, records, "five.txt", batch_size=2,
+                                               gpus=gpus)
+    for job in jobs.values():
+        run = launcher.wait(db, job, timeout_s=900)
+        assert run["status"] == "finished", read_log(job, 200)
+    assert "1 more process(es) under accelerate launch" in read_log(jobs[2], 200)
+    one, two = bulk.output_text(jobs[1]), bulk.output_text(jobs[2])
+    rows = [json.loads(line) for line in two.splitlines() if line.strip()]
+    assert [r["text"] for r in rows] == texts
+    assert two == one

@@ -70,7 +70,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     data, name = _read_input(args.input)
     fmt, records = io.parse_bytes(data, None if args.format == "auto" else args.format, name=name)
     job, started = suggest.submit_predict(db, run["id"], records, name, out=str(out) if out else None,
-                                          out_format=out_format, batch_size=args.batch_size)
+                                          out_format=out_format, batch_size=args.batch_size,
+                                          gpus=args.gpus)
     report = sys.stderr if out is None else sys.stdout
     n = sum(1 for r in records if r.text.strip())
     print(f"Job {job}: {n} sentence(s) of {name} (read as {fmt}) through run {run_title(run)} "
@@ -160,6 +161,8 @@ def register(subparsers) -> None:
     p.add_argument("--out-format", choices=bulk.OUTPUT_FORMATS,
                    help="default: conll for a .conll/.bio/.iob/.tsv file, else jsonl")
     p.add_argument("--batch-size", type=int, help="sentences predicted together")
+    p.add_argument("--gpus", type=int, default=1,
+                   help="processes (one per GPU, accelerate launch) sharing the sentences")
     p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
                    help="follow the job until it ends (default); --no-wait returns at once")
     p.set_defaults(func=cmd_predict)

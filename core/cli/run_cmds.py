@@ -1,4 +1,4 @@
-"""``nerlab train|runs|stop|merge|export-model``: fine-tuning runs without the browser.
+"""``nerlab train|join|runs|stop|merge|export-model``: fine-tuning runs without the browser.
 
 ``nerlab train NAME`` prints the new run's id and returns at once (the run goes on in the
 background); with ``--wait`` it prints progress and its exit code reflects the outcome
@@ -27,6 +27,7 @@ from core.models.gguf_export import OUTTYPES
 from core.models.merging import DTYPES
 from core.training import estimate
 from core.training.checks import check_run
+from core.training.launch import DEFAULT_CONFIG, Launch
 from core.training.runconfig import (
     DEFAULT_PRESET,
     FIELDS,
@@ -105,9 +106,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     project = projects.get_project(db, args.name)
     info = loader.device_info()
     cfg = config_from_args(args, cuda=info.device == "cuda")
+    setup = launch_from_args(args)
     print(f"Preset: {cfg.preset or NO_PRESET}; {cfg.summary()}", file=sys.stderr)
     issues = check_run(db, project["id"], cfg, cuda=info.device == "cuda", bf16_supported=info.bf16,
-                       gpu_count=info.count)
+                       gpu_count=info.count, launch=setup)
     errors = [i for i in issues if i.level == "error"]
     if args.estimate:
         if errors:
@@ -124,7 +126,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if errors and not args.force:
         raise NerlabError(f"{len(errors)} pre-flight check(s) failed (see above); fix them or "
                           "pass --force.")
-    run_id, started = launcher.submit_training(db, project["id"], cfg, name=args.run_name or "")
+    run_id, started = launcher.submit_training(db, project["id"], cfg, name=args.run_name or "",
+                                               setup=setup)
     if getattr(args, "json", False):
         print(json.dumps({"run_id": run_id, "queued": not started,
                           "issues": [{"level": i.level, "title": i.title, "message": i.msg}
@@ -136,6 +139,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.wait:
         return 0
     return wait_and_report(db, run_id)
+
+
+def launch_from_args(args: argparse.Namespace) -> Launch:
+    """How ``nerlab train``'s run starts its processes (``--accelerate-config``, machines)."""
+    return Launch(config_file=args.accelerate_config or "", num_machines=args.num_machines,
+                  main_process_ip=args.main_process_ip or "",
+                  main_process_port=args.main_process_port or 0)
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    """Another machine of a run over several machines: start its processes (in the foreground)."""
+    import subprocess
+
+    db = get_db()
+    command = launcher.join_command(db, args.run_id, args.machine_rank)
+    print(" ".join(command), file=sys.stderr)
+    if args.print:
+        return 0
+    return subprocess.call(command)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -216,8 +238,26 @@ def register(subparsers) -> None:
     p.add_argument("--force", action="store_true", help="start despite failed pre-flight checks")
     p.add_argument("--json", action="store_true",
                    help="print the new run as JSON (run_id, queued, pre-flight issues) instead of its id")
+    p.add_argument("--accelerate-config", metavar="FILE",
+                   help="start the processes with this accelerate config (its machines and "
+                   f"processes; {DEFAULT_CONFIG!r}: the one `accelerate launch` finds itself, "
+                   "ACCELERATE_CONFIG_FILE or the default) instead of NERLab's own")
+    p.add_argument("--num-machines", type=int, default=1,
+                   help="machines the run spans (--gpus processes on each); this one is machine 0, "
+                   "the others join with `nerlab join RUN_ID --machine-rank K`")
+    p.add_argument("--main-process-ip", help="this machine's address, as the others reach it")
+    p.add_argument("--main-process-port", type=int, help="a port the other machines can reach")
     _add_setting_flags(p)
     p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser(
+        "join", help="start this machine's processes of a run over several machines",
+        description="On machine K of a run started with --num-machines N (K = 1..N-1), with the "
+        "same NERLAB_HOME (a shared folder): run its processes until the run ends.")
+    p.add_argument("run_id", type=int)
+    p.add_argument("--machine-rank", type=int, required=True, help="this machine's number, 1..N-1")
+    p.add_argument("--print", action="store_true", help="only print the command")
+    p.set_defaults(func=cmd_join)
 
     p = subparsers.add_parser("runs", help="list a project's runs with status and progress")
     p.add_argument("name", help="project")

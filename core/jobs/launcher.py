@@ -33,6 +33,8 @@ from core.prediction.crf import CRF_FILE, NATIVE_FILE
 from core.prediction.encoder_folder import ENCODER_DIR, tidy_encoder
 from core.procs import file_lock, free_port, pid_alive, spawn
 from core.prompts.plan import run_template
+from core.training import launch as launch_settings
+from core.training.launch import DEFAULT_CONFIG, Launch, needs_accelerate, processes
 from core.training.runconfig import FIELDS, NO_PRESET, PRESETS, RunConfig, get_preset
 
 #: A running worker whose heartbeat is older than this is considered hung.
@@ -67,40 +69,58 @@ def active_run(db: Database) -> dict | None:
     return None
 
 
-def worker_command(run_id: int, gpus: int = 1, port: int | None = None) -> list[str]:
+def worker_command(run_id: int, gpus: int = 1, port: int | None = None,
+                   setup: Launch | None = None) -> list[str]:
     """The argument list that runs a run's worker: ``python -m core.jobs.worker ID``, or for a run on
-    several GPUs the same module under ``accelerate launch`` with one process per GPU (and the
-    run's own accelerate config, see :func:`write_accelerate_config`)."""
+    several GPUs (``gpus`` per machine) or with launch settings (:mod:`core.training.launch`: the
+    user's accelerate config, several machines) the same module under ``accelerate launch``
+    (with the run's own accelerate config, see :func:`write_accelerate_config`, unless the user's
+    is asked for)."""
+    setup = setup or Launch()
     worker = ["-m", WORKER, str(int(run_id))]
-    if gpus <= 1:
+    if not needs_accelerate(gpus, setup):
         return [sys.executable, *worker]
-    return [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(run_dir(run_id) / ACCELERATE_CONFIG), "--multi_gpu",
-        "--num_processes", str(int(gpus)), "--main_process_port", str(port or free_port()), *worker,
-    ]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    user = setup.user_config
+    if user is None:
+        cmd += ["--config_file", str(run_dir(run_id) / ACCELERATE_CONFIG), "--multi_gpu"]
+    elif setup.config_file != DEFAULT_CONFIG:
+        cmd += ["--config_file", str(user)]
+    if user is None or gpus > 1:  # else the user's config says how many
+        cmd += ["--num_processes", str(processes(gpus, setup))]
+    if setup.num_machines > 1:
+        cmd += ["--num_machines", str(setup.num_machines), "--machine_rank",
+                str(setup.machine_rank), "--main_process_ip", setup.main_process_ip]
+    port = setup.main_process_port or port or free_port()
+    return [*cmd, "--main_process_port", str(port), *worker]
 
 
 ACCELERATE_CONFIG = "accelerate.yaml"
 
 
-def write_accelerate_config(run_id: int, gpus: int) -> Path:
-    """The accelerate config a multi-GPU run is launched with, in its folder: one machine, N
-    processes, no mixed precision or compilation from accelerate (the trainer handles bf16).
+def write_accelerate_config(run_id: int, gpus: int, setup: Launch | None = None) -> Path:
+    """The accelerate config a multi-GPU run is launched with, in its folder: ``gpus`` processes
+    per machine, no mixed precision or compilation from accelerate (the trainer handles bf16).
     Without it ``accelerate launch`` would read the user's default config, whose GPU ids, FSDP or
-    DeepSpeed settings do not apply to NERLab's loop; CUDA_VISIBLE_DEVICES picks the GPUs."""
+    DeepSpeed settings do not apply to NERLab's loop; CUDA_VISIBLE_DEVICES picks the GPUs. The
+    user's own config is used instead when the run asks for it (``--accelerate-config``)."""
+    setup = setup or Launch()
     path = run_dir(run_id) / ACCELERATE_CONFIG
     path.write_text(
         f"# Written by NERLab for run {run_id}: how `accelerate launch` starts its processes.\n"
         "compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\n"
-        f"num_machines: 1\nmachine_rank: 0\nnum_processes: {gpus}\ngpu_ids: all\n"
+        f"num_machines: {setup.num_machines}\nmachine_rank: {setup.machine_rank}\n"
+        f"num_processes: {processes(gpus, setup)}\ngpu_ids: all\n"
         "mixed_precision: 'no'\nuse_cpu: false\ndebug: false\ndynamo_config: {}\n"
     )
     return path
 
 
 def run_gpus(run: dict) -> int:
-    """How many processes a run's worker starts (``train.gpus`` of a training run, else 1)."""
+    """How many processes a run's worker starts (``train.gpus`` of a training run, ``gpus`` of a
+    ``nerlab predict`` job, else 1)."""
+    if run.get("kind") == "predict":
+        return max(1, int((run.get("config") or {}).get("gpus") or 1))
     if run.get("kind") != "train":
         return 1
     return max(1, int(((run.get("config") or {}).get("train") or {}).get("gpus") or 1))
@@ -127,9 +147,10 @@ def launch(db: Database, run_id: int) -> bool:
 
 def _spawn(db: Database, run_id: int) -> int:
     gpus = run_gpus(get_run(db, run_id))
-    if gpus > 1:
-        write_accelerate_config(run_id, gpus)
-    pid = spawn(worker_command(run_id, gpus), log_path(run_id))
+    setup = launch_settings.load(run_dir(run_id))
+    if needs_accelerate(gpus, setup) and setup.user_config is None:
+        write_accelerate_config(run_id, gpus, setup)
+    pid = spawn(worker_command(run_id, gpus, setup=setup), log_path(run_id))
     db.execute("UPDATE runs SET pid = ? WHERE id = ?", [pid, run_id])
     db.conn.commit()
     return pid
@@ -337,18 +358,36 @@ def _quote(text: str) -> str:
 
 
 def submit(db: Database, project_id: int, kind: str, settings: dict, name: str = "",
-           base_model: str = "") -> tuple[int, bool]:
+           base_model: str = "", setup: Launch | None = None) -> tuple[int, bool]:
     """Store a run and start it, or queue it behind the active run; a run that prompts a model
-    records the template version it will use now. Returns ``(run_id, started_now)``."""
+    records the template version it will use now; ``launch`` (a training run) says how its
+    processes start. Returns ``(run_id, started_now)``."""
     run_id = create_run(db, project_id, kind, settings, name=name, base_model=base_model)
+    if setup is not None:
+        launch_settings.save(run_dir(run_id), setup)
     if kind == "train" or kind in baselines.PROMPTED:
         run_template(db, get_run(db, run_id))
     return run_id, launch(db, run_id)
 
 
-def submit_training(db: Database, project_id: int, cfg: RunConfig, name: str = "") -> tuple[int, bool]:
-    """:func:`submit` a fine-tuning run with this config."""
-    return submit(db, project_id, "train", cfg.to_dict(), name, cfg.base_model)
+def submit_training(db: Database, project_id: int, cfg: RunConfig, name: str = "",
+                    setup: Launch | None = None) -> tuple[int, bool]:
+    """:func:`submit` a fine-tuning run with this config (and how its processes start)."""
+    return submit(db, project_id, "train", cfg.to_dict(), name, cfg.base_model, setup)
+
+
+def join_command(db: Database, run_id: int, machine_rank: int) -> list[str]:
+    """What another machine of a run over several machines runs to join it (``nerlab join``)."""
+    run = get_run(db, run_id)
+    setup = launch_settings.load(run_dir(run_id))
+    if setup.num_machines < 2:
+        raise NerlabError(f"Run {run_id} runs on one machine; there is nothing to join.")
+    if not 1 <= machine_rank < setup.num_machines:
+        raise NerlabError(f"Run {run_id} spans {setup.num_machines} machines: join as machine 1 "
+                          f"to {setup.num_machines - 1} (machine 0 started it).")
+    if run["status"] in config.FINAL_STATUSES:
+        raise NerlabError(f"Run {run_id} is {run['status']}.")
+    return worker_command(run_id, run_gpus(run), setup=setup.on_machine(machine_rank))
 
 
 def submit_baseline(db: Database, project_id: int, kind: str, settings: dict,

@@ -40,20 +40,24 @@ DEFAULT_ENV = "NERLAB_SUGGEST_DEFAULT"
 
 def submit_predict(db: Database, run_id: int, records: Sequence[SentenceRecord], input_name: str,
                    out: str | None = None, out_format: str = "jsonl",
-                   batch_size: int | None = None) -> tuple[int, bool]:
+                   batch_size: int | None = None, gpus: int = 1) -> tuple[int, bool]:
     """Start (or queue) a job predicting ``records`` (parsed by the importers; not added to the
     project) with run ``run_id``'s model; return ``(job id, started now)``. The output goes to
-    the job's folder and, when given, to ``out`` (written whole at the end, or not at all)."""
+    the job's folder and, when given, to ``out`` (written whole at the end, or not at all).
+    ``gpus`` > 1: an LLM's sentences are shared by that many processes (``accelerate launch``)."""
     source = get_run(db, run_id)
     check_predictable(source)
     if out_format not in bulk.OUTPUT_FORMATS:
         raise NerlabError(f"Output format {out_format!r} is not one of "
                           f"{', '.join(bulk.OUTPUT_FORMATS)}.")
+    if gpus > 1 and source["kind"] == "crf":
+        raise NerlabError("A CRF predicts on the CPU in one process: leave out --gpus.")
     n = sum(1 for r in records if r.text.strip())
     if not n:
         raise NerlabError(f"{input_name} holds no sentences.")
     cfg = {"source_run": source["id"], "source_kind": source["kind"], "input_name": input_name,
-           "sentences": n, "out": out, "out_format": out_format, "batch_size": batch_size}
+           "sentences": n, "out": out, "out_format": out_format, "batch_size": batch_size,
+           "gpus": max(1, int(gpus))}
     job = create_run(db, source["project_id"], bulk.PREDICT, cfg,
                      name=f"predict {input_name} with {run_title(source)}")
     try:

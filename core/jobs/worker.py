@@ -11,8 +11,9 @@ worker at any moment leaves the database intact; :func:`core.jobs.launcher.refre
 
 Under ``accelerate launch`` (a run on several GPUs, see :mod:`core.training.distributed`) one copy runs per
 GPU. Rank 0 is the worker as described above: it claims the run, beats the heartbeat, writes the
-log, the progress and the status. The other ranks only train; if one of them fails it records the
-failure itself (its launcher then ends the others).
+log, the progress and the status. The other ranks train and predict their shares (rank 0 gathers
+and stores the predictions); if one of them fails it records the failure itself (its launcher
+then ends the others).
 """
 
 from __future__ import annotations
@@ -436,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _follow(db: Database, run_id: int, group: Group) -> int:
-    """A rank other than 0 in a multi-GPU run: train its share; on failure record it, since the
+    """A rank other than 0 in a multi-GPU run: train and predict its share; on failure record it, since the
     launcher ends rank 0 (which would otherwise report) together with the others."""
     run = get_run(db, run_id)
     ctx = WorkerContext(db, run, group)

@@ -30,6 +30,7 @@ from core.data.phases import Phase
 from core.data.runs import RunContext, get_run
 from core.data.spans import Example, Span
 from core.errors import DataError, NerlabError
+from core.prediction.predict import sharded_rounds
 from core.prediction.predictors import Prediction, Predictor, load_predictor
 from core.prediction.run_folder import ensure_card, run_title
 
@@ -160,8 +161,12 @@ def _source(ctx: RunContext) -> dict:
 
 def _load(ctx: RunContext, source: dict) -> Predictor:
     """Load the source run's model from its folder (its manifest written first if need be)."""
+    group = getattr(ctx, "group", None)
     with ctx.interruptible():
-        folder = ensure_card(ctx.db, source)
+        # Several processes (``nerlab predict --gpus N``): rank 0 writes the manifest if need be.
+        folder = ensure_card(ctx.db, source) if group is None or group.main else None
+        if group is not None and group.enabled:
+            folder = Path(group.broadcast_object(str(folder)))
         ctx.phase(phases.LOAD)
         ctx.log(f"Loading the model of run {run_title(source)} ({source['kind']}) from {folder}…")
         started = time.perf_counter()
@@ -175,11 +180,30 @@ def predict_in_batches(ctx: RunContext, predictor: Predictor, examples: Sequence
                        ) -> list[Prediction]:
     """Predict examples in the model's batches, longest first (little padding for an LLM),
     reporting progress and checking for a stop between batches; ``each(indices, predictions)``
-    after every batch. Returns the predictions in the examples' order."""
+    after every batch. Returns the predictions in the examples' order.
+
+    In a job over several processes (``ctx.group``) each predicts its share of every batch and
+    rank 0 gathers them (:func:`core.prediction.predict.sharded_rounds`); the others get [].
+    """
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].text), reverse=True)
     out: list[Prediction | None] = [None] * len(examples)
     step = max(1, predictor.batch_size)
     done = 0
+    group = getattr(ctx, "group", None)
+    if group is not None and group.enabled:
+        rounds = sharded_rounds(group, order, step,
+                                lambda mine: predictor.predict([examples[i] for i in mine]),
+                                ctx.should_stop)
+        for idx, preds in rounds:
+            if not group.main:
+                continue
+            for i, p in zip(idx, preds, strict=True):
+                out[i] = p
+            if each is not None:
+                each(idx, preds)
+            done += len(idx)
+            ctx.phase_progress(done, len(examples))
+        return [p for p in out if p is not None]
     with ctx.interruptible():
         for b in range(0, len(order), step):
             ctx.check_stop()
@@ -205,7 +229,15 @@ def run_predict(ctx: RunContext) -> None:
     ctx.phase(predict_phase(len(examples), name))
     started = time.perf_counter()
     preds = predict_in_batches(ctx, predictor, examples)
-    took = time.perf_counter() - started
+    if not getattr(ctx, "group", None) or ctx.group.main:
+        _write_predictions(ctx, source, examples, lines, preds, time.perf_counter() - started)
+
+
+def _write_predictions(ctx: RunContext, source: dict, examples: Sequence[Example],
+                       lines: Sequence[int | None], preds: Sequence[Prediction],
+                       took: float) -> None:
+    """Rank 0 of a ``predict`` job: the log lines and the output, written whole."""
+    cfg = ctx.config
     ctx.log(f"Predicted {len(examples)} sentence(s) in {took:.1f} s "
             f"({len(examples) / max(took, 1e-9):.1f} sentences/s).")
     ctx.check_stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ from core.data.db import now
 from core.data.phases import predict_phase
 from core.data.runs import RunContext
 from core.data.spans import Example
+from core.errors import StopRequested
 from core.prediction.constrain import constraints_for
 from core.prediction.decoding import DEFAULT_BATCH_SIZE, generate_details, token_budget
 from core.prompts.formats import parse_output
@@ -78,6 +79,46 @@ def predict_examples(
     return rows
 
 
+def deal(items: Sequence[Any], rank: int, world: int) -> list[Any]:
+    """Process ``rank``'s share of ``items``: every ``world``-th one from ``rank`` on (sorted by
+    length beforehand, so every process gets sentences of about the same lengths)."""
+    return list(items[rank::world])
+
+
+def merge(parts: Sequence[Sequence[Any]]) -> list[Any]:
+    """Undo :func:`deal`: ``parts[r]`` was process r's share; the items in their first order."""
+    out: list[Any] = []
+    for i in range(max((len(p) for p in parts), default=0)):
+        out += [p[i] for p in parts if i < len(p)]
+    return out
+
+
+def sharded_rounds(group: Any, ordered: Sequence[Any], step: int,
+                   predict: Callable[[list[Any]], list[dict]],
+                   should_stop: Callable[[], bool]) -> Iterator[tuple[list[Any], list[dict]]]:
+    """Predict ``ordered`` over the run's processes, ``step`` sentences per process per round.
+
+    Each round takes the next ``step × world`` sentences, deals them out (:func:`deal`), and
+    gathers every process's rows on rank 0, merged back into the round's order: rank 0 gets
+    ``(chunk, rows)`` with one row per sentence of the chunk, in order; the other processes get
+    ``(chunk, [])``. The processes agree on a stop before each round (StopRequested on all of
+    them). ``group`` is a :class:`core.training.distributed.Group` (None: this process alone).
+    """
+    world = group.world if group is not None and group.enabled else 1
+    rank = group.rank if world > 1 else 0
+    size = max(1, step) * world
+    for start in range(0, len(ordered), size):
+        if (group.any_true(should_stop()) if world > 1 else should_stop()):
+            raise StopRequested()
+        chunk = list(ordered[start : start + size])
+        mine = deal(chunk, rank, world)
+        rows = predict(mine) if mine else []
+        if world > 1:
+            parts = group.gather_object(rows)
+            rows = merge(parts) if parts is not None else []
+        yield chunk, rows
+
+
 @dataclass(frozen=True)
 class PredictSettings:
     """What a run predicts after its model is ready, and how.
@@ -109,8 +150,14 @@ def predict_run(ctx: RunContext, model: Any, tokenizer: Any, plan: PromptPlan,
     its progress and ETA. The sentences go longest first, one batch per call, and every batch is
     stored as soon as it is generated: a stop (checked between batches, or raised inside one by
     the worker) keeps everything stored so far.
+
+    In a run over several processes (``ctx.group``) every process calls this with its copy of
+    the model: each predicts its share of every batch, and rank 0 gathers and stores the rows
+    (:func:`sharded_rounds`); a stop is agreed on between batches.
     """
     db, run = ctx.db, ctx.run
+    group = getattr(ctx, "group", None)
+    main = group is None or group.main
     todo = {}
     for split in settings.splits:
         items = projects.examples(db, run["project_id"], split=split)
@@ -133,13 +180,14 @@ def predict_run(ctx: RunContext, model: Any, tokenizer: Any, plan: PromptPlan,
         ordered = sorted(items, key=lambda e: len(e.text), reverse=True)
         chars_left = sum(len(e.text) for e in ordered)
         chars_done, split_done, failed = 0, 0, 0
-        for c in range(0, len(ordered), step):
-            ctx.check_stop()
-            chunk = ordered[c : c + step]
-            rows = predict_examples(model, tokenizer, plan, chunk, batch_size=settings.batch_size,
+        def predict_chunk(chunk: list[Example]) -> list[dict]:
+            return predict_examples(model, tokenizer, plan, chunk, batch_size=settings.batch_size,
                                     max_new_tokens=settings.max_new_tokens,
                                     constrained=settings.constrained)
-            store_predictions(db, run["id"], split, rows)
+
+        for chunk, rows in sharded_rounds(group, ordered, step, predict_chunk, ctx.should_stop):
+            if main:
+                store_predictions(db, run["id"], split, rows)
             done += len(chunk)
             split_done += len(chunk)
             size = sum(len(e.text) for e in chunk)

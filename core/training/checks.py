@@ -19,6 +19,8 @@ from core.models import loader
 from core.prompts.roundtrip import check_project
 from core.prompts.store import get_template
 from core.training import estimate
+from core.training.launch import Launch
+from core.training.launch import issues as launch_issues
 from core.training.runconfig import RunConfig
 
 #: Training sentences whose answers the pre-flight check round-trips.
@@ -65,13 +67,15 @@ def check_run(
     bf16_supported: bool = True,
     template: Any = None,
     gpu_count: int | None = None,
+    launch: Launch | None = None,
 ) -> list[Issue]:
     """What stands between this config and a good run, before anything is started.
 
     Checks: enough labelled training sentences, a labelled dev split (and test split), entity
     types, the template's round-trip (answer → parse → the same spans) on training sentences,
     CUDA for bf16/QLoRA (or a note of what runs instead), the number of GPUs (``gpu_count``
-    visible; 1 when unknown), the base model's location, free disk.
+    visible; 1 when unknown), how the processes start (``launch``: the user's accelerate config,
+    several machines), the base model's location, free disk.
     """
     issues: list[Issue] = []
     labels = projects.list_labels(db, project_id)
@@ -143,6 +147,7 @@ def check_run(
         issues.append(Issue("warning", "bf16 not supported",
                             "This GPU has no bf16: the run uses float32 (more memory)."))
     issues.extend(_gpu_issues(cfg, cuda, gpu_count if gpu_count is not None else int(cuda)))
+    issues.extend(Issue(*found) for found in launch_issues(cfg.train.gpus, launch or Launch()))
     if not loader.is_bundled(cfg.base_model):
         path = Path(cfg.base_model).expanduser()
         looks_local = path.exists() or cfg.base_model.startswith((".", "/", "~"))

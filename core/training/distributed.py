@@ -107,6 +107,27 @@ class Group:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def any_true(self, flag: bool) -> bool:
+        """True on every process when ``flag`` is true on any of them (an agreed stop)."""
+        if not self.enabled:
+            return bool(flag)
+        return self.sum_floats([1.0 if flag else 0.0], self.device)[0] > 0
+
+    def gather_object(self, value: Any) -> list[Any] | None:
+        """Every process's ``value``, in rank order, on rank 0 (None on the others)."""
+        if not self.enabled:
+            return [value]
+        import torch.distributed as dist
+
+        out: list[Any] | None = [None] * self.world if self.main else None
+        dist.gather_object(value, out, dst=0)
+        return out
+
+    @property
+    def device(self) -> str:
+        """Where this process's collectives live: its GPU under NCCL, else the CPU."""
+        return f"cuda:{self.local_rank}" if self.backend == "nccl" else "cpu"
+
     def close(self) -> None:
         """Leave the process group (after the last collective)."""
         if self.enabled:

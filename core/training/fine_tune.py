@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import replace
 
@@ -49,8 +50,8 @@ def run(ctx: RunContext) -> None:
     training it ends training between steps, the adapter is saved and the run ends "stopped"
     (the worker decides the status); while predicting, the adapter and the predictions stored
     so far are kept. In a multi-process run (``ctx.group``, several GPUs) every process trains
-    its share; rank 0 alone saves, reports, and predicts and scores dev/test once the others have
-    left.
+    its share; rank 0 alone saves and reports; then every process predicts its share of dev/test
+    and rank 0 gathers, stores and scores the predictions.
     """
     db = ctx.db
     group: Group = ctx.group
@@ -131,8 +132,32 @@ def run(ctx: RunContext) -> None:
     result = train_loop(model, tokenizer, train_enc, dev_enc, cfg, info.device, dtype, hooks,
                         group)
     result.truncated, result.skipped = stats.truncated, stats.skipped
-    if not group.main:
+    if group.main:
+        go_on = _save_result(ctx, cfg, result, meta, save)
+    else:
+        go_on = False
+    # Rank 0 decides whether the run predicts (not after a stop); all processes then share it.
+    if not group.broadcast_object(go_on):
         return
+    # One process: a stop ends the prediction at once. Several: at the next batch, all together.
+    with ctx.interruptible() if not group.enabled else contextlib.nullcontext():
+        model.eval()
+        model.config.use_cache = True
+        if cfg.train.gradient_checkpointing:
+            model.gradient_checkpointing_disable()
+        tokenizer.padding_side = "left"
+        ctx.log("Predicting the dev and test splits with the trained adapter"
+                + (f", each batch shared by {group.world} processes." if group.enabled else "."))
+        predict.predict_run(ctx, model, tokenizer, plan, PredictSettings(
+            limit=cfg.train.eval_limit or None, progress_rows=False,
+            constrained=cfg.train.constrained))
+        if group.main:
+            baselines.score_run(ctx)
+
+
+def _save_result(ctx: RunContext, cfg: RunConfig, result, meta: dict, save) -> bool:
+    """Rank 0 after training: the last adapter and ``result.json``; True when the run goes on
+    to predict and score dev/test."""
     meta["result"] = {
         "steps": result.steps, "total_steps": result.total_steps, "epochs": result.epochs_done,
         "train_loss": result.train_loss, "dev_losses": result.dev_losses,
@@ -149,19 +174,8 @@ def run(ctx: RunContext) -> None:
         ctx.log("Stopped before the first training step ended: no adapter to save.")
     (ctx.run_dir / "result.json").write_text(json.dumps(meta["result"], indent=2))
     if result.stopped or ctx.should_stop():
-        return
+        return False
     if not cfg.train.eval_after:
         ctx.log("Evaluation after training is off.")
-        return
-    with ctx.interruptible():
-        model.eval()
-        model.config.use_cache = True
-        if cfg.train.gradient_checkpointing:
-            model.gradient_checkpointing_disable()
-        tokenizer.padding_side = "left"
-        ctx.log("Predicting the dev and test splits with the trained adapter.")
-        predict.predict_run(ctx, model, tokenizer, plan, PredictSettings(
-            limit=cfg.train.eval_limit or None, progress_rows=False,
-            constrained=cfg.train.constrained))
-        baselines.score_run(ctx)
-
+        return False
+    return True
