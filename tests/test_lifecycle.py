@@ -388,3 +388,13 @@ def test_the_evaluate_page_shows_an_active_baselines_phase(db, demo, tmp_path):
                    for t in texts), texts
     finally:
         fake.end()
+
+
+def test_a_phase_of_one_unit_is_said_in_the_singular():
+    from core.data.phases import amount, describe
+
+    assert amount(1, "sentences") == "1 sentence" and amount(2, "sentences") == "2 sentences"
+    assert amount(1, "steps") == "1 step" and amount(1, "%") == "1 %" and amount(3, "") == "3"
+    row = {"title": "Predict one.txt", "total": 1, "done": 0, "unit": "sentences",
+           "status": "pending"}
+    assert describe(row) == "Predict one.txt · 1 sentence"

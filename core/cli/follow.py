@@ -72,7 +72,7 @@ class Follower:
             tag = f"[{i}/{n}]"
             if status == "running":
                 if before is None:
-                    size = (f" ({row['total']} {row['unit']})" if row.get("total")
+                    size = (f" ({phases.amount(row['total'], row['unit'])})" if row.get("total")
                             and row.get("unit") not in ("", "%") else "")
                     self._say(f"{tag} {row['title']}{size}…")
                     self._mark(key, status, row)

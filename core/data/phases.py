@@ -169,6 +169,15 @@ def _with_times(row: dict) -> dict:
     return row
 
 
+def amount(n: int, unit: str) -> str:
+    """``n`` and its unit, singular for one: ``1 sentence``, ``60 sentences``, ``40 %``."""
+    if not unit:
+        return str(n)
+    if n == 1 and unit.endswith("s") and unit[:-1].isalpha() and unit.islower():
+        unit = unit[:-1]
+    return f"{n} {unit}"
+
+
 def describe(row: dict, duration=None) -> str:
     """``Predict dev · 30 / 60 sentences · ETA 1 min 05 s`` (for the CLI, the page, the table).
 
@@ -178,7 +187,7 @@ def describe(row: dict, duration=None) -> str:
     unit = row.get("unit") or ""
     if row.get("total") and row["status"] in ("pending", "skipped"):
         if unit != "%":  # its size only: nothing is done yet
-            parts.append(f"{row['total']}" + (f" {unit}" if unit else ""))
+            parts.append(amount(row["total"], unit))
     elif row.get("total"):
         if unit == "%":
             parts.append(f"{int(100 * row['done'] / row['total'])}%")
