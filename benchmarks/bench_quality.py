@@ -58,8 +58,8 @@ def _row(metrics: dict) -> dict:
 
 def stored(db, run: dict) -> dict:
     """The scores the run stored (its own predictions of dev and test)."""
-    return {split: _row(metrics_for(db, run["id"], split)) for split in SPLITS
-            if metrics_for(db, run["id"], split)}
+    found = {split: metrics_for(db, run["id"], split) for split in SPLITS}
+    return {split: _row(m) for split, m in found.items() if m}
 
 
 def llm(db, pid: int, run: dict, limit: int) -> dict:

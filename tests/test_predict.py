@@ -31,6 +31,22 @@ def nerlab(home: Path, *args: str, stdin: str | None = None) -> subprocess.Compl
     return subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300, input=stdin)
 
+def api_in_fresh_process(folder: Path, src: Path, empty_home: Path, timeout: int = 120) -> list:
+    """The spans ``load(folder).predict`` gives for each line of ``src``, in a new Python
+    process whose NERLAB_HOME is empty; asserts that it needed no database."""
+    code = ("import json, sys\nfrom core.prediction.api import load\n"
+            f"m = load({str(folder)!r})\n"
+            "texts = [l.strip() for l in open(sys.argv[1], encoding='utf-8') if l.strip()]\n"
+            "print(json.dumps([[{k: s[k] for k in ('start', 'end', 'label')} for s in spans]"
+            " for spans in m.predict(texts)]))\n")
+    r = subprocess.run([sys.executable, "-c", code, str(src)], cwd=ROOT,
+                       env={**os.environ, "NERLAB_HOME": str(empty_home)}, capture_output=True,
+                       text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr
+    assert not (empty_home / "nerlab.db").exists()  # no database was needed
+    return json.loads(r.stdout)
+
+
 
 @pytest.fixture
 def crf_run(db, demo):
@@ -130,18 +146,7 @@ def test_the_api_loads_a_copied_folder_in_a_fresh_process(crf_run, home, tmp_pat
            for line in out.read_text(encoding="utf-8").splitlines()]
     copy = tmp_path / "elsewhere" / "my-crf"
     shutil.copytree(home / "runs" / str(crf_run["id"]), copy)
-    empty = tmp_path / "no-data-here"
-    code = ("import json, sys\nfrom core.prediction.api import load\n"
-            f"m = load({str(copy)!r})\n"
-            "texts = [l.strip() for l in open(sys.argv[1], encoding='utf-8') if l.strip()]\n"
-            "print(json.dumps([[{k: s[k] for k in ('start', 'end', 'label')} for s in spans]"
-            " for spans in m.predict(texts)]))\n")
-    env = {**os.environ, "NERLAB_HOME": str(empty)}
-    r = subprocess.run([sys.executable, "-c", code, str(src)], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout) == cli
-    assert not (empty / "nerlab.db").exists()  # no database was needed
+    assert api_in_fresh_process(copy, src, tmp_path / "no-data-here") == cli
     # In this process: a single text, offsets, text and confidences.
     model = load(copy)
     assert model.kind == "crf" and [lab["name"] for lab in model.labels] == ["Chemical", "Disease"]

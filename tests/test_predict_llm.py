@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_predict import api_in_fresh_process
 from test_train import quick_config, tiny_project
 
 from core.data import io
@@ -63,15 +64,5 @@ def test_a_fine_tuned_run_predicts_a_file_and_its_copied_folder_gives_the_same_s
 
     copy = tmp_path / "elsewhere" / "tiny-llm"
     shutil.copytree(home / "runs" / str(run_id), copy)
-    empty = tmp_path / "no-data-here"
-    code = ("import json, sys\nfrom core.prediction.api import load\n"
-            f"m = load({str(copy)!r})\n"
-            "texts = [l.strip() for l in open(sys.argv[1], encoding='utf-8') if l.strip()]\n"
-            "print(json.dumps([[{k: s[k] for k in ('start', 'end', 'label')} for s in spans]"
-            " for spans in m.predict(texts)]))\n")
-    r = subprocess.run([sys.executable, "-c", code, str(src)], cwd=ROOT,
-                       env={**os.environ, "NERLAB_HOME": str(empty)}, capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
-    assert _spans(json.loads(r.stdout)) == _spans([row["spans"] for row in rows])
-    assert not (empty / "nerlab.db").exists()
+    found = api_in_fresh_process(copy, src, tmp_path / "no-data-here", timeout=600)
+    assert _spans(found) == _spans([row["spans"] for row in rows])

@@ -167,15 +167,14 @@ def check_run(
 def _estimate(db: Database, project_id: int, cfg: RunConfig) -> Issue:
     """The run's wall time on this machine from a timed step, or how to measure it."""
     command = f"nerlab train {shlex.quote(projects.get_project(db, project_id)['name'])} --estimate"
-    m = estimate.stored(db, project_id, cfg)
+    m, busy, why = estimate.status(db, project_id, cfg)
     if m is not None:
         wall = estimate.wall_time(db, project_id, cfg, m)
         return Issue("info", "Estimated time", f"{wall.describe()} (timed {m.measured_at}: "
                      f"{m.tokens_per_s:.0f} tokens/s, {m.step_s:.1f} s a step).", command=command)
-    if estimate.measuring(db, project_id, cfg):
+    if busy:
         return Issue("info", "Estimated time", "Timing one step of this run on this machine…",
                      action=MEASURING)
-    why = estimate.failure(db, project_id, cfg)
     return Issue("info", "Estimated time", (f"Timing a step failed: {why}. " if why else "")
                  + "Not measured for these settings on this machine yet: timing one step takes "
                  "about a minute.", command=command, action=MEASURE)

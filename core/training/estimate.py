@@ -107,13 +107,25 @@ def _folder() -> Path:
 
 def stored(db: Database, project_id: int, cfg: RunConfig) -> Measurement | None:
     """The measurement for these data and settings on this machine, if one was taken."""
-    path = _folder() / f"{key(db, project_id, cfg)}.json"
+    return _stored(key(db, project_id, cfg))
+
+
+def _stored(k: str) -> Measurement | None:
+    path = _folder() / f"{k}.json"
     if not path.is_file():
         return None
     try:
         return Measurement(**json.loads(path.read_text()))
     except (ValueError, TypeError):
         return None
+
+
+def status(db: Database, project_id: int, cfg: RunConfig
+           ) -> tuple[Measurement | None, bool, str | None]:
+    """What the pre-flight check shows, from one look at the data: the stored measurement,
+    whether one is being taken now, and why the last attempt failed (if it did)."""
+    k = key(db, project_id, cfg)
+    return _stored(k), _measuring(k), _failure(k)
 
 
 def wall_time(db: Database, project_id: int, cfg: RunConfig, m: Measurement) -> WallTime:
@@ -189,25 +201,30 @@ def measure(db: Database, project_id: int, cfg: RunConfig, log=print) -> Measure
     return m
 
 
-def _pid_file(db: Database, project_id: int, cfg: RunConfig) -> Path:
-    return _folder() / f"{key(db, project_id, cfg)}.pid"
+def _pid_file(k: str) -> Path:
+    return _folder() / f"{k}.pid"
 
 
 def measuring(db: Database, project_id: int, cfg: RunConfig) -> bool:
     """Whether a measurement of these data and settings is being taken now."""
-    path = _pid_file(db, project_id, cfg)
+    return _measuring(key(db, project_id, cfg))
+
+
+def _measuring(k: str) -> bool:
+    path = _pid_file(k)
     return path.is_file() and pid_alive(int(path.read_text() or 0), MEASURER)
 
 
 def start(db: Database, project_id: int, cfg: RunConfig) -> int:
     """Take the measurement in a process of its own (about a minute); return its pid."""
-    if measuring(db, project_id, cfg):
-        return int(_pid_file(db, project_id, cfg).read_text())
+    k = key(db, project_id, cfg)
+    if _measuring(k):
+        return int(_pid_file(k).read_text())
     folder = _folder()
-    request = folder / f"{key(db, project_id, cfg)}.request.json"
+    request = folder / f"{k}.request.json"
     request.write_text(json.dumps(cfg.to_dict()))
     pid = spawn(["-m", MEASURER, str(project_id), str(request)], folder / "measure.log")
-    _pid_file(db, project_id, cfg).write_text(str(pid))
+    _pid_file(k).write_text(str(pid))
     return pid
 
 
@@ -231,9 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def failure(db: Database, project_id: int, cfg: RunConfig) -> str | None:
-    """Why the last attempt to time these settings failed, if it did."""
-    path = _folder() / f"{key(db, project_id, cfg)}.error"
+def _failure(k: str) -> str | None:
+    """Why the last attempt to time the settings of key ``k`` failed, if it did."""
+    path = _folder() / f"{k}.error"
     return path.read_text() if path.is_file() else None
 
 

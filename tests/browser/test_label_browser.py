@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 from core.data import projects
 from core.data.db import get_db
@@ -35,20 +35,10 @@ def _unlabelled_ids(home: Path) -> list[int]:
     return [r[0] for r in rows]
 
 
-def _wait_for(check: Callable[[], object], timeout: float = 60.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _open(page, base: str, sentence_id: int) -> None:
     page.goto(f"{base}/Label?sentence={sentence_id}", wait_until="domcontentloaded")
     page.wait_for_selector(f"{WIDGET} .nl-tok", timeout=60_000)
-    _wait_for(lambda: page.locator(".nl-root").get_attribute("data-sentence") == str(sentence_id),
+    wait_for(lambda: page.locator(".nl-root").get_attribute("data-sentence") == str(sentence_id),
               what=f"sentence {sentence_id} in the widget")
 
 
@@ -82,13 +72,13 @@ def test_mouse_select_hotkey_reload_and_database(browser_page, app_server, app_h
     assert page.locator(f"{WIDGET} .nl-tok.sel").all_inner_texts() == [word]
     page.keyboard.press("1")  # Chemical's hotkey
     mark = page.locator(f"{WIDGET} mark.nl-span")
-    _wait_for(lambda: mark.count() == 1, what="the span to be drawn")
+    wait_for(lambda: mark.count() == 1, what="the span to be drawn")
     assert mark.first.get_attribute("data-label") == "Chemical"
     assert mark.first.inner_text().startswith(word)
 
     db = _db(app_home)
     text = projects.get_sentence(db, sid)["text"]
-    spans = _wait_for(lambda: projects.sentence_spans(_db(app_home), sid), what="the span in SQLite")
+    spans = wait_for(lambda: projects.sentence_spans(_db(app_home), sid), what="the span in SQLite")
     assert len(spans) == 1 and spans[0].label == "Chemical"
     assert text[spans[0].start:spans[0].end] == word
     assert projects.get_sentence(_db(app_home), sid)["annotator"] == "mouse-tester"
@@ -101,14 +91,14 @@ def test_mouse_select_hotkey_reload_and_database(browser_page, app_server, app_h
     # Click the span: change its type in the menu, then remove it.
     page.locator(f"{WIDGET} mark.nl-span").first.click()
     page.locator(".nl-menu button[data-label=Disease]").click()
-    _wait_for(lambda: [s.label for s in projects.sentence_spans(_db(app_home), sid)] == ["Disease"],
+    wait_for(lambda: [s.label for s in projects.sentence_spans(_db(app_home), sid)] == ["Disease"],
               what="the type change in SQLite")
     page.locator(f"{WIDGET} mark.nl-span").first.click()
     page.locator(".nl-menu button[data-action=remove]").click()
-    _wait_for(lambda: projects.sentence_spans(_db(app_home), sid) == [], what="the removal in SQLite")
+    wait_for(lambda: projects.sentence_spans(_db(app_home), sid) == [], what="the removal in SQLite")
     # Undo (Ctrl+Z) brings it back.
     page.keyboard.press("Control+z")
-    _wait_for(lambda: [s.label for s in projects.sentence_spans(_db(app_home), sid)] == ["Disease"],
+    wait_for(lambda: [s.label for s in projects.sentence_spans(_db(app_home), sid)] == ["Disease"],
               what="the undo in SQLite")
 
 
@@ -123,7 +113,7 @@ def test_keyboard_alone_labels_three_sentences(browser_page, app_server, app_hom
         page.keyboard.press("Shift+ArrowRight")  # ... and the second
         page.keyboard.press("2")  # Disease
         page.keyboard.press("Enter")  # done: save and open the next sentence
-    _wait_for(lambda: page.locator(".nl-root").get_attribute("data-sentence") not in {str(i) for i in ids},
+    wait_for(lambda: page.locator(".nl-root").get_attribute("data-sentence") not in {str(i) for i in ids},
               what="the fourth sentence")
     db = _db(app_home)
     for sid in ids:
@@ -144,7 +134,7 @@ def test_keyboard_changes_type_resizes_removes_and_undoes(browser_page, app_serv
         return projects.sentence_spans(_db(app_home), sid)
 
     def expect(spans: list[Span], what: str) -> None:
-        _wait_for(lambda: saved() == spans, what=what)
+        wait_for(lambda: saved() == spans, what=what)
 
     for key in ("ArrowRight", "Shift+ArrowRight", "1"):
         page.keyboard.press(key)
@@ -173,10 +163,10 @@ def test_the_span_menu_stays_open_when_the_server_redraws_the_sentence(browser_p
     page.keyboard.press("ArrowRight")
     page.keyboard.press("1")
     first = [Span(toks[0][0], toks[0][1], "Chemical")]
-    _wait_for(lambda: projects.sentence_spans(_db(app_home), sid) == first, what="the span in SQLite")
+    wait_for(lambda: projects.sentence_spans(_db(app_home), sid) == first, what="the span in SQLite")
     page.locator(f"{WIDGET} mark.nl-span").first.click()
     menu = page.locator(".nl-menu")
-    _wait_for(menu.is_visible, what="the span's menu")
+    wait_for(menu.is_visible, what="the span's menu")
     # Another tab (of the annotator this tab is about to be named) adds a span to the same
     # sentence; this tab's next script run draws it.
     db = _db(app_home)
@@ -184,11 +174,11 @@ def test_the_span_menu_stays_open_when_the_server_redraws_the_sentence(browser_p
                              "menu-tester", expected_version=0, status="unlabelled")
     page.get_by_label("Your name", exact=True).fill("menu-tester")
     page.get_by_label("Your name", exact=True).press("Enter")
-    _wait_for(lambda: page.locator(f"{WIDGET} mark.nl-span").count() == 2, what="the redraw")
+    wait_for(lambda: page.locator(f"{WIDGET} mark.nl-span").count() == 2, what="the redraw")
     assert menu.is_visible()
     assert page.locator(f"{WIDGET} mark.nl-span.picked").count() == 1
     page.locator(".nl-menu button[data-label=Disease]").click()
-    _wait_for(lambda: [s.label for s in projects.sentence_spans(_db(app_home), sid)] == ["Disease", "Disease"],
+    wait_for(lambda: [s.label for s in projects.sentence_spans(_db(app_home), sid)] == ["Disease", "Disease"],
               what="the type change in SQLite")
 
 
@@ -208,7 +198,7 @@ def test_offsets_after_an_emoji_are_python_offsets(browser_page, app_server, app
         page.keyboard.press("ArrowRight")
     page.keyboard.press("1")
     start = text.index("Aspirin")
-    _wait_for(lambda: projects.sentence_spans(_db(app_home), sid) == [Span(start, start + 7, "Chemical")],
+    wait_for(lambda: projects.sentence_spans(_db(app_home), sid) == [Span(start, start + 7, "Chemical")],
               what="the span at Python offsets")
     page.reload(wait_until="domcontentloaded")
     page.wait_for_selector(f"{WIDGET} mark.nl-span", timeout=60_000)
@@ -224,7 +214,7 @@ def test_two_tabs_do_not_overwrite_each_other(browser_page, app_server, app_home
         _open(page_b, app_server, sid)
         page_a.keyboard.press("ArrowRight")
         page_a.keyboard.press("1")
-        _wait_for(lambda: projects.sentence_spans(_db(app_home), sid), what="tab A's save")
+        wait_for(lambda: projects.sentence_spans(_db(app_home), sid), what="tab A's save")
         saved = projects.sentence_spans(_db(app_home), sid)
         # Tab B still shows the old version and labels another word: refused, with a message,
         # and tab B then shows tab A's version.
@@ -234,7 +224,7 @@ def test_two_tabs_do_not_overwrite_each_other(browser_page, app_server, app_home
         page_b.get_by_text("Not saved: sentence").wait_for(timeout=60_000)
         assert projects.sentence_spans(_db(app_home), sid) == saved
         marks = page_b.locator(f"{WIDGET} mark.nl-span")
-        _wait_for(lambda: [m.get_attribute("data-label") for m in marks.all()] == ["Chemical"],
+        wait_for(lambda: [m.get_attribute("data-label") for m in marks.all()] == ["Chemical"],
                   what="tab A's version in tab B")
     finally:
         page_b.context.close()
@@ -281,11 +271,11 @@ def test_after_a_search_the_hotkeys_label_again(browser_page, app_server, app_ho
     box = page.get_by_label("Search text")
     box.fill(word)
     box.press("Enter")
-    _wait_for(lambda: page.locator(".nl-root").get_attribute("data-sentence") is not None
+    wait_for(lambda: page.locator(".nl-root").get_attribute("data-sentence") is not None
               and word in page.locator(WIDGET).inner_text(), what="the searched sentence")
     time.sleep(1.0)
     shown = int(page.locator(".nl-root").get_attribute("data-sentence"))
     for key in ("ArrowRight", "2"):
         page.keyboard.press(key)
     assert box.input_value() == word  # nothing typed into the box
-    _wait_for(lambda: projects.sentence_spans(_db(app_home), shown), what="a span from the hotkey")
+    wait_for(lambda: projects.sentence_spans(_db(app_home), shown), what="a span from the hotkey")

@@ -8,10 +8,10 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 from core.data import projects
 from core.data.db import get_db
@@ -21,16 +21,6 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[2]
 WIDGET = ".nl-text"
 DEMO = "BC5CDR demo"
-
-
-def _wait_for(check: Callable[[], object], timeout: float = 60.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _nerlab(home: Path, *args: str) -> str:
@@ -75,7 +65,7 @@ def test_suggestions_are_drawn_dashed_and_enter_keeps_them_without_the_removed_o
     page.get_by_label("Your name", exact=True).press("Enter")
     time.sleep(1.0)  # the sidebar input's rerun
     marks = page.locator(f"{WIDGET} mark.nl-span.suggested")
-    _wait_for(lambda: marks.count() == len(suggested["spans"]), what="the dashed suggestions")
+    wait_for(lambda: marks.count() == len(suggested["spans"]), what="the dashed suggestions")
     assert page.locator(".nl-root").get_attribute("data-sentence") == str(sid)
     assert "dashed" in (marks.first.evaluate("m => getComputedStyle(m).borderStyle") or "")
     db = get_db(app_home / "nerlab.db")
@@ -86,9 +76,9 @@ def test_suggestions_are_drawn_dashed_and_enter_keeps_them_without_the_removed_o
     removed = (int(first.get_attribute("data-start")), first.get_attribute("data-label"))
     first.click()
     page.locator(".nl-menu button[data-action=remove]").click()
-    _wait_for(lambda: marks.count() == len(suggested["spans"]) - 1, what="the removal")
+    wait_for(lambda: marks.count() == len(suggested["spans"]) - 1, what="the removal")
     page.keyboard.press("Enter")
-    row = _wait_for(lambda: (r := projects.get_sentence(get_db(app_home / "nerlab.db"), sid))
+    row = wait_for(lambda: (r := projects.get_sentence(get_db(app_home / "nerlab.db"), sid))
                     and r["status"] == "labelled" and r, what="the accepted sentence in SQLite")
     assert row["annotator"] == "suggest-tester"
     stored = projects.sentence_spans(get_db(app_home / "nerlab.db"), sid)

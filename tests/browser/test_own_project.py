@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 from core.data import projects
 from core.data.db import get_db
@@ -19,16 +19,6 @@ from core.data.db import get_db
 pytestmark = pytest.mark.browser
 
 PAGES = ("Data", "Label", "Template", "Train", "Evaluate", "Compare", "Home")
-
-
-def _wait_for(check: Callable[[], object], timeout: float = 60.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _sidebar_project(page) -> str:
@@ -40,7 +30,7 @@ def _sidebar_name(page) -> str:
 
 
 def _expect_open(page, project: str, name: str, where: str) -> None:
-    _wait_for(lambda: project in _sidebar_project(page), what=f"{project} open on {where}")
+    wait_for(lambda: project in _sidebar_project(page), what=f"{project} open on {where}")
     assert _sidebar_name(page) == name, where
 
 
@@ -54,7 +44,7 @@ def test_own_project_holds_on_every_page_and_labels_carry_the_name(browser_page,
     page.get_by_label("Entity types (comma-separated)").fill("PARTY, DATE")
     page.get_by_role("button", name="Create project").click()
     page.get_by_role("heading", name=project).wait_for(timeout=60_000)
-    _wait_for(lambda: project in _sidebar_project(page), what="the new project in the sidebar")
+    wait_for(lambda: project in _sidebar_project(page), what="the new project in the sidebar")
     page.get_by_label("Your name", exact=True).fill("alice")
     page.get_by_label("Your name", exact=True).press("Enter")
     time.sleep(1.0)  # the sidebar input's rerun
@@ -104,7 +94,7 @@ def test_own_project_holds_on_every_page_and_labels_carry_the_name(browser_page,
             " WHERE s.text LIKE 'Acme Corporation signed%'").fetchone()
         return row if row and projects.sentence_spans(db, row[0]) else None
 
-    sid, in_project, annotator = _wait_for(saved, what="the span in SQLite")
+    sid, in_project, annotator = wait_for(saved, what="the span in SQLite")
     db = get_db(db_file)
     spans = projects.sentence_spans(db, sid)
     text = projects.get_sentence(db, sid)["text"]

@@ -5,10 +5,10 @@ browsers, both annotations kept, then reviewed into gold."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 from core.data import annotations, projects, users
 from core.data.db import get_db
@@ -36,16 +36,6 @@ def app_home(tmp_path_factory) -> Path:
 
 def _db(home: Path):
     return get_db(home / "nerlab.db")
-
-
-def _wait_for(check: Callable[[], object], timeout: float = 60.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _unlabelled(home: Path) -> list[dict]:
@@ -100,7 +90,7 @@ def test_signed_out_browser_sees_only_the_sign_in_form(browser_page, app_server,
     page.get_by_text("Signed in as").wait_for()
     page.locator('[data-testid="stMetric"]').first.wait_for()  # the home page's figures
     # The session cookie keeps a reload signed in ...
-    _wait_for(lambda: any(c["name"] == "nerlab_session" for c in page.context.cookies()),
+    wait_for(lambda: any(c["name"] == "nerlab_session" for c in page.context.cookies()),
               what="the session cookie")
     page.reload(wait_until="domcontentloaded")
     page.get_by_text("Signed in as").wait_for()
@@ -118,7 +108,7 @@ def test_signed_out_browser_sees_only_the_sign_in_form(browser_page, app_server,
 def _label(page, base: str, sid: int, keys: list[str]) -> None:
     page.goto(f"{base}/Label?sentence={sid}", wait_until="domcontentloaded")
     page.wait_for_selector(f"{WIDGET} .nl-tok", timeout=60_000)
-    _wait_for(lambda: page.locator(".nl-root").get_attribute("data-sentence") == str(sid),
+    wait_for(lambda: page.locator(".nl-root").get_attribute("data-sentence") == str(sid),
               what=f"sentence {sid} in the widget")
     for key in keys:
         page.keyboard.press(key)
@@ -137,7 +127,7 @@ def test_two_annotators_in_two_browsers_keep_both_annotations(_browser, app_serv
         # Both open the same sentence; each marks something else and accepts it.
         _label(alice, app_server, sid, ["ArrowRight", "1"])
         _label(bob, app_server, sid, ["ArrowRight", "ArrowRight", "2"])
-        _wait_for(lambda: len(annotations.of_sentence(_db(app_home), sid)) == 2,
+        wait_for(lambda: len(annotations.of_sentence(_db(app_home), sid)) == 2,
                   what="both annotations in SQLite")
 
         def accepted(who: str) -> bool:
@@ -145,9 +135,9 @@ def test_two_annotators_in_two_browsers_keep_both_annotations(_browser, app_serv
             return bool(mine and mine["status"] == "labelled")
 
         alice.keyboard.press("Enter")
-        _wait_for(lambda: accepted("alice"), what="Alice's accept")
+        wait_for(lambda: accepted("alice"), what="Alice's accept")
         bob.keyboard.press("Enter")
-        _wait_for(lambda: accepted("bob"), what="Bob's accept")
+        wait_for(lambda: accepted("bob"), what="Bob's accept")
         found = {a["annotator"]: a["spans"] for a in annotations.of_sentence(_db(app_home), sid)}
         assert found == {"alice": [Span(*toks[0], "Chemical")], "bob": [Span(*toks[1], "Disease")]}
         row = projects.get_sentence(_db(app_home), sid)
@@ -157,9 +147,9 @@ def test_two_annotators_in_two_browsers_keep_both_annotations(_browser, app_serv
         assert bob.get_by_role("link", name="Review").count() == 0
         alice.goto(f"{app_server}/Review", wait_until="domcontentloaded")
         accept = alice.get_by_role("button", name="Accept this version")
-        _wait_for(lambda: accept.count() == 2, what="two versions side by side")
+        wait_for(lambda: accept.count() == 2, what="two versions side by side")
         accept.nth(1).click()  # oldest save first: Alice's, then Bob's
-        _wait_for(lambda: projects.get_sentence(_db(app_home), sid)["gold_source"] == "review",
+        wait_for(lambda: projects.get_sentence(_db(app_home), sid)["gold_source"] == "review",
                   what="the review in SQLite")
         row = projects.get_sentence(_db(app_home), sid)
         assert (row["status"], row["reviewed_by"]) == ("labelled", "alice")
