@@ -101,16 +101,17 @@ def test_loraplus_groups_carry_lr_times_ratio_and_weight_decay(bundled_model_pat
 
 
 @pytest.mark.slow
-def test_answer_only_loss_equals_the_full_logits_loss(db, tiny):
+def test_answer_only_loss_equals_the_full_logits_loss(db, tiny, monkeypatch):
     """The loop's loss (logits only at answer positions, length-sorted micro-batches, the shared
-    prompt prefix computed once) is the per-token mean that Hugging Face's loss gives with prompt
-    labels masked, and the shared prefix leaves the gradients unchanged."""
+    prompt prefix computed once, the sentences packed into one row without padding) is the
+    per-token mean that Hugging Face's loss gives with prompt labels masked, and its gradients
+    are those of Hugging Face's loss: packing and the shared prefix change nothing but rounding."""
     import torch
 
     from core.training.batches import encode_examples, shared_prefix
-    from core.training.loop import answer_loss_sum, build_model
+    from core.training.loop import answer_loss_sum, build_model, packs
 
-    cfg = quick_config(dropout=0.0, rank=4)
+    cfg = quick_config(dropout=0.0, rank=4, precision="fp32")
     model, tok, _ = build_model(cfg, "cpu", log=lambda m: None)
     with torch.no_grad():  # LoRA B starts at zero: move it so the adapter matters
         for name, p in model.named_parameters():
@@ -121,37 +122,47 @@ def test_answer_only_loss_equals_the_full_logits_loss(db, tiny):
     data, stats = encode_examples(tok, tpl, projects.examples(db, tiny["id"], "train")[:3],
                                   labels, 256)
     assert stats.encoded == 3 and all(e.n_answer > 1 for e in data)
+    assert len({len(e.ids) for e in data}) > 1  # padding would be needed
     prefix = shared_prefix(data)
     assert 16 <= prefix < min(e.n_prompt for e in data)
+    n_answer = sum(e.n_answer for e in data)
 
-    def loss_and_grads(prefix_len: int):
+    def loss_and_grads(prefix_len: int, pack: bool):
+        monkeypatch.setenv("NERLAB_PACK", "1" if pack else "0")
+        assert packs(model) == pack
         model.zero_grad()
         total, count = 0.0, 0
-        for chunk in micro_batches(data, token_budget=600, prefix=prefix_len):
+        for chunk in micro_batches(data, token_budget=600, prefix=prefix_len, packed=pack):
             loss, n = answer_loss_sum(model, chunk, tok.pad_token_id, "cpu", prefix=prefix_len)
-            (loss / 100).backward()
+            (loss / n_answer).backward()
             total, count = total + float(loss.detach()), count + n
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         return total / count, count, grads
 
-    shared_loss, count, shared_grads = loss_and_grads(prefix)
-    plain_loss, _, plain_grads = loss_and_grads(0)
-    with torch.no_grad():
-        longest = max(len(e.ids) for e in data)
-        ids = torch.full((3, longest), tok.pad_token_id)
-        mask = torch.zeros((3, longest), dtype=torch.long)
-        labels_t = torch.full((3, longest), -100)
-        for i, e in enumerate(data):
-            ids[i, : len(e.ids)] = torch.tensor(e.ids)
-            mask[i, : len(e.ids)] = 1
-            labels_t[i, e.n_prompt : len(e.ids)] = torch.tensor(e.ids[e.n_prompt :])
-        reference = model(input_ids=ids, attention_mask=mask, labels=labels_t).loss
-    assert count == sum(e.n_answer for e in data)
-    assert plain_loss == pytest.approx(float(reference), rel=1e-4)
-    assert shared_loss == pytest.approx(float(reference), rel=1e-4)
-    assert shared_grads.keys() == plain_grads.keys() and shared_grads
-    for name, grad in plain_grads.items():
-        assert torch.allclose(shared_grads[name], grad, rtol=1e-3, atol=1e-6), name
+    # Hugging Face's own loss on padded rows, prompt labels masked: the reference.
+    model.zero_grad()
+    longest = max(len(e.ids) for e in data)
+    ids = torch.full((3, longest), tok.pad_token_id)
+    mask = torch.zeros((3, longest), dtype=torch.long)
+    labels_t = torch.full((3, longest), -100)
+    for i, e in enumerate(data):
+        ids[i, : len(e.ids)] = torch.tensor(e.ids)
+        mask[i, : len(e.ids)] = 1
+        labels_t[i, e.n_prompt : len(e.ids)] = torch.tensor(e.ids[e.n_prompt :])
+    reference = model(input_ids=ids, attention_mask=mask, labels=labels_t).loss
+    reference.backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert ref_grads
+
+    for prefix_len in (0, prefix):
+        for pack in (False, True):
+            loss, count, grads = loss_and_grads(prefix_len, pack)
+            assert count == n_answer
+            assert loss == pytest.approx(float(reference.detach()), rel=1e-4), (prefix_len, pack)
+            assert grads.keys() == ref_grads.keys()
+            for name, grad in ref_grads.items():
+                assert torch.allclose(grads[name], grad, rtol=1e-3, atol=1e-6), (
+                    prefix_len, pack, name, float((grads[name] - grad).abs().max()))
 
 
 @pytest.mark.slow
@@ -241,3 +252,43 @@ def test_dora_adds_magnitude_vectors_and_trains_a_step(db, tiny):
     assert result.steps == 1
     after = dict(model.named_parameters())
     assert any(not after[n].detach().equal(v) for n, v in before.items())
+
+
+@pytest.mark.parametrize("softcap", [None, 30.0])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_fused_answer_cross_entropy_gives_the_plain_loss_and_gradient(softcap, bf16):
+    """The answer tokens' loss through a frozen head, computed a chunk of rows at a time without
+    keeping the logits, has the loss and hidden-state gradient of the plain full-logits path."""
+    import torch
+    import torch.nn.functional as F
+
+    from core.training.losses import answer_cross_entropy, fusable
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(64, 1000, bias=False)
+    head.weight.requires_grad_(False)
+    if bf16:
+        head = head.to(torch.bfloat16)
+    assert fusable(head)
+    start = torch.randn(300, 64)
+    targets = torch.randint(0, 1000, (300,))
+    results = []
+    for fused in (True, False):
+        hidden = start.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            if fused:
+                loss = answer_cross_entropy(hidden, head, targets, softcap, chunk_rows=64)
+            else:
+                logits = head(hidden).float()
+                if softcap:
+                    logits = torch.tanh(logits / softcap) * softcap
+                loss = F.cross_entropy(logits, targets, reduction="sum")
+        (loss * 0.5).backward()
+        results.append((float(loss.detach()), hidden.grad))
+    (fused_loss, fused_grad), (plain_loss, plain_grad) = results
+    assert fused_loss == pytest.approx(plain_loss, rel=1e-5)
+    # bf16 rounds the soft cap's derivative at another point of the computation than autograd
+    tol = dict(rtol=2e-2, atol=1e-3) if bf16 else dict(rtol=1e-3, atol=1e-6)
+    assert torch.allclose(fused_grad, plain_grad, **tol)
+    head.weight.requires_grad_(True)  # a trained head is not fused: its weights need gradients
+    assert not fusable(head)

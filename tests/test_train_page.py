@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.data import projects
 from core.data.runs import create_run, get_run, log_path
+from core.models import loader
 from core.training.runconfig import RunConfig, get_preset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +52,11 @@ def test_choosing_a_preset_loads_its_values(app):
     assert at.number_input(key="train_f_rank").value == 8
     assert at.number_input(key="train_f_grad_accum").value == 6
     assert at.selectbox(key="train_f_precision").value == "bf16"
-    assert "bf16 without CUDA" in _texts(at)  # this machine has no GPU: a note of what runs
+    # No GPU here: a note of what runs (bf16 on a CPU that computes in it, else float32).
+    if loader.cpu_bf16():
+        assert "bf16 without CUDA" not in _texts(at) and "cores), bf16." in _texts(at)
+    else:
+        assert "bf16 without CUDA" in _texts(at)
 
 
 def test_start_creates_a_run_with_the_form_values(app):

@@ -113,13 +113,15 @@ def load_adapter(folder: str | Path, device: str | None = None, merge: bool = Fa
 
     The base model is ``base_model`` if given, else the one recorded in ``nerlab.json`` (full
     precision, even for QLoRA runs; ``dtype`` as :func:`loader.load_model` takes it, default
-    float32 on CPU).
+    the run's own where this machine computes in it, else float32 on CPU).
     """
     from peft import PeftModel
 
     folder = Path(folder)
     meta = json.loads((folder / META_FILE).read_text())
     base = base_model or meta.get("base_model") or meta["config"]["base_model"]
+    if dtype is None and meta.get("dtype") == "bfloat16" and loader.device_info().bf16:
+        dtype = "bfloat16"  # as the run trained and scored itself
     model, tokenizer = loader.load_model(base, dtype=dtype, device=device)
     if (folder / "tokenizer_config.json").is_file():
         from transformers import AutoTokenizer

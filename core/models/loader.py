@@ -210,7 +210,21 @@ class DeviceInfo:
             many = f"{self.count} × " if self.count > 1 else ""
             return (f"CUDA GPU {many}{self.name} ({self.memory_gb:.0f} GB, "
                     f"bf16 {'yes' if self.bf16 else 'no'})")
-        return f"CPU ({os.cpu_count()} cores, float32)"
+        return f"CPU ({os.cpu_count()} cores, {'bf16' if self.bf16 else 'float32'})"
+
+
+def cpu_bf16() -> bool:
+    """True when this CPU computes in bf16 natively (AVX512-BF16 or AMX): bf16 matrix products
+    then run 2-3× faster than float32 ones. ``NERLAB_CPU_BF16=0`` says no (float32 training)."""
+    if os.environ.get("NERLAB_CPU_BF16", "1") == "0":
+        return False
+    import torch
+
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    try:
+        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    except (RuntimeError, AttributeError):  # an older or unusual build: float32
+        return False
 
 
 def device_info() -> DeviceInfo:
@@ -221,7 +235,7 @@ def device_info() -> DeviceInfo:
         props = torch.cuda.get_device_properties(0)
         return DeviceInfo("cuda", props.name, torch.cuda.is_bf16_supported(),
                           props.total_memory / 2**30, torch.cuda.device_count())
-    return DeviceInfo("cpu", "CPU", False, None)
+    return DeviceInfo("cpu", "CPU", cpu_bf16(), None)
 
 
 

@@ -74,19 +74,25 @@ def optimizer_batches(n: int, batch: int, seed: int, epoch: int) -> list[list[in
     return [order[i : i + batch] for i in range(0, n, batch)]
 
 
-def micro_batches(items: Sequence[Encoded], token_budget: int, prefix: int = 0) -> list[list[Encoded]]:
-    """Sort one optimiser batch by length and cut it into micro-batches whose padded size stays
-    within ``token_budget``: little padding, bounded memory. With a shared ``prefix`` (computed
-    once per micro-batch) a micro-batch costs ``prefix + sentences × (longest - prefix)``."""
+def micro_batches(items: Sequence[Encoded], token_budget: int, prefix: int = 0,
+                  packed: bool = False) -> list[list[Encoded]]:
+    """Sort one optimiser batch by length and cut it into micro-batches whose size stays
+    within ``token_budget``: bounded memory. With a shared ``prefix`` (computed once per
+    micro-batch) a padded micro-batch costs ``prefix + sentences × (longest - prefix)``, a
+    ``packed`` one (no padding) ``prefix + sum(length - prefix)``."""
     ordered = sorted(items, key=lambda e: len(e.ids))
     chunks: list[list[Encoded]] = []
     current: list[Encoded] = []
+    size = 0  # packed: the tokens of ``current`` past the prefix
     for item in ordered:
         longest = max(len(item.ids), max((len(c.ids) for c in current), default=0))
-        if current and prefix + (longest - prefix) * (len(current) + 1) > token_budget:
+        cost = (size + len(item.ids) - prefix if packed
+                else (longest - prefix) * (len(current) + 1))
+        if current and prefix + cost > token_budget:
             chunks.append(current)
-            current = []
+            current, size = [], 0
         current.append(item)
+        size += len(item.ids) - prefix
     if current:
         chunks.append(current)
     return chunks

@@ -134,15 +134,17 @@ def check_run(
                                 "No CUDA GPU: the 4-bit base model runs on the CPU through "
                                 "bitsandbytes with float32 compute — slow, fine for trying a small "
                                 "model; QLoRA is meant for GPUs."))
-        if cfg.train.precision == "bf16":
+        if cfg.train.precision == "bf16" and not bf16_supported:
             issues.append(Issue("info", "bf16 without CUDA",
-                                "No CUDA GPU: this run uses float32 on the CPU instead of bf16."))
+                                "No CUDA GPU and no bf16 arithmetic on this CPU: this run uses "
+                                "float32 instead of bf16."))
         if not loader.is_bundled(cfg.base_model):
             issues.append(Issue("warning", "Large model on CPU",
                                 f"No CUDA GPU: {cfg.base_model} trains on the CPU; anything above "
                                 "~0.5B parameters is impractically slow there."))
         else:
-            issues.append(Issue("info", "Device", f"CPU ({os.cpu_count()} cores), float32."))
+            precision = "bf16" if bf16_supported and cfg.train.precision != "fp32" else "float32"
+            issues.append(Issue("info", "Device", f"CPU ({os.cpu_count()} cores), {precision}."))
     elif cfg.train.precision == "bf16" and not bf16_supported:
         issues.append(Issue("warning", "bf16 not supported",
                             "This GPU has no bf16: the run uses float32 (more memory)."))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -22,12 +23,15 @@ from core.training.batches import (
     shared_prefix,
 )
 from core.training.distributed import SINGLE, Group, shard
+from core.training.losses import answer_cross_entropy
 from core.training.runconfig import RunConfig
 
 
 def resolve_precision(cfg: RunConfig, device: str, bf16_supported: bool) -> str:
-    """"bfloat16" on a GPU that supports it (unless fp32 was asked for), else "float32"."""
-    if device == "cuda" and bf16_supported and cfg.train.precision in ("auto", "bf16"):
+    """"bfloat16" on a GPU or CPU that computes in bf16 (unless fp32 was asked for), else
+    "float32". In bf16 the base model's weights are bf16, the adapter's stay float32 and the
+    forward pass runs under bf16 autocast."""
+    if bf16_supported and cfg.train.precision in ("auto", "bf16"):
         return "bfloat16"
     return "float32"
 
@@ -124,14 +128,65 @@ def answer_loss_sum(model: Any, chunk: Sequence[Encoded], pad_id: int, device: s
     The hidden states are projected onto the vocabulary only at the positions that predict an
     answer token (never at prompt or padding positions). With ``prefix`` > 0 (the length of the
     token prefix all of ``chunk`` shares, shorter than every prompt), the prefix is run once and
-    its key/value cache repeated for the sentences: same loss and gradients, less compute.
+    its key/value cache is shared by the sentences: same loss and gradients, less compute.
+
+    The sentences are packed into one row without padding (:func:`packing_enabled`, for models
+    whose attention takes a custom mask): each token attends to the shared prefix and to the
+    earlier tokens of its own sentence only, with the positions it would have alone. Otherwise
+    they are padded to the longest of the micro-batch.
     """
     import torch
-    import torch.nn.functional as F
+
+    decoder, head, softcap = _lm_parts(model)
+    packed = len(chunk) > 1 and packs(model)
+    if packed:
+        ids, mask, positions, rows, cols, targets = _packed_inputs(chunk, prefix, _mask_kind(model))
+    else:
+        ids, mask, rows, cols, targets = _padded_inputs(chunk, pad_id, prefix)
+        positions = None
+    ids, mask = ids.to(device), mask.to(device)
+    if positions is not None:
+        positions = positions.to(device)
+    ctx = (torch.autocast(device_type=device, dtype=autocast_dtype) if autocast_dtype is not None
+           else contextlib.nullcontext())
+    with ctx:
+        cache = None
+        if prefix:
+            shared = torch.tensor([chunk[0].ids[:prefix]], device=device)
+            cache = decoder(input_ids=shared, use_cache=True).cache
+            if not packed and len(chunk) > 1:
+                cache.batch_repeat_interleave(len(chunk))
+        hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                         use_cache=cache is not None).last_hidden_state
+        picked = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
+        loss = answer_cross_entropy(picked, head, torch.tensor(targets, device=device), softcap)
+    return loss, len(targets)
+
+
+def packing_enabled() -> bool:
+    """Padding-free packing of micro-batches is on unless ``NERLAB_PACK=0`` (for comparisons)."""
+    return os.environ.get("NERLAB_PACK", "1") != "0"
+
+
+def packs(model: Any) -> bool:
+    """True when micro-batches of ``model`` are packed without padding (see answer_loss_sum)."""
+    return packing_enabled() and _mask_kind(model) is not None
+
+
+def _mask_kind(model: Any) -> str | None:
+    """"bool" or "float": the custom 4-D mask the model's attention takes (sdpa, eager); None
+    for attention kernels that take none (flash-attention), which get padded micro-batches."""
+    config = getattr(model, "config", None)
+    impl = getattr(config, "_attn_implementation", None) or "eager"
+    return {"sdpa": "bool", "eager": "float"}.get(impl)
+
+
+def _padded_inputs(chunk: Sequence[Encoded], pad_id: int, prefix: int):
+    """One row per sentence (minus the shared prefix), right-padded to the longest."""
+    import torch
 
     longest = max(len(e.ids) for e in chunk)
-    width = longest - prefix
-    ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+    ids = torch.full((len(chunk), longest - prefix), pad_id, dtype=torch.long)
     mask = torch.zeros((len(chunk), longest), dtype=torch.long)
     rows, cols, targets = [], [], []
     for i, e in enumerate(chunk):
@@ -141,26 +196,37 @@ def answer_loss_sum(model: Any, chunk: Sequence[Encoded], pad_id: int, device: s
             rows.append(i)
             cols.append(pos - 1 - prefix)
             targets.append(e.ids[pos])
-    ids, mask = ids.to(device), mask.to(device)
-    decoder, head, softcap = _lm_parts(model)
-    ctx = (torch.autocast(device_type=device, dtype=autocast_dtype) if autocast_dtype is not None
-           else contextlib.nullcontext())
-    with ctx:
-        if prefix:
-            shared = torch.tensor([chunk[0].ids[:prefix]], device=device)
-            cache = decoder(input_ids=shared, use_cache=True).cache
-            if len(chunk) > 1:
-                cache.batch_repeat_interleave(len(chunk))
-            hidden = decoder(input_ids=ids, attention_mask=mask, cache=cache,
-                             use_cache=True).last_hidden_state
-        else:
-            hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        picked = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
-        logits = head(picked).float()
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    loss = F.cross_entropy(logits, torch.tensor(targets, device=device), reduction="sum")
-    return loss, len(targets)
+    return ids, mask, rows, cols, targets
+
+
+def _packed_inputs(chunk: Sequence[Encoded], prefix: int, kind: str):
+    """The sentences (minus the shared prefix) end to end in one row, with each token's own
+    position and a ``(1, 1, tokens, prefix + tokens)`` mask: the prefix and the earlier tokens
+    of its sentence."""
+    import torch
+
+    flat: list[int] = []
+    positions: list[int] = []
+    segment: list[int] = []
+    cols, targets = [], []
+    for i, e in enumerate(chunk):
+        offset = len(flat)
+        flat.extend(e.ids[prefix:])
+        positions.extend(range(prefix, len(e.ids)))
+        segment.extend([i] * (len(e.ids) - prefix))
+        for pos in range(e.n_prompt, len(e.ids)):
+            cols.append(offset + pos - 1 - prefix)
+            targets.append(e.ids[pos])
+    seg = torch.tensor(segment)
+    pos_t = torch.tensor(positions)
+    own = (seg[:, None] == seg[None, :]) & (pos_t[None, :] <= pos_t[:, None])
+    allowed = torch.cat([torch.ones((len(flat), prefix), dtype=torch.bool), own], dim=1)
+    if kind == "bool":
+        mask = allowed[None, None]
+    else:
+        mask = torch.zeros(allowed.shape).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+        mask = mask[None, None]
+    return (torch.tensor([flat]), mask, pos_t[None], [0] * len(cols), cols, targets)
 
 
 @dataclass
@@ -218,7 +284,7 @@ def dev_loss(model: Any, data: Sequence[Encoded], pad_id: int, device: str, toke
         if prefix is None:
             prefix = shared_prefix(data)
         mine = shard(data, group, length=lambda e: len(e.ids))
-        for chunk in micro_batches(mine, token_budget, prefix):
+        for chunk in micro_batches(mine, token_budget, prefix, packs(model)):
             if should_stop is not None and not group.enabled and should_stop():
                 if was_training:
                     model.train()
@@ -269,7 +335,8 @@ def train_loop(
     warmup = int(round(t.warmup_ratio * total))
     optimizer = build_optimizer(model, cfg)
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)
-    autocast = torch.bfloat16 if (device == "cuda" and dtype == "bfloat16") else None
+    autocast = torch.bfloat16 if dtype == "bfloat16" else None
+    packed = packs(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     params = [p for p in model.parameters() if p.requires_grad]
     if group.enabled:
@@ -306,7 +373,7 @@ def train_loop(
             abandoned = False
             try:
                 with contextlib.nullcontext() if group.enabled else hooks.interruptible():
-                    for chunk in micro_batches(mine, budget, prefix):
+                    for chunk in micro_batches(mine, budget, prefix, packed):
                         if not group.enabled and hooks.should_stop():
                             raise StopRequested()
                         loss_sum, _n = answer_loss_sum(model, chunk, pad_id, device, autocast,
