@@ -249,6 +249,8 @@ def test_two_processes_train_the_same_adapter_as_one(db, bundled_model_path):
                 [m["eval_loss"] for m in rows if m["eval_loss"] is not None])
 
     (steps1, dev1), (steps2, dev2) = losses(one), losses(two)
+    print(f"DDP (2 processes) vs one process: step losses {steps2} vs {steps1}, dev {dev2} vs "
+          f"{dev1}")
     assert [s for s, _ in steps2] == [1, 2]  # one row per step, not one per process
     for (_, a), (_, b) in zip(steps1, steps2, strict=True):
         assert a == pytest.approx(b, rel=1e-4)
@@ -329,6 +331,25 @@ def test_fsdp_through_the_users_accelerate_config_trains_like_one_process(db, bu
     model, _tokenizer = load_adapter(run_dir(fsdp) / "adapter")
     assert any("lora_B" in n and p.abs().max() > 0 for n, p in model.named_parameters())
     assert db["evaluations"].count_where("run_id = ?", [fsdp]) >= 1
+
+
+@pytest.mark.slow
+def test_an_fsdp_config_that_cannot_run_here_fails_the_run_with_the_reason(db, bundled_model_path,
+                                                                          tmp_path):
+    """FSDP version 1 does not run on a CPU: every process stops at the same place and the run
+    fails with a message that says what to change, not a traceback."""
+    from core.training.launch import Launch
+
+    config = tmp_path / "fsdp1.yaml"
+    config.write_text(FSDP2_CONFIG.replace("fsdp_version: 2", "fsdp_version: 1"))
+    project = tiny_project(db, n_train=4, n_dev=1, n_test=1)
+    run_id, _ = launcher.submit_training(db, project["id"], quick_config(gpus=2, rank=4),
+                                         setup=Launch(config_file=str(config)))
+    run = launcher.wait(db, run_id, timeout_s=600)
+    assert run["status"] == "failed", read_log(run_id, 200)
+    assert "FSDP version 1 does not run on a CPU" in run["error_message"]
+    assert "fsdp_version: 2" in run["error_message"]
+    assert "Traceback" not in run["error_message"]
 
 
 @pytest.mark.slow

@@ -186,13 +186,6 @@ class Engine:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def zero_grad(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-
-    @property
-    def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
-
     def adapter_state(self) -> dict[str, Any] | None:
         """Sharded weights only (every process calls it): the trained adapter's weights, gathered
         on rank 0 and shared with every process (CPU tensors, peft's names). None otherwise."""
