@@ -45,3 +45,12 @@ def test_the_table_lines_up_every_check():
     status_col = lines[0].index("Status")
     assert [line[status_col:].split()[0] for line in lines[2:]] == ["finished", "finished",
                                                                       "skipped"]
+
+
+def test_without_a_gpu_it_declines_with_a_message(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    assert _module().main([]) == 2
+    assert "No CUDA GPU here" in capsys.readouterr().out
