@@ -24,6 +24,7 @@ import importlib
 import importlib.util
 import os
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +66,7 @@ def vllm_installed() -> bool:
     try:
         return importlib.util.find_spec(VLLM) is not None
     except (ImportError, ValueError):  # a broken or stand-in module in sys.modules
-        return VLLM in __import__("sys").modules
+        return VLLM in sys.modules
 
 
 def _cuda() -> bool:
