@@ -99,6 +99,8 @@ def test_predict_text_conll_and_jsonl_and_the_output_reimports(crf_run, home, tm
         r = nerlab(home, "predict", rid, str(src), "--out", str(out))
         assert r.returncode == 0, r.stderr
         assert "Predict " in r.stdout and f"Wrote {expected_n[name]} sentence(s)" in r.stdout
+        assert "Prediction backend: built-in batched generation: a crf model does not generate" \
+            in r.stdout
         rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
         assert len(rows) == expected_n[name]
         _, records = io.parse_bytes(content.encode(), None, name=name)

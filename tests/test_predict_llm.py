@@ -17,6 +17,7 @@ from test_train import quick_config, tiny_project
 
 from core.data import io
 from core.jobs import launcher
+from core.prediction import vllm_backend
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -45,6 +46,9 @@ def test_a_fine_tuned_run_predicts_a_file_and_its_copied_folder_gives_the_same_s
                        timeout=600)
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
+    if not vllm_backend.vllm_installed():  # the pre-flight line says which backend and why
+        assert ("Prediction backend: built-in batched generation: vLLM is not installed"
+                in r.stdout), r.stdout
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [row["text"] for row in rows] == TEXT.splitlines()
     for row in rows:  # constrained decoding: every span is a whole-token span of the sentence

@@ -22,7 +22,7 @@ from core.data import io, projects, suggestions
 from core.data.db import get_db
 from core.errors import NerlabError
 from core.jobs import suggest
-from core.prediction import bulk
+from core.prediction import bulk, vllm_backend
 from core.prediction.run_folder import check_predictable, run_title
 
 #: Output suffixes that mean CoNLL (anything else is JSONL).
@@ -76,6 +76,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     n = sum(1 for r in records if r.text.strip())
     print(f"Job {job}: {n} sentence(s) of {name} (read as {fmt}) through run {run_title(run)} "
           f"({run['kind']}).", file=report)
+    config = run.get("config") if isinstance(run.get("config"), dict) else {}
+    print(vllm_backend.backend_for(run["kind"], method=str(config.get("method") or ""),
+                                   processes=int(args.gpus or 1)).line, file=report)
     if not started:
         print(f"Job {job} is queued behind the active run.", file=sys.stderr)
     if not args.wait:

@@ -101,9 +101,9 @@ ACCELERATE_CONFIG = "accelerate.yaml"
 def write_accelerate_config(run_id: int, gpus: int, setup: Launch | None = None) -> Path:
     """The accelerate config a multi-GPU run is launched with, in its folder: ``gpus`` processes
     per machine, no mixed precision or compilation from accelerate (the trainer handles bf16).
-    Without it ``accelerate launch`` would read the user's default config, whose GPU ids, FSDP or
-    DeepSpeed settings do not apply to NERLab's loop; CUDA_VISIBLE_DEVICES picks the GPUs. The
-    user's own config is used instead when the run asks for it (``--accelerate-config``)."""
+    Without it ``accelerate launch`` would read the user's default config (its GPU ids, FSDP or
+    DeepSpeed settings); CUDA_VISIBLE_DEVICES picks the GPUs. The user's own config is used
+    instead when the run asks for it (``--accelerate-config``): its FSDP settings then apply."""
     setup = setup or Launch()
     path = run_dir(run_id) / ACCELERATE_CONFIG
     path.write_text(

@@ -292,6 +292,10 @@ def load_model(
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16 if device == "cuda" else torch.float32,
+            # FSDP shards the 4-bit weights with the others: they must be stored in the same
+            # dtype as the model's (accelerate launch sets ACCELERATE_USE_FSDP).
+            **({"bnb_4bit_quant_storage": torch_dtype}
+               if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" else {}),
         )
         # The current GPU: each process of a multi-GPU run has set its own (core.training.distributed).
         kwargs["device_map"] = {"": torch.cuda.current_device()} if device == "cuda" else {"": "cpu"}

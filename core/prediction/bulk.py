@@ -170,8 +170,12 @@ def _load(ctx: RunContext, source: dict) -> Predictor:
         ctx.phase(phases.LOAD)
         ctx.log(f"Loading the model of run {run_title(source)} ({source['kind']}) from {folder}…")
         started = time.perf_counter()
-        predictor = load_predictor(folder, batch_size=ctx.config.get("batch_size") or None)
+        predictor = load_predictor(folder, batch_size=ctx.config.get("batch_size") or None,
+                                   processes=group.world if group is not None else 1)
         ctx.log(f"Loaded in {time.perf_counter() - started:.1f} s.")
+        backend = getattr(predictor, "backend", None)
+        if backend is not None:
+            ctx.log(backend.line)
     return predictor
 
 

@@ -33,7 +33,7 @@ from core.errors import NerlabError
 from core.models import adapters, loader, run_card
 from core.prediction import crf as crf_mod
 from core.prediction import encoder as encoder_mod
-from core.prediction import encoder_folder
+from core.prediction import encoder_folder, vllm_backend
 from core.prediction.decoding import DEFAULT_BATCH_SIZE
 from core.prediction.predict import predict_examples
 from core.prompts.plan import PromptPlan
@@ -256,12 +256,17 @@ class LlmPredictor:
     """A fine-tuned adapter on its base model, or the base model prompted (zero/few-shot)."""
 
     def __init__(self, kind: str, model: Any, tokenizer: Any, plan: PromptPlan,
-                 constrained: bool = True, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+                 constrained: bool = True, batch_size: int = DEFAULT_BATCH_SIZE,
+                 engine: vllm_backend.VllmPredictor | None = None,
+                 backend: vllm_backend.Choice | None = None) -> None:
         self.kind = kind
         self.model, self.tokenizer, self.plan = model, tokenizer, plan
         self.labels = plan.label_names
         self.constrained = constrained
         self.batch_size = batch_size
+        #: vLLM, when :func:`vllm_backend.backend_for` chose it (else the built-in generation).
+        self.engine = engine
+        self.backend = backend or vllm_backend.Choice(vllm_backend.BUILTIN, "as asked")
 
     @classmethod
     def load(cls, folder: Path, manifest: dict, options: dict) -> LlmPredictor:
@@ -271,6 +276,14 @@ class LlmPredictor:
             manifest.get("config") or {}).get("base_model")
         if not base:
             raise NerlabError(f"{folder}/{run_card.META_FILE} names no base model: give one.")
+        config = manifest.get("config") or {}
+        choice = vllm_backend.backend_for(kind, method=str(config.get("method") or ""),
+                                          processes=int(options.get("processes") or 1))
+        if choice.backend == vllm_backend.VLLM:
+            engine = vllm_backend.VllmPredictor.load(folder, {**manifest, "base_model": base},
+                                                     options, kind, plan)
+            return cls(kind, None, engine.tokenizer, plan, engine.constrained, engine.batch_size,
+                       engine, choice)
         loader.set_threads()
         if kind == "train":
             model, tokenizer = adapters.load_adapter(folder, device=options.get("device"),
@@ -282,11 +295,14 @@ class LlmPredictor:
         decoding = manifest.get("decoding") or {}
         constrained = bool(decoding.get("constrained", True))
         return cls(kind, model, tokenizer, plan, constrained,
-                   int(options.get("batch_size") or DEFAULT_BATCH_SIZE))
+                   int(options.get("batch_size") or DEFAULT_BATCH_SIZE), backend=choice)
 
     def predict(self, examples: Sequence[Example]) -> list[Prediction]:
-        rows = predict_examples(self.model, self.tokenizer, self.plan, examples,
-                                batch_size=self.batch_size, constrained=self.constrained)
+        if self.engine is not None:
+            rows = self.engine.predict_rows(examples)
+        else:
+            rows = predict_examples(self.model, self.tokenizer, self.plan, examples,
+                                    batch_size=self.batch_size, constrained=self.constrained)
         out = []
         for row in rows:
             low = row["details"].get("min_logprob")

@@ -10,14 +10,13 @@ How the work is split, and why the result is the same as on one GPU:
   share of each one (:func:`shard`: sorted by length, dealt round-robin, so every GPU gets about
   the same number of tokens). The effective batch stays ``batch_size × grad_accum``: N GPUs make
   the same run about N times faster instead of changing its hyper-parameters.
-* Each process divides its answer-token loss sum by the *whole* step's answer-token count, so
-  summing the gradients over the processes (:meth:`Group.sum_grads`) gives exactly the
-  gradient of the step's per-token mean. Gradients are summed once per optimiser step, as one flat
-  buffer per dtype: the adapter is small (LoRA weights only), so this costs little and needs no
-  DistributedDataParallel wrapper (whose hooks need the forward to go through its own module,
-  while the loop calls the decoder and the LM head separately).
+* The gradients are made and applied through ``accelerate.Accelerator``
+  (:mod:`core.training.engine`): the launch config's distributed type decides whether the model
+  is replicated (DDP) or its weights sharded (FSDP). Each process divides its answer-token loss
+  sum by the *whole* step's answer-token count and the engine scales it so that the averaged
+  gradient is exactly the gradient of the step's per-token mean.
 * The adapter starts identical everywhere (broadcast from rank 0), every process applies the same
-  summed gradient, so the weights stay identical; only rank 0 writes progress, the log, the
+  gradient, so the weights stay identical; only rank 0 writes progress, the log, the
   adapter and the run's status. A stop (button, SIGTERM) is agreed on at each step so that all
   processes leave the loop together.
 
@@ -52,30 +51,6 @@ class Group:
         return self.world > 1
 
     # -- collectives (no-ops for a single process) ---------------------------------------------
-
-    def sum_grads(self, params: Sequence[Any]) -> None:
-        """Sum the gradients of ``params`` over the processes, in place (one buffer per dtype).
-
-        A parameter without a gradient (this process had no sentence in the step) counts as zeros.
-        """
-        if not self.enabled:
-            return
-        import torch
-        import torch.distributed as dist
-
-        by_dtype: dict[Any, list[Any]] = {}
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            by_dtype.setdefault(p.grad.dtype, []).append(p)
-        for group in by_dtype.values():
-            flat = torch.cat([p.grad.reshape(-1) for p in group])
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-            offset = 0
-            for p in group:
-                n = p.grad.numel()
-                p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
-                offset += n
 
     def sum_floats(self, values: Sequence[float], device: str) -> list[float]:
         """Sum a few numbers over the processes (loss sums, counts, stop flags)."""

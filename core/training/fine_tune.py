@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 from dataclasses import replace
 
@@ -19,6 +20,7 @@ from core.prediction.predict import PredictSettings
 from core.prompts.plan import plan_for_run
 from core.training.batches import encode_examples, plan_steps
 from core.training.distributed import Group
+from core.training.engine import restore_adapter
 from core.training.loop import Hooks, build_model, train_loop
 from core.training.runconfig import RunConfig
 
@@ -132,6 +134,14 @@ def run(ctx: RunContext) -> None:
     result = train_loop(model, tokenizer, train_enc, dev_enc, cfg, info.device, dtype, hooks,
                         group)
     result.truncated, result.skipped = stats.truncated, stats.skipped
+    if result.adapter_state is not None:
+        # The weights were sharded (FSDP): save and predict with a whole model and the adapter
+        # gathered from the shards.
+        model = None
+        gc.collect()
+        model, _tok, _dtype = build_model(cfg, info.device, log=ctx.log, group=group)
+        restore_adapter(model, result.adapter_state)
+        ctx.log("The adapter was gathered from the processes' shards onto a whole model.")
     if group.main:
         go_on = _save_result(ctx, cfg, result, meta, save)
     else:

@@ -11,9 +11,10 @@ A run with ``gpus`` > 1 (processes per machine) is started with ``accelerate lau
   runs ``nerlab train`` is machine 0 and owns the run; every other machine joins with
   ``nerlab join RUN_ID --machine-rank K`` (same ``NERLAB_HOME``, on a shared folder).
 
-NERLab's trainer sums the adapter's gradients itself (:mod:`core.training.distributed`): a
-config's process layout (machines, processes, addresses) is honoured, its FSDP or DeepSpeed
-settings are not applied yet, and the pre-flight check says so (:func:`issues`).
+NERLab's trainer runs through ``accelerate.Accelerator`` (:mod:`core.training.engine`): a
+config's process layout (machines, processes, addresses) and its distributed type are honoured —
+data parallel (MULTI_GPU, DDP) or FSDP with the config's FSDP settings; DeepSpeed is refused (the
+pre-flight check says why, :func:`issues`).
 
 The settings travel with the run as ``launch.json`` in its folder. Light: no torch here.
 """
@@ -31,8 +32,8 @@ from core.errors import ConfigError
 LAUNCH_FILE = "launch.json"
 #: ``config_file`` value: let ``accelerate launch`` find the user's default config itself.
 DEFAULT_CONFIG = "default"
-#: Distributed types of an accelerate config that NERLab's data-parallel trainer runs as such.
-DATA_PARALLEL = ("NO", "MULTI_GPU", "MULTI_CPU")
+#: Distributed types of an accelerate config that NERLab's trainer runs as such.
+SUPPORTED_TYPES = ("NO", "MULTI_GPU", "MULTI_CPU", "FSDP")
 
 
 @dataclass(frozen=True)
@@ -169,10 +170,19 @@ def issues(gpus: int, launch: Launch) -> list[tuple[str, str, str]]:
         except ConfigError as exc:
             return [*out, ("error", title, str(exc))]
         kind = str(data.get("distributed_type", "NO")).upper()
-        if kind not in DATA_PARALLEL:
+        if kind == "DEEPSPEED":
+            out.append(("error", title, "The config asks for DeepSpeed, which NERLab's trainer "
+                        "does not run (DeepSpeed steps the optimiser inside its backward pass; a "
+                        "NERLab step has a varying number of micro-batches): use FSDP or "
+                        "MULTI_GPU."))
+        elif kind not in SUPPORTED_TYPES:
             out.append(("warning", title, f"The config asks for {kind}: NERLab's trainer runs "
-                        "data parallel (the adapter's gradients summed over the processes) and "
-                        f"does not apply the config's {kind} settings yet."))
+                        "data parallel (DDP) or FSDP, and runs this config as data parallel."))
+        elif kind == "FSDP":
+            out.append(("info", title, "FSDP: the model's weights are sharded over the "
+                        "processes with the config's FSDP settings; the adapter is gathered on "
+                        "the main process at the end (no mid-run saves), and each process then "
+                        "predicts with a whole model."))
         if data.get("num_machines") not in (None, launch.num_machines):
             out.append(("info", title, f"The config says {data['num_machines']} machine(s); "
                         f"--num-machines {launch.num_machines} wins."))

@@ -14,6 +14,7 @@ from core.data.phases import DEV_LOSS, TRAIN
 from core.errors import DataError, ModelError, StopRequested
 from core.models import loader
 from core.models.adapters import _peft_quietly
+from core.training import engine as engines
 from core.training.batches import (
     Encoded,
     micro_batches,
@@ -239,6 +240,8 @@ class TrainResult:
     dev_losses: list[tuple[int, float]] = field(default_factory=list)
     tokens: int = 0
     seconds: float = 0.0
+    #: With sharded weights (FSDP): the trained adapter's weights, on every process.
+    adapter_state: dict | None = None
     truncated: int = 0
     skipped: int = 0
 
@@ -267,7 +270,8 @@ class Hooks:
 def dev_loss(model: Any, data: Sequence[Encoded], pad_id: int, device: str, token_budget: int,
              autocast_dtype: Any = None, prefix: int | None = None,
              group: Group = SINGLE, progress: Callable[[int, int], None] | None = None,
-             should_stop: Callable[[], bool] | None = None) -> float | None:
+             should_stop: Callable[[], bool] | None = None,
+             loss_fn: Callable[..., Any] = answer_loss_sum) -> float | None:
     """Per-token mean loss on the answers of ``data`` (no gradients, dropout off); in a
     multi-process run each process scores its share and the sums are added up.
 
@@ -289,7 +293,7 @@ def dev_loss(model: Any, data: Sequence[Encoded], pad_id: int, device: str, toke
                 if was_training:
                     model.train()
                 return None
-            loss, n = answer_loss_sum(model, chunk, pad_id, device, autocast_dtype, prefix)
+            loss, n = loss_fn(model, chunk, pad_id, device, autocast_dtype, prefix)
             total += float(loss)
             count += n
             seen += len(chunk)
@@ -338,7 +342,9 @@ def train_loop(
     autocast = torch.bfloat16 if dtype == "bfloat16" else None
     packed = packs(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    params = [p for p in model.parameters() if p.requires_grad]
+    engine = engines.create(model, optimizer, scheduler, group, answer_loss_sum)
+    if engine.sharded:  # FSDP: a decoder layer run twice in a forward loses its weights' gather
+        prefix = 0
     if group.enabled:
         torch.manual_seed(t.seed + group.rank)  # different dropout masks on each process
     cuda = device == "cuda"
@@ -349,7 +355,8 @@ def train_loop(
               f"(batch {t.batch_size} × accumulation {t.grad_accum}, warm-up {warmup}); "
               + (f"the {prefix}-token prompt prefix they share is computed once per micro-batch"
                  if prefix else "no shared prompt prefix")
-              + (f"; each step is split over {group.world} processes." if group.enabled else "."))
+              + (f"; each step is split over {group.world} processes ({engine.describe()})."
+                 if group.enabled else "."))
     model.train()
     if hooks.phase:
         hooks.phase(TRAIN, total)
@@ -373,13 +380,16 @@ def train_loop(
             abandoned = False
             try:
                 with contextlib.nullcontext() if group.enabled else hooks.interruptible():
-                    for chunk in micro_batches(mine, budget, prefix, packed):
+                    chunks = engine.schedule(list(micro_batches(mine, budget, prefix, packed)),
+                                             items[:1])
+                    for k, (chunk, weight) in enumerate(chunks):
                         if not group.enabled and hooks.should_stop():
                             raise StopRequested()
-                        loss_sum, _n = answer_loss_sum(model, chunk, pad_id, device, autocast,
+                        with engine.micro_batch(last=k == len(chunks) - 1):
+                            loss_sum, _n = engine.loss(model, chunk, pad_id, device, autocast,
                                                        prefix)
-                        (loss_sum / n_answer).backward()
-                        loss_total += float(loss_sum.detach())
+                            engine.backward(loss_sum, n_answer, weight)
+                        loss_total += weight * float(loss_sum.detach())
             except StopRequested:
                 abandoned = True
             if abandoned:
@@ -389,14 +399,9 @@ def train_loop(
                 break
             stop_now = hooks.should_stop()
             if group.enabled:
-                group.sum_grads(params)
-                loss_total, stops = group.sum_floats([loss_total, float(stop_now)], device)
+                loss_total, stops = engine.sum_floats([loss_total, float(stop_now)])
                 stop_now = stops > 0
-            if t.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            engine.step(t.max_grad_norm)
             step += 1
             tokens = sum(len(e.ids) for e in items)
             result.tokens += tokens
@@ -422,12 +427,13 @@ def train_loop(
             result.epochs_done = epoch
             if t.dev_loss_sentences and dev and step < total:
                 _dev_report(model, dev, pad_id, device, budget, autocast, step, total, epoch,
-                            result, hooks, group)
-                if hooks.save:
+                            result, hooks, group, engine=engine)
+                if hooks.save and not engine.sharded:  # sharded: gathered at the end only
                     hooks.save("epoch")
             continue
         break
     result.seconds = time.perf_counter() - started
+    result.adapter_state = engine.adapter_state()
     result.steps = step
     result.train_loss = last_loss
     result.epochs_done = step / per_epoch
@@ -435,7 +441,8 @@ def train_loop(
         if hooks.phase:
             hooks.phase(DEV_LOSS, len(dev))
         if _dev_report(model, dev, pad_id, device, budget, autocast, step, total,
-                       result.epochs_done, result, hooks, group, final=True) is None:
+                       result.epochs_done, result, hooks, group, final=True,
+                       engine=engine) is None:
             result.stopped = True  # a stop during the dev loss: the trained adapter is saved
     hooks.log(f"Trained {step} steps in {result.seconds:.1f} s: {result.tokens_per_s:.0f} tokens/s"
               + (f", last loss {last_loss:.4f}" if last_loss is not None else "") + ".")
@@ -443,7 +450,7 @@ def train_loop(
 
 
 def _dev_report(model, dev, pad_id, device, budget, autocast, step, total, epoch, result, hooks,
-                group=SINGLE, final: bool = False) -> float | None:
+                group=SINGLE, final: bool = False, engine=None) -> float | None:
     """The dev loss after an epoch (reported as a detail of the training phase) or at the end
     of training (its own phase, which a stop can cut short: then None)."""
     started = time.perf_counter()
@@ -454,11 +461,15 @@ def _dev_report(model, dev, pad_id, device, budget, autocast, step, total, epoch
             if hooks.phase_progress:
                 hooks.phase_progress(step, total, detail=f"dev loss after epoch {epoch:.0f}: "
                                      f"{done} / {of} sentences")
+    # Sharded weights: every forward pass is a collective, so every process scores all of dev.
+    sharded = engine is not None and engine.sharded
     try:
         with hooks.interruptible() if final and not group.enabled else contextlib.nullcontext():
             value = dev_loss(model, dev, pad_id, device, budget, autocast,
-                             None if share_prefix_enabled() else 0, group, progress,
-                             hooks.should_stop if final else None)
+                             None if share_prefix_enabled() else 0,
+                             Group(rank=group.rank) if sharded else group, progress,
+                             hooks.should_stop if final and not sharded else None,
+                             engine.loss if engine is not None else answer_loss_sum)
     except StopRequested:
         value = None
     if value is None:
