@@ -260,7 +260,10 @@ def test_two_processes_train_the_same_adapter_as_one(db, bundled_model_path):
     assert w1.keys() == w2.keys()
     for name in w1:
         diff = (w1[name] - w2[name]).norm() / max(float(w1[name].norm()), 1e-12)
-        assert diff < 1e-3, (name, float(diff))
+        # Adam's first steps move each weight by about ±lr whatever its gradient's size, so a
+        # gradient element near zero whose sign rounding flips (other sums, other packed rows)
+        # moves by 2 lr: per mille, not float32's 1e-7.
+        assert diff < 1e-2, (name, float(diff))
     assert any("lora_B" in n and w2[n].abs().max() > 0 for n in w2)  # it did train
     # eval_limit 2, dev and test: each process predicted one sentence of each split's batch
     assert "each batch shared by 2 processes" in log, log
