@@ -9,11 +9,21 @@ per second of training), seconds per step, peak memory (resident set size on CPU
 on CUDA), the final training loss, and the ratio NERLab / HF.
 
     .venv/bin/python benchmarks/bench_train.py                      # CPU defaults (a few minutes)
+    .venv/bin/python benchmarks/bench_train.py --repeats 2 --hf-bf16  # also HF in bf16, alternating
+    .venv/bin/python benchmarks/bench_train.py --profile            # + top operators of NERLab's step
     .venv/bin/python benchmarks/bench_train.py --examples 64 --batch-size 8 --grad-accum 1  # GPU
     .venv/bin/python benchmarks/bench_train.py --json results.json
 
 The HF baseline is what a straightforward script does: ``DataCollatorForSeq2Seq`` padding each
-batch of a shuffled (mixed-length) data set, labels -100 on the prompt, full-vocabulary logits.
+batch of a shuffled (mixed-length) data set, labels -100 on the prompt, full-vocabulary logits,
+in float32 on a CPU (``--hf-bf16`` adds the same script with ``bf16=True``, i.e. bf16 autocast,
+for a same-precision comparison). NERLab runs as its preset does: packed micro-batches, the
+shared prompt prefix, the fused answer-only loss, bf16 where the CPU computes in it
+(``NERLAB_CPU_BF16=0 NERLAB_PACK=0`` give the float32, padded loop of before).
+
+Peak memory is the process's peak resident set, measured twice: over the whole process (with
+loading the model) and over the training alone (the high-water mark is reset after loading,
+``/proc/self/clear_refs``).
 """
 
 from __future__ import annotations
@@ -68,7 +78,57 @@ def _peak_memory_mb(device: str) -> float:
         import torch
 
         return torch.cuda.max_memory_allocated() / 2**20
+    # VmHWM, not getrusage's ru_maxrss: a child started by a big parent inherits the parent's
+    # resident set at fork in ru_maxrss.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+
+
+def _reset_peak(device: str) -> None:
+    """Start the peak-memory count afresh (after loading): the training's own peak."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux)
+    except OSError:
+        pass
+
+
+def _training_peak_mb(device: str) -> float:
+    """The peak since :func:`_reset_peak`."""
+    return _peak_memory_mb(device)
+
+
+def top_operators(args: argparse.Namespace, data: list[dict], steps: int = 4, top: int = 5) -> None:
+    """A profile of NERLab's first ``steps`` steps: the operators with the most self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from core.models.loader import set_threads
+    from core.training.batches import Encoded
+    from core.training.loop import Hooks, build_model, train_loop
+
+    set_threads()
+    cfg = run_config(args).with_overrides(max_steps=steps)
+    device = loader.device_info().device
+    model, tokenizer, dtype = build_model(cfg, device, log=lambda m: None)
+    encoded = [Encoded(d["ids"], d["n_prompt"]) for d in data]
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        train_loop(model, tokenizer, encoded, [], cfg, device, dtype, Hooks(log=lambda m: None))
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in rows) or 1
+    print(f"profile of {steps} steps ({dtype}, packing {'on' if os.environ.get('NERLAB_PACK', '1') != '0' else 'off'}): "
+          f"{total / 1e6:.1f} s of self CPU time; top {top} operators:")
+    for e in rows[:top]:
+        print(f"  {e.key[:52]:52} {100 * e.self_cpu_time_total / total:5.1f}%  "
+              f"{e.self_cpu_time_total / 1e6:7.2f} s  {e.count:6d} calls")
 
 
 def bench_nerlab(args: argparse.Namespace, data: list[dict]) -> dict:
@@ -83,6 +143,8 @@ def bench_nerlab(args: argparse.Namespace, data: list[dict]) -> dict:
     model, tokenizer, dtype = build_model(cfg, device, log=lambda m: None)
     encoded = [Encoded(d["ids"], d["n_prompt"]) for d in data]
     steps: list[float] = []
+    whole_peak = _peak_memory_mb(device)
+    _reset_peak(device)
     cpu_started = time.process_time()
     result = train_loop(model, tokenizer, encoded, [], cfg, device, dtype,
                         Hooks(log=lambda m: None, progress=lambda *a, **k: steps.append(k["loss"])))
@@ -90,7 +152,9 @@ def bench_nerlab(args: argparse.Namespace, data: list[dict]) -> dict:
         "impl": "nerlab", "device": device, "dtype": dtype, "steps": result.steps,
         "seconds": result.seconds, "tokens": result.tokens, "tokens_per_s": result.tokens_per_s,
         "s_per_step": result.seconds / max(result.steps, 1), "final_loss": result.train_loss,
-        "peak_mem_mb": _peak_memory_mb(device), "cpu_s": time.process_time() - cpu_started,
+        "train_peak_mb": _training_peak_mb(device),
+        "peak_mem_mb": max(whole_peak, _peak_memory_mb(device)),
+        "cpu_s": time.process_time() - cpu_started,
     }
 
 
@@ -117,7 +181,7 @@ def bench_hf(args: argparse.Namespace, data: list[dict]) -> dict:
     cfg = run_config(args)
     info = loader.device_info()
     device = info.device
-    bf16 = device == "cuda" and info.bf16
+    bf16 = (device == "cuda" and info.bf16) or args.impl == "hf-bf16"
     path = loader.resolve(args.base_model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
@@ -169,17 +233,24 @@ def bench_hf(args: argparse.Namespace, data: list[dict]) -> dict:
         optimizers=(optimizer, None), callbacks=[Losses()],
     )
     tokens = sum(len(d["ids"]) for d in data) * cfg.train.epochs
+    whole_peak = _peak_memory_mb(device)
+    _reset_peak(device)
     started, cpu_started = time.perf_counter(), time.process_time()
     out = trainer.train()
     seconds = time.perf_counter() - started
     cpu_s = time.process_time() - cpu_started
     return {
-        "impl": "hf", "device": device, "dtype": "bfloat16" if bf16 else "float32",
+        "impl": args.impl, "device": device, "dtype": "bfloat16" if bf16 else "float32",
         "steps": out.global_step, "seconds": seconds, "tokens": tokens,
         "tokens_per_s": tokens / seconds, "s_per_step": seconds / max(out.global_step, 1),
-        "final_loss": losses[-1] if losses else None, "peak_mem_mb": _peak_memory_mb(device),
-        "cpu_s": cpu_s,
+        "final_loss": losses[-1] if losses else None,
+        "train_peak_mb": _training_peak_mb(device),
+        "peak_mem_mb": max(whole_peak, _peak_memory_mb(device)), "cpu_s": cpu_s,
     }
+
+
+#: What the benchmark can time: NERLab's loop, the HF script (float32 on CPU), the HF script in bf16.
+IMPLS = ("nerlab", "hf", "hf-bf16")
 
 
 def child(args: argparse.Namespace) -> None:
@@ -198,17 +269,21 @@ def _forward(args: argparse.Namespace) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base-model", default="SmolLM2-135M-Instruct (bundled)")
-    parser.add_argument("--examples", type=int, default=16, help="training sentences")
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--grad-accum", type=int, default=2)
+    parser.add_argument("--examples", type=int, default=32, help="training sentences")
+    parser.add_argument("--batch-size", type=int, default=4, help="as the CPU preset (4)")
+    parser.add_argument("--grad-accum", type=int, default=2, help="as the CPU preset (2)")
     parser.add_argument("--max-length", type=int, default=384)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--dropout", type=float, default=0.05)
-    parser.add_argument("--repeats", type=int, default=1, help="alternate the two this many times")
+    parser.add_argument("--dropout", type=float, default=0.0, help="as the CPU preset (0)")
+    parser.add_argument("--repeats", type=int, default=1, help="alternate them this many times")
+    parser.add_argument("--hf-bf16", action="store_true",
+                        help="also time the HF script with bf16=True (same precision as NERLab's)")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="first print the top operators of NERLab's first STEPS steps")
     parser.add_argument("--json", help="also write the results to this file")
-    parser.add_argument("--impl", choices=("nerlab", "hf"), help=argparse.SUPPRESS)
+    parser.add_argument("--impl", choices=IMPLS, help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -221,6 +296,8 @@ def main() -> int:
     # As NERLab's worker runs (core.jobs sets it): sleeping, not spinning, OpenMP threads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     data = prepare_data(args)
+    if args.profile:
+        top_operators(args, data, steps=args.profile)
     work = Path(tempfile.mkdtemp(prefix="nerlab-bench-data-"))
     (work / "data.json").write_text(json.dumps(data))
     n_tokens = sum(len(d["ids"]) for d in data)
@@ -228,9 +305,10 @@ def main() -> int:
     print(f"{len(data)} sentences, {n_tokens} tokens ({n_answer} answer tokens); "
           f"batch {args.batch_size} × accumulation {args.grad_accum}, max length "
           f"{args.max_length}, {args.epochs} epoch(s), LoRA+ r={args.rank}, dropout {args.dropout}")
+    impls = [i for i in IMPLS if i != "hf-bf16" or args.hf_bf16]
     results: list[dict] = []
     for repeat in range(args.repeats):
-        for impl in ("nerlab", "hf") if repeat % 2 == 0 else ("hf", "nerlab"):
+        for impl in impls if repeat % 2 == 0 else impls[::-1]:
             out = work / f"{impl}-{repeat}.json"
             cmd = [sys.executable, str(Path(__file__).resolve()), "--impl", impl,
                    "--data", str(work / "data.json"), "--out", str(out), *_forward(args)]
@@ -240,37 +318,43 @@ def main() -> int:
             result["tokens_per_cpu_s"] = result["tokens"] / max(result["cpu_s"], 1e-9)
             print(f"  {impl:7} {result['tokens_per_s']:8.1f} tokens/s  "
                   f"{result['tokens_per_cpu_s']:8.1f} tokens/CPU-s  {result['s_per_step']:7.2f} s/step  "
-                  f"peak {result['peak_mem_mb']:8.0f} MB  loss {result['final_loss']:.4f}  "
-                  f"({result['device']}, {result['dtype']})", flush=True)
+                  f"peak {result['peak_mem_mb']:6.0f} MB (training {result['train_peak_mb']:6.0f})  "
+                  f"loss {result['final_loss']:.4f}  ({result['device']}, {result['dtype']})",
+                  flush=True)
 
     def mean(impl: str) -> dict:
         """The runs of one implementation averaged (alternating order evens out load drift)."""
         rows = [r for r in results if r["impl"] == impl]
         out = dict(rows[-1])
-        for k in ("tokens_per_s", "tokens_per_cpu_s", "s_per_step", "peak_mem_mb", "seconds"):
+        for k in ("tokens_per_s", "tokens_per_cpu_s", "s_per_step", "peak_mem_mb",
+                  "train_peak_mb", "seconds"):
             out[k] = sum(r[k] for r in rows) / len(rows)
         return out
 
-    ours, hf = mean("nerlab"), mean("hf")
-    ratio = ours["tokens_per_s"] / hf["tokens_per_s"]
-    memory = ours["peak_mem_mb"] / hf["peak_mem_mb"]
+    means = {impl: mean(impl) for impl in impls}
+    ours = means["nerlab"]
+    names = {"nerlab": "NERLab", "hf": "HF+peft", "hf-bf16": "HF bf16"}
     print()
-    cpu_ratio = ours["tokens_per_cpu_s"] / hf["tokens_per_cpu_s"]
-    print(f"mean of {args.repeats} run(s) each:")
-    print(f"{'':10}{'tokens/s':>12}{'tok/CPU-s':>12}{'s/step':>10}{'peak MB':>10}{'final loss':>12}")
-    for name, r in (("NERLab", ours), ("HF+peft", hf)):
-        print(f"{name:10}{r['tokens_per_s']:12.1f}{r['tokens_per_cpu_s']:12.1f}{r['s_per_step']:10.2f}"
-              f"{r['peak_mem_mb']:10.0f}{r['final_loss']:12.4f}")
-    print(f"ratio NERLab / HF: {ratio:.2f}× tokens/s (wall), {cpu_ratio:.2f}× tokens per CPU-second, "
-          f"{memory:.2f}× peak memory "
-          f"({'CPU resident set' if ours['device'] == 'cpu' else 'CUDA peak allocated'})")
+    print(f"mean of {args.repeats} run(s) each ({'CPU resident set' if ours['device'] == 'cpu' else 'CUDA peak allocated'}):")
+    print(f"{'':10}{'tokens/s':>10}{'tok/CPU-s':>11}{'s/step':>8}{'peak MB':>9}{'train MB':>10}"
+          f"{'final loss':>12}{'  vs NERLab: speed, memory'}")
+    summary = {}
+    for impl, r in means.items():
+        speed = ours["tokens_per_s"] / r["tokens_per_s"]
+        memory = ours["peak_mem_mb"] / r["peak_mem_mb"]
+        summary[impl] = {"ratio_tokens_per_s": speed, "ratio_peak_memory": memory,
+                         "ratio_train_peak_memory": ours["train_peak_mb"] / r["train_peak_mb"],
+                         "ratio_tokens_per_cpu_s": ours["tokens_per_cpu_s"] / r["tokens_per_cpu_s"]}
+        vs = "" if impl == "nerlab" else (f"  {speed:.2f}× tokens/s, {memory:.2f}× peak "
+                                          f"({summary[impl]['ratio_train_peak_memory']:.2f}× in training)")
+        print(f"{names[impl]:10}{r['tokens_per_s']:10.1f}{r['tokens_per_cpu_s']:11.1f}"
+              f"{r['s_per_step']:8.2f}{r['peak_mem_mb']:9.0f}{r['train_peak_mb']:10.0f}"
+              f"{r['final_loss']:12.4f}{vs}")
     if os.getloadavg()[0] > (os.cpu_count() or 1) * 1.5:
         print(f"note: load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores - the "
               "machine is shared, wall-clock figures are noisy; tokens per CPU-second less so.")
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "ratio_tokens_per_s": ratio,
-                                               "ratio_tokens_per_cpu_s": cpu_ratio,
-                                               "ratio_peak_memory": memory}, indent=2))
+        Path(args.json).write_text(json.dumps({"results": results, "ratios": summary}, indent=2))
     return 0
 
 

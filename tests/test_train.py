@@ -154,15 +154,30 @@ def test_answer_only_loss_equals_the_full_logits_loss(db, tiny, monkeypatch):
     ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     assert ref_grads
 
-    for prefix_len in (0, prefix):
-        for pack in (False, True):
-            loss, count, grads = loss_and_grads(prefix_len, pack)
-            assert count == n_answer
-            assert loss == pytest.approx(float(reference.detach()), rel=1e-4), (prefix_len, pack)
-            assert grads.keys() == ref_grads.keys()
-            for name, grad in ref_grads.items():
-                assert torch.allclose(grads[name], grad, rtol=1e-3, atol=1e-6), (
-                    prefix_len, pack, name, float((grads[name] - grad).abs().max()))
+    from core.training import packing
+
+    lengths = [len(e.ids) for e in data]
+    # padded; packed into one row (attention free); packed one sentence a row with padding
+    # tokens after (attention dear, rows padded); with and without the shared prefix
+    for prefix_len, pack, weight in ((0, False, None), (prefix, False, None), (0, True, 0.0),
+                                     (prefix, True, 0.0), (prefix, True, 1.0)):
+        if weight is not None:
+            monkeypatch.setattr(packing, "pair_weight", lambda _config, w=weight: w)
+        else:
+            monkeypatch.undo()
+        rows = packing.layout([n - prefix_len for n in lengths], prefix_len,
+                              packing.pair_weight(model.config))
+        assert weight != 0.0 or len(rows) == 1
+        assert weight != 1.0 or len(rows) == 3
+        loss, count, grads = loss_and_grads(prefix_len, pack)
+        assert count == n_answer
+        assert loss == pytest.approx(float(reference.detach()), rel=1e-4), (prefix_len, pack)
+        assert grads.keys() == ref_grads.keys()
+        for name, grad in ref_grads.items():
+            # float32 rounding of other sums (fused loss, packed rows) through 30 layers: up to
+            # ~1e-4 of a small gradient's norm; a wrong mask or position gives O(1)
+            off = float((grads[name] - grad).norm() / grad.norm())
+            assert off < 1e-3, (prefix_len, pack, weight, name, off)
 
 
 @pytest.mark.slow
@@ -292,3 +307,23 @@ def test_fused_answer_cross_entropy_gives_the_plain_loss_and_gradient(softcap, b
     assert torch.allclose(fused_grad, plain_grad, **tol)
     head.weight.requires_grad_(True)  # a trained head is not fused: its weights need gradients
     assert not fusable(head)
+
+
+def test_packing_layout_deals_every_sentence_once_into_the_cheapest_rows():
+    from core.training import packing
+
+    lengths = [120, 40, 75, 90, 33, 60, 150, 48]
+    for weight in (0.0, 4e-4, 1.0):
+        rows = packing.layout(lengths, 117, weight)
+        assert sorted(i for r in rows for i in r) == list(range(len(lengths)))
+        for n_rows in range(1, len(lengths) + 1):
+            other = packing.deal(lengths, n_rows)
+            assert packing.cost(rows, lengths, 117, weight) <= packing.cost(other, lengths, 117,
+                                                                           weight)
+    assert len(packing.layout(lengths, 117, 0.0)) == 1  # attention free: no padding at all
+    assert len(packing.layout(lengths, 117, 1.0)) >= 4  # attention dear: short rows
+    # the bundled model's shape: a few rows of about equal length
+    weight = packing.pair_weight(type("Config", (), dict(
+        hidden_size=576, num_attention_heads=9, num_key_value_heads=3, intermediate_size=1536)))
+    assert 1 < len(packing.layout(lengths, 117, weight)) < len(lengths)
+    assert packing.pair_weight(object()) == packing.DEFAULT_PAIR_WEIGHT

@@ -15,6 +15,7 @@ from core.errors import DataError, ModelError, StopRequested
 from core.models import loader
 from core.models.adapters import _peft_quietly
 from core.training import engine as engines
+from core.training import packing
 from core.training.batches import (
     Encoded,
     micro_batches,
@@ -131,20 +132,20 @@ def answer_loss_sum(model: Any, chunk: Sequence[Encoded], pad_id: int, device: s
     token prefix all of ``chunk`` shares, shorter than every prompt), the prefix is run once and
     its key/value cache is shared by the sentences: same loss and gradients, less compute.
 
-    The sentences are packed into one row without padding (:func:`packing_enabled`, for models
-    whose attention takes a custom mask): each token attends to the shared prefix and to the
-    earlier tokens of its own sentence only, with the positions it would have alone. Otherwise
-    they are padded to the longest of the micro-batch.
+    The sentences are packed into rows without padding (:func:`packing_enabled`, for models
+    whose attention takes a custom mask; see :mod:`core.training.packing`): each token attends
+    to the shared prefix and to the earlier tokens of its own sentence only, with the positions
+    it would have alone. Otherwise each is a row, padded to the longest of the micro-batch.
     """
     import torch
 
     decoder, head, softcap = _lm_parts(model)
-    packed = len(chunk) > 1 and packs(model)
-    if packed:
-        ids, mask, positions, rows, cols, targets = _packed_inputs(chunk, prefix, _mask_kind(model))
+    positions = None
+    if len(chunk) > 1 and packs(model):
+        ids, mask, positions, rows, cols, targets = packing.packed_inputs(
+            chunk, pad_id, prefix, _mask_kind(model), packing.pair_weight(model.config))
     else:
-        ids, mask, rows, cols, targets = _padded_inputs(chunk, pad_id, prefix)
-        positions = None
+        ids, mask, rows, cols, targets = packing.padded_inputs(chunk, pad_id, prefix)
     ids, mask = ids.to(device), mask.to(device)
     if positions is not None:
         positions = positions.to(device)
@@ -155,8 +156,8 @@ def answer_loss_sum(model: Any, chunk: Sequence[Encoded], pad_id: int, device: s
         if prefix:
             shared = torch.tensor([chunk[0].ids[:prefix]], device=device)
             cache = decoder(input_ids=shared, use_cache=True).cache
-            if not packed and len(chunk) > 1:
-                cache.batch_repeat_interleave(len(chunk))
+            if ids.shape[0] > 1:
+                cache.batch_repeat_interleave(ids.shape[0])
         hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
                          use_cache=cache is not None).last_hidden_state
         picked = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
@@ -180,54 +181,6 @@ def _mask_kind(model: Any) -> str | None:
     config = getattr(model, "config", None)
     impl = getattr(config, "_attn_implementation", None) or "eager"
     return {"sdpa": "bool", "eager": "float"}.get(impl)
-
-
-def _padded_inputs(chunk: Sequence[Encoded], pad_id: int, prefix: int):
-    """One row per sentence (minus the shared prefix), right-padded to the longest."""
-    import torch
-
-    longest = max(len(e.ids) for e in chunk)
-    ids = torch.full((len(chunk), longest - prefix), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(chunk), longest), dtype=torch.long)
-    rows, cols, targets = [], [], []
-    for i, e in enumerate(chunk):
-        ids[i, : len(e.ids) - prefix] = torch.tensor(e.ids[prefix:])
-        mask[i, : len(e.ids)] = 1
-        for pos in range(e.n_prompt, len(e.ids)):
-            rows.append(i)
-            cols.append(pos - 1 - prefix)
-            targets.append(e.ids[pos])
-    return ids, mask, rows, cols, targets
-
-
-def _packed_inputs(chunk: Sequence[Encoded], prefix: int, kind: str):
-    """The sentences (minus the shared prefix) end to end in one row, with each token's own
-    position and a ``(1, 1, tokens, prefix + tokens)`` mask: the prefix and the earlier tokens
-    of its sentence."""
-    import torch
-
-    flat: list[int] = []
-    positions: list[int] = []
-    segment: list[int] = []
-    cols, targets = [], []
-    for i, e in enumerate(chunk):
-        offset = len(flat)
-        flat.extend(e.ids[prefix:])
-        positions.extend(range(prefix, len(e.ids)))
-        segment.extend([i] * (len(e.ids) - prefix))
-        for pos in range(e.n_prompt, len(e.ids)):
-            cols.append(offset + pos - 1 - prefix)
-            targets.append(e.ids[pos])
-    seg = torch.tensor(segment)
-    pos_t = torch.tensor(positions)
-    own = (seg[:, None] == seg[None, :]) & (pos_t[None, :] <= pos_t[:, None])
-    allowed = torch.cat([torch.ones((len(flat), prefix), dtype=torch.bool), own], dim=1)
-    if kind == "bool":
-        mask = allowed[None, None]
-    else:
-        mask = torch.zeros(allowed.shape).masked_fill_(~allowed, torch.finfo(torch.float32).min)
-        mask = mask[None, None]
-    return (torch.tensor([flat]), mask, pos_t[None], [0] * len(cols), cols, targets)
 
 
 @dataclass
