@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from core.data.spans import Span
+from core.prediction import lookup
 from core.prompts import formats
 
 #: Prompts generated together; lower it when a GPU runs out of memory.
@@ -160,8 +161,6 @@ def generate_details(
     """
     import torch
 
-    from core.prediction import lookup
-
     n = len(prompts)
     draft = lookup.DRAFT_TOKENS if draft is None else max(0, int(draft))
     if n == 0:
@@ -183,7 +182,7 @@ def generate_details(
     shared = None
     try:
         with torch.inference_mode():
-            if prefix_cache and n > 1:
+            if prefix_cache and (n > 1 or draft):  # one prompt: for the drafts
                 shared = _prefix(model, ids)
             done = 0
             for b in range(0, n, max(1, batch_size)):
@@ -230,8 +229,6 @@ def generate_details(
 def _drafter(tokenizer: Any, prompt_ids: Sequence[int], plen: int, constraint: Any | None) -> Any:
     """The :class:`core.prediction.lookup.Drafter` of one row: its sentence is the constraint's,
     or else the text of its prompt after the shared prefix."""
-    from core.prediction import lookup
-
     if constraint is not None:
         refs = lookup.references(tokenizer, prompt_ids, constraint.text, constraint.format,
                                  constraint.labels)
@@ -372,8 +369,10 @@ def _greedy(model: Any, rows: Sequence[Sequence[int]], budget: Sequence[int], eo
 def _croppable(cache: Any) -> bool:
     """Whether rejected draft positions can be cut off the cache (every layer a plain,
     growing key/value layer)."""
-    from transformers.cache_utils import DynamicLayer
-
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:  # another transformers: no drafts rather than no cache
+        return False
     layers = getattr(cache, "layers", None)
     return bool(layers) and hasattr(cache, "crop") and all(type(x) is DynamicLayer for x in layers)
 
