@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from core.data.spans import Span
+from core.prediction import lookup
 from core.prompts import formats
 
 #: Prompts generated together; lower it when a GPU runs out of memory.
@@ -85,6 +86,8 @@ class Generation:
         spans: the entities' spans from the constraint; None when unconstrained.
         completed: the constraint appended text to close an answer cut short by its budget (or
             stuck); that text has no log-probabilities.
+        forward_passes: the forward passes that made the tokens (prompt included): fewer than
+            the tokens when drafts were accepted.
     """
 
     text: str
@@ -92,6 +95,7 @@ class Generation:
     logprobs: list[float]
     spans: list[Span] | None = None
     completed: bool = False
+    forward_passes: int = 0
 
     @property
     def mean_logprob(self) -> float | None:
@@ -111,13 +115,14 @@ def generate(
     progress: Callable[[int, int], None] | None = None,
     prefix_cache: bool = True,
     constraints: Sequence[Any | None] | None = None,
+    draft: int | None = None,
 ) -> list[str]:
     """Greedy answers to many prompts, batched; returned in the prompts' order.
 
     The answers' text of :func:`generate_details` (see there for the arguments).
     """
     return [g.text for g in generate_details(model, tokenizer, prompts, max_new_tokens, batch_size,
-                                             progress, prefix_cache, constraints)]
+                                             progress, prefix_cache, constraints, draft)]
 
 
 def generate_details(
@@ -129,6 +134,7 @@ def generate_details(
     progress: Callable[[int, int], None] | None = None,
     prefix_cache: bool = True,
     constraints: Sequence[Any | None] | None = None,
+    draft: int | None = None,
 ) -> list[Generation]:
     """Greedy answers to many prompts, batched, with their tokens' log-probabilities; returned
     in the prompts' order.
@@ -144,6 +150,10 @@ def generate_details(
             reuse it for every batch (falls back to plain ``generate`` for models that refuse).
         constraints: one constraint per prompt (:class:`core.prediction.constrain.AnswerConstraint`, or
             None for a free row), e.g. from :func:`core.prediction.constrain.constraints_for`.
+        draft: draft tokens per row and forward pass, looked up in the prompt, the sentence
+            and the answer so far (:mod:`core.prediction.lookup`); the answers stay the greedy
+            ones. None: :data:`core.prediction.lookup.DRAFT_TOKENS`; 0: off. Only with the
+            shared-prefix cache.
 
     Returns:
         One :class:`Generation` per prompt: the decoded new text, cut at end-of-sequence,
@@ -152,6 +162,7 @@ def generate_details(
     import torch
 
     n = len(prompts)
+    draft = lookup.DRAFT_TOKENS if draft is None else max(0, int(draft))
     if n == 0:
         return []
     caps = [int(max_new_tokens)] * n if isinstance(max_new_tokens, int) else [int(c) for c in max_new_tokens]
@@ -171,7 +182,7 @@ def generate_details(
     shared = None
     try:
         with torch.inference_mode():
-            if prefix_cache and n > 1:
+            if prefix_cache and (n > 1 or draft):  # one prompt: for the drafts
                 shared = _prefix(model, ids)
             done = 0
             for b in range(0, n, max(1, batch_size)):
@@ -180,9 +191,11 @@ def generate_details(
                 row_cons = [cons[i] for i in rows]
                 new = None
                 if shared is not None:
+                    drafters = [_drafter(tokenizer, ids[i], shared[0], cons[i]) for i in rows
+                                ] if draft else None
                     try:
                         new = _greedy(model, [ids[i] for i in rows], budget, eos, pad_id, shared,
-                                      row_cons)
+                                      row_cons, drafters, draft)
                     except Exception:  # noqa: BLE001 - architectures the manual loop cannot drive
                         shared = None
                         for c in row_cons:
@@ -192,6 +205,7 @@ def generate_details(
                     new = _generate_hf(model, [ids[i] for i in rows], budget, eos, pad_id, row_cons)
                 for r, i in enumerate(rows):
                     tokens, logprobs = new[0][r][: caps[i]], new[1][r][: caps[i]]
+                    passes = new[2][r] if len(new) > 2 else len(tokens)
                     for k, t in enumerate(tokens):
                         if t in eos:
                             tokens, logprobs = tokens[:k], logprobs[:k]
@@ -199,10 +213,10 @@ def generate_details(
                     c = cons[i]
                     if c is None:
                         text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-                        out[i] = Generation(text, tokens, logprobs)
+                        out[i] = Generation(text, tokens, logprobs, forward_passes=passes)
                     else:
                         text = c.finish().strip()
-                        out[i] = Generation(text, tokens, logprobs, c.spans(), c.completed)
+                        out[i] = Generation(text, tokens, logprobs, c.spans(), c.completed, passes)
                 done += len(rows)
                 if progress is not None:
                     progress(done, n)
@@ -210,6 +224,18 @@ def generate_details(
         if was_training:
             model.train()
     return out
+
+
+def _drafter(tokenizer: Any, prompt_ids: Sequence[int], plen: int, constraint: Any | None) -> Any:
+    """The :class:`core.prediction.lookup.Drafter` of one row: its sentence is the constraint's,
+    or else the text of its prompt after the shared prefix."""
+    if constraint is not None:
+        refs = lookup.references(tokenizer, prompt_ids, constraint.text, constraint.format,
+                                 constraint.labels)
+    else:
+        refs = lookup.references(tokenizer, prompt_ids,
+                                 tokenizer.decode(list(prompt_ids[plen:]), skip_special_tokens=True))
+    return lookup.Drafter(refs)
 
 
 def _device(model: Any):
@@ -251,13 +277,22 @@ def _choose(logits: Any, constraints: Sequence[Any | None]) -> tuple[list[int], 
 
 def _greedy(model: Any, rows: Sequence[Sequence[int]], budget: Sequence[int], eos: Sequence[int],
             pad_id: int, shared: tuple[int, Any], constraints: Sequence[Any | None] | None = None,
-            ) -> tuple[list[list[int]], list[list[float]]]:
+            drafters: Sequence[Any] | None = None, draft: int = 0,
+            ) -> tuple[list[list[int]], list[list[float]], list[int]]:
     """Greedy decoding of one batch on top of the shared prefix's cache: ``(tokens, their
-    log-probabilities)`` per row.
+    log-probabilities, forward passes)`` per row.
 
     The suffixes (what differs between prompts) are left-padded after the prefix; rows leave
     the batch (and its cache) as soon as they reach EOS or their budget, or their constraint
     closes their answer (only EOS could follow).
+
+    With ``drafters`` (one :class:`core.prediction.lookup.Drafter` per row) and ``draft`` > 0,
+    each forward pass feeds every row its last chosen token and up to ``draft`` draft tokens
+    (right-padded to the longest); at each position the row's choice (:func:`_choose`'s rule,
+    with the constraint advanced over the tokens accepted before it) is compared with the next
+    draft token, and the row keeps the matching drafts plus its first choice that differs. The
+    cache is cropped back to the longest kept row; shorter rows' rejected positions are masked
+    out (holes, like the left padding), and each row's positions count only its kept tokens.
     """
     import copy
 
@@ -283,39 +318,114 @@ def _greedy(model: Any, rows: Sequence[Sequence[int]], budget: Sequence[int], eo
     cache = out.cache
     results: list[list[int]] = [[] for _ in rows]
     logprobs: list[list[float]] = [[] for _ in rows]
+    passes = [1] * batch
     cons = list(constraints) if constraints is not None else [None] * batch
+    if draft > 0 and (drafters is None or not _croppable(cache)):
+        draft = 0
     alive = list(range(batch))  # original row of each batch position
     eos_set = set(eos)
     last_pos = positions[:, -1:]
-    logits = out.logits[:, -1, :]
+    logits = out.logits[:, -1:, :]
+    drafts: list[list[int]] = [[] for _ in alive]
     while alive:
-        nxt, lps = _choose(logits, [cons[row] for row in alive])
-        keep = []
-        for k, row in enumerate(alive):
-            if nxt[k] < 0:  # the constraint allows nothing: the answer is completed as text
-                continue
-            c = cons[row]
-            if c is not None:
-                c.advance(nxt[k])
-            results[row].append(nxt[k])
-            logprobs[row].append(lps[k])
-            if nxt[k] not in eos_set and len(results[row]) < budget[row] and not (c is not None and c.closed):
-                keep.append(k)
+        keep, pending, kept = _verify(logits, drafts, alive, cons, results, logprobs, budget,
+                                      eos_set, drafters if draft > 0 else None)
         if not keep:
             break
-        tokens = torch.tensor([[nxt[k]] for k in keep], dtype=torch.long, device=device)
+        step = logits.shape[1]
+        longest = max(kept[k] for k in keep)
+        if step > longest:  # positions no kept row needs
+            cache.crop(longest - step)
+            mask = mask[:, : mask.shape[1] - (step - longest)]
+        for k in keep:
+            if kept[k] < longest:
+                mask[k, mask.shape[1] - (longest - kept[k]):] = 0
+        last_pos = last_pos + torch.tensor([[n] for n in kept], dtype=last_pos.dtype, device=device)
         if len(keep) != len(alive):
             index = torch.tensor(keep, dtype=torch.long, device=device)
             cache.batch_select_indices(index)
             mask, last_pos = mask[index], last_pos[index]
             alive = [alive[k] for k in keep]
-        mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=device)], dim=1)
-        last_pos = last_pos + 1
-        out = model(input_ids=tokens, attention_mask=mask, position_ids=last_pos,
-                    cache=cache, use_cache=True, logits_to_keep=1)
+            pending = [pending[k] for k in keep]
+        drafts = [drafters[row].propose(min(draft, budget[row] - len(results[row]) - 1))
+                  if draft > 0 else [] for row in alive]
+        step = 1 + max(len(d) for d in drafts)
+        tokens = torch.full((len(alive), step), pad_id, dtype=torch.long)
+        for k, d in enumerate(drafts):
+            tokens[k, 0] = pending[k]
+            if d:
+                tokens[k, 1 : 1 + len(d)] = torch.tensor(d, dtype=torch.long)
+        mask = torch.cat([mask, torch.ones((len(alive), step), dtype=mask.dtype, device=device)], dim=1)
+        step_pos = last_pos + torch.arange(step, device=device).unsqueeze(0)
+        out = model(input_ids=tokens.to(device), attention_mask=mask, position_ids=step_pos,
+                    cache=cache, use_cache=True, logits_to_keep=step)
         cache = out.cache
-        logits = out.logits[:, -1, :]
-    return results, logprobs
+        logits = out.logits[:, -step:, :]
+        for row in alive:
+            passes[row] += 1
+    return results, logprobs, passes
+
+
+def _croppable(cache: Any) -> bool:
+    """Whether rejected draft positions can be cut off the cache (every layer a plain,
+    growing key/value layer)."""
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:  # another transformers: no drafts rather than no cache
+        return False
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and hasattr(cache, "crop") and all(type(x) is DynamicLayer for x in layers)
+
+
+def _verify(logits: Any, drafts: Sequence[Sequence[int]], alive: Sequence[int],
+            cons: Sequence[Any | None], results: list[list[int]], logprobs: list[list[float]],
+            budget: Sequence[int], eos_set: set[int], drafters: Sequence[Any] | None,
+            ) -> tuple[list[int], list[int], list[int]]:
+    """Take each live row's tokens from one forward pass's logits (``(rows, 1 + drafts, vocab)``).
+
+    Row ``k`` takes its choice at position 0; while that choice equals the next draft token
+    (and the row goes on), the choice at the next position, and so on. Returns the batch
+    positions that go on, each one's last chosen token (to feed next), and how many of the fed
+    positions each row keeps in the cache (1 + its accepted drafts)."""
+    import torch
+
+    argmax = logits.argmax(-1).tolist()
+    lse = torch.logsumexp(logits.float(), dim=-1)
+    keep: list[int] = []
+    pending = [-1] * len(alive)
+    kept = [1] * len(alive)
+    taken: list[tuple[int, int, int, int]] = []  # (row, batch position, step position, token)
+    for k, row in enumerate(alive):
+        c, d = cons[row], drafts[k]
+        for j in range(len(d) + 1):
+            t = argmax[k][j]
+            if c is not None and not c.allows(t):
+                chosen = c.choose(logits[k, j])
+                t = -1 if chosen is None else chosen
+            if t < 0:  # the constraint allows nothing: the answer is completed as text
+                break
+            if c is not None:
+                c.advance(t)
+            results[row].append(t)
+            taken.append((row, k, j, t))
+            if drafters is not None:
+                drafters[row].extend(t)
+            if t in eos_set or len(results[row]) >= budget[row] or (c is not None and c.closed):
+                break
+            if j < len(d) and t == d[j]:
+                continue
+            keep.append(k)
+            pending[k] = t
+            kept[k] = j + 1
+            break
+    if taken:
+        ks = torch.tensor([x[1] for x in taken], dtype=torch.long, device=logits.device)
+        js = torch.tensor([x[2] for x in taken], dtype=torch.long, device=logits.device)
+        ts = torch.tensor([x[3] for x in taken], dtype=torch.long, device=logits.device)
+        values = (logits[ks, js, ts].float() - lse[ks, js]).tolist()
+        for (row, _, _, _), lp in zip(taken, values, strict=True):
+            logprobs[row].append(lp)
+    return keep, pending, kept
 
 
 def _generate_hf(model: Any, rows: Sequence[Sequence[int]], budget: Sequence[int],

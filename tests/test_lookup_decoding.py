@@ -1,0 +1,83 @@
+"""Prompt-lookup drafts: the same greedy answers in fewer forward passes."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.data import projects
+from core.models import loader
+from core.prediction import decoding, lookup
+from core.prediction.constrain import constraints_for
+from core.prompts import render
+from core.prompts.plan import fixed_shots
+from core.prompts.template import default_template
+
+
+def test_drafter_continues_the_longest_matched_tail():
+    d = lookup.Drafter([[1, 2, 3, 4, 5, 6], [9, 3, 7, 8]])
+    assert d.propose(3) == []  # nothing written yet
+    for t in (0, 2, 3):
+        d.extend(t)
+    assert d.propose(2) == [4, 5]  # "2 3" matches the first reference, longer than "3" alone
+    d.extend(7)
+    assert d.propose(5) == [8]  # "3 7" only in the second
+    for t in (0, 2):  # the answer's own text: "0 2" was followed by "3 7"
+        d.extend(t)
+    assert d.propose(4) == [3, 7, 0, 2]
+    assert d.propose(0) == []
+
+
+def test_sample_answer_writes_every_type_in_the_format():
+    assert lookup.sample_answer("json_list", ["Chemical", "Disease"]) == (
+        '[{"type": "Chemical", "text": "X"}, {"type": "Disease", "text": "X"}]')
+    assert "Disease" in lookup.sample_answer("json_dict", ["Chemical", "Disease"])
+    assert lookup.sample_answer("json_list", []) == ""
+
+
+def test_references_tokenize_words_as_an_answer_opens_them(bundled_model_path):
+    tokenizer = loader.load_tokenizer(str(bundled_model_path))
+    text = "Naloxone reverses clonidine ."
+    refs = lookup.references(tokenizer, [1, 2, 3], text, "json_list", ["Chemical"])
+    bare = tokenizer("clonidine", add_special_tokens=False)["input_ids"]
+    assert refs[0] == [1, 2, 3]
+    assert any(r[: len(bare)] == bare for r in refs[1:])  # "clonidine" without its space
+
+
+@pytest.fixture(scope="module")
+def smol(bundled_model_path):
+    import torch
+
+    torch.set_num_threads(2)
+    return loader.load_model(str(bundled_model_path))
+
+
+@pytest.mark.slow
+def test_drafts_change_no_answer(db, demo, smol):
+    """Batches of greedy answers with and without drafts: the same tokens (constrained and free),
+    with a row that ends early, in fewer forward passes."""
+    model, tokenizer = smol
+    labels = [x["name"] for x in projects.list_labels(db, demo["id"])]
+    # Two examples in the prompt: the base model then answers in the format, and copies.
+    train = projects.examples(db, demo["id"], split="train")
+    tpl = default_template()
+    shots = fixed_shots(train, 2)
+    examples = sorted(projects.examples(db, demo["id"], split="test"), key=lambda e: len(e.text))[:4]
+    prompts = [render.build_chat(tokenizer, tpl, e.text, labels, shots)[0] for e in examples]
+    caps = [min(40, decoding.token_budget(tokenizer, e.text, tpl.output_format)) for e in examples]
+    caps[2] = 5  # ends early, on its budget
+    for constrained in (True, False):
+        runs = {}
+        for draft in (0, 6):
+            cons = constraints_for(tokenizer, examples, labels, tpl.output_format) if constrained else None
+            runs[draft] = decoding.generate_details(model, tokenizer, prompts, caps, batch_size=4,
+                                                    constraints=cons, draft=draft)
+        for plain, drafted in zip(runs[0], runs[6], strict=True):
+            assert drafted.tokens == plain.tokens
+            assert drafted.text == plain.text
+            assert drafted.logprobs == pytest.approx(plain.logprobs, abs=1e-3)
+            assert drafted.completed == plain.completed and drafted.spans == plain.spans
+        assert len(runs[6][2].tokens) <= 5
+        if constrained:  # closed answers stop their rows before their budgets
+            assert any(len(g.tokens) < c for g, c in zip(runs[6], caps, strict=True))
+        passes = {d: sum(g.forward_passes for g in gens) for d, gens in runs.items()}
+        assert passes[6] < passes[0], passes
