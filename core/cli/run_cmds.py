@@ -20,7 +20,7 @@ from core.data.db import get_db
 from core.data.runs import list_runs, log_path, plain_text
 from core.errors import NerlabError
 from core.jobs import launcher
-from core.models import loader
+from core.models import loader, quiet
 from core.models.adapters import DEFAULT_SHARD_SIZE, merge_run
 from core.models.export import export_run
 from core.models.gguf_export import OUTTYPES
@@ -115,6 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if errors:
             raise NerlabError(f"{len(errors)} pre-flight check(s) failed: "
                               + "; ".join(f"{i.title}: {i.msg}" for i in errors))
+        quiet.quiet_libraries()  # its own lines, not the libraries' bars and kernel notes
         m = estimate.stored(db, project["id"], cfg) or estimate.measure(
             db, project["id"], cfg, log=lambda msg: print(msg, file=sys.stderr))
         print(f"Estimated wall time: {estimate.wall_time(db, project['id'], cfg, m).describe()}.")
