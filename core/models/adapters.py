@@ -113,16 +113,23 @@ def load_adapter(folder: str | Path, device: str | None = None, merge: bool = Fa
 
     The base model is ``base_model`` if given, else the one recorded in ``nerlab.json`` (full
     precision, even for QLoRA runs; ``dtype`` as :func:`loader.load_model` takes it, default
-    the run's own where this machine computes in it, else float32 on CPU).
+    float32 on CPU, bf16 on a GPU that has it; a run trained in bf16 gets its bf16 base weights,
+    computed in float32 on a CPU).
     """
     from peft import PeftModel
 
     folder = Path(folder)
     meta = json.loads((folder / META_FILE).read_text())
     base = base_model or meta.get("base_model") or meta["config"]["base_model"]
-    if dtype is None and meta.get("dtype") == "bfloat16" and loader.device_info().bf16:
-        dtype = "bfloat16"  # as the run trained and scored itself
+    upcast = False
+    if dtype is None and meta.get("dtype") == "bfloat16":
+        # The base weights as the run trained on them (bf16); on a CPU computed in float32, as
+        # the run predicted its own dev and test sentences (see core.training.fine_tune).
+        dtype = "bfloat16"
+        upcast = (device or loader.device_info().device) != "cuda"
     model, tokenizer = loader.load_model(base, dtype=dtype, device=device)
+    if upcast:
+        model.float()
     if (folder / "tokenizer_config.json").is_file():
         from transformers import AutoTokenizer
 

@@ -155,6 +155,10 @@ def run(ctx: RunContext) -> None:
         model.config.use_cache = True
         if cfg.train.gradient_checkpointing:
             model.gradient_checkpointing_disable()
+        if info.device != "cuda" and dtype == "bfloat16":
+            # float32 arithmetic for predicting on a CPU: bf16's rounding differs between one
+            # token and several at once, so drafts verified in one pass could change an answer.
+            model.float()
         merge_for_prediction(model, cfg, ctx.log)
         tokenizer.padding_side = "left"
         ctx.log("Predicting the dev and test splits with the trained adapter"
