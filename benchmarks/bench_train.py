@@ -102,11 +102,6 @@ def _reset_peak(device: str) -> None:
         pass
 
 
-def _training_peak_mb(device: str) -> float:
-    """The peak since :func:`_reset_peak`."""
-    return _peak_memory_mb(device)
-
-
 def top_operators(args: argparse.Namespace, data: list[dict], steps: int = 4, top: int = 5) -> None:
     """A profile of NERLab's first ``steps`` steps: the operators with the most self CPU time."""
     from torch.profiler import ProfilerActivity, profile
@@ -152,7 +147,7 @@ def bench_nerlab(args: argparse.Namespace, data: list[dict]) -> dict:
         "impl": "nerlab", "device": device, "dtype": dtype, "steps": result.steps,
         "seconds": result.seconds, "tokens": result.tokens, "tokens_per_s": result.tokens_per_s,
         "s_per_step": result.seconds / max(result.steps, 1), "final_loss": result.train_loss,
-        "train_peak_mb": _training_peak_mb(device),
+        "train_peak_mb": _peak_memory_mb(device),  # since the reset
         "peak_mem_mb": max(whole_peak, _peak_memory_mb(device)),
         "cpu_s": time.process_time() - cpu_started,
     }
@@ -244,7 +239,7 @@ def bench_hf(args: argparse.Namespace, data: list[dict]) -> dict:
         "steps": out.global_step, "seconds": seconds, "tokens": tokens,
         "tokens_per_s": tokens / seconds, "s_per_step": seconds / max(out.global_step, 1),
         "final_loss": losses[-1] if losses else None,
-        "train_peak_mb": _training_peak_mb(device),
+        "train_peak_mb": _peak_memory_mb(device),  # since the reset
         "peak_mem_mb": max(whole_peak, _peak_memory_mb(device)), "cpu_s": cpu_s,
     }
 

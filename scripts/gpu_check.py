@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's core/, not an installed copy
 
 from core.data.runs import read_log, run_dir, run_metrics  # noqa: E402
 from core.jobs import launcher  # noqa: E402
+from core.training.launch import FSDP2_CONFIG  # noqa: E402
 
 
 def _device() -> dict:
@@ -99,18 +100,6 @@ def run_training(db, project_id: int, preset: str, timeout_s: float, setup=None,
     return out
 
 
-FSDP_QLORA_CONFIG = """# Written by scripts/gpu_check.py: QLoRA sharded with FSDP2.
-distributed_type: FSDP
-num_machines: 1
-num_processes: {n}
-mixed_precision: 'no'
-fsdp_config:
-  fsdp_version: 2
-  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
-  fsdp_reshard_after_forward: true
-  fsdp_state_dict_type: FULL_STATE_DICT
-  fsdp_cpu_ram_efficient_loading: false
-"""
 
 COLUMNS = (("check", "Check"), ("setup", "Setup"), ("status", "Status"),
            ("tokens_per_s", "tokens/s"), ("peak_mb", "peak MB/GPU"), ("result", "Result"))
@@ -250,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                          + (f"step losses differ ≤ {max(diffs):.4f}" if diffs else "")))
         ok &= one["status"] == many["status"] == "finished"
         config = Path(home) / "fsdp-qlora.yaml"
-        config.write_text(FSDP_QLORA_CONFIG.format(n=n))
+        config.write_text(FSDP2_CONFIG.format(n=n))
         print(f"\nQLoRA sharded with FSDP over {n} GPUs…", flush=True)
         fsdp = report["fsdp_qlora"] = run_training(
             db, project["id"], "QLoRA 4-bit", args.timeout, gpus=n, lr=5e-4, eval_after=False,

@@ -18,6 +18,7 @@ from core.training import distributed
 from core.training.batches import Encoded
 from core.training.checks import check_run
 from core.training.distributed import SINGLE, Group, shard
+from core.training.launch import FSDP2_CONFIG
 from core.training.runconfig import RunConfig
 
 # -- without a model (fast) ----------------------------------------------------------------------
@@ -276,17 +277,6 @@ def test_two_processes_train_the_same_adapter_as_one(db, bundled_model_path):
     assert db["evaluations"].count_where("run_id = ?", [two]) >= 2
 
 
-FSDP2_CONFIG = """distributed_type: FSDP
-num_machines: 1
-num_processes: 2
-mixed_precision: 'no'
-fsdp_config:
-  fsdp_version: 2
-  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
-  fsdp_reshard_after_forward: true
-  fsdp_state_dict_type: FULL_STATE_DICT
-  fsdp_cpu_ram_efficient_loading: false
-"""
 
 
 @pytest.mark.slow
@@ -300,7 +290,7 @@ def test_fsdp_through_the_users_accelerate_config_trains_like_one_process(db, bu
     from core.training.launch import Launch
 
     config = tmp_path / "fsdp.yaml"
-    config.write_text(FSDP2_CONFIG)
+    config.write_text(FSDP2_CONFIG.format(n=2))
     project = tiny_project(db, n_train=12, n_dev=2, n_test=2)
     settings = dict(max_steps=3, batch_size=3, grad_accum=1, rank=4, eval_limit=1,
                     dev_loss_sentences=2, precision="fp32")
@@ -345,7 +335,7 @@ def test_an_fsdp_config_that_cannot_run_here_fails_the_run_with_the_reason(db, b
     from core.training.launch import Launch
 
     config = tmp_path / "fsdp1.yaml"
-    config.write_text(FSDP2_CONFIG.replace("fsdp_version: 2", "fsdp_version: 1"))
+    config.write_text(FSDP2_CONFIG.format(n=2).replace("fsdp_version: 2", "fsdp_version: 1"))
     project = tiny_project(db, n_train=4, n_dev=1, n_test=1)
     run_id, _ = launcher.submit_training(db, project["id"], quick_config(gpus=2, rank=4),
                                          setup=Launch(config_file=str(config)))

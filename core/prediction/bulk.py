@@ -193,32 +193,30 @@ def predict_in_batches(ctx: RunContext, predictor: Predictor, examples: Sequence
     out: list[Prediction | None] = [None] * len(examples)
     step = max(1, predictor.batch_size)
     done = 0
+
+    def keep(idx: Sequence[int], preds: list[Prediction]) -> None:
+        nonlocal done
+        for i, p in zip(idx, preds, strict=True):
+            out[i] = p
+        if each is not None:
+            each(idx, preds)
+        done += len(idx)
+        ctx.phase_progress(done, len(examples))
+
     group = getattr(ctx, "group", None)
     if group is not None and group.enabled:
         rounds = sharded_rounds(group, order, step,
                                 lambda mine: predictor.predict([examples[i] for i in mine]),
                                 ctx.should_stop)
         for idx, preds in rounds:
-            if not group.main:
-                continue
-            for i, p in zip(idx, preds, strict=True):
-                out[i] = p
-            if each is not None:
-                each(idx, preds)
-            done += len(idx)
-            ctx.phase_progress(done, len(examples))
+            if group.main:
+                keep(idx, preds)
         return [p for p in out if p is not None]
     with ctx.interruptible():
         for b in range(0, len(order), step):
             ctx.check_stop()
             idx = order[b:b + step]
-            preds = predictor.predict([examples[i] for i in idx])
-            for i, p in zip(idx, preds, strict=True):
-                out[i] = p
-            if each is not None:
-                each(idx, preds)
-            done += len(idx)
-            ctx.phase_progress(done, len(examples))
+            keep(idx, predictor.predict([examples[i] for i in idx]))
     return [p for p in out if p is not None]
 
 

@@ -32,6 +32,20 @@ from core.errors import ConfigError
 LAUNCH_FILE = "launch.json"
 #: ``config_file`` value: let ``accelerate launch`` find the user's default config itself.
 DEFAULT_CONFIG = "default"
+
+#: An accelerate config for FSDP version 2 over ``{n}`` processes on one machine (the layout the
+#: README's FSDP example, the FSDP test and ``scripts/gpu_check.py`` use).
+FSDP2_CONFIG = """distributed_type: FSDP
+num_machines: 1
+num_processes: {n}
+mixed_precision: 'no'
+fsdp_config:
+  fsdp_version: 2
+  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
+  fsdp_reshard_after_forward: true
+  fsdp_state_dict_type: FULL_STATE_DICT
+  fsdp_cpu_ram_efficient_loading: false
+"""
 #: Distributed types of an accelerate config that NERLab's trainer runs as such.
 SUPPORTED_TYPES = ("NO", "MULTI_GPU", "MULTI_CPU", "FSDP")
 

@@ -14,6 +14,7 @@ torch is imported inside the functions only.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 #: Rows of logits computed at once (each 49,152 floats for the bundled model: 25 MB per chunk).
@@ -43,10 +44,12 @@ def answer_cross_entropy(hidden: Any, head: Any, targets: Any, softcap: float | 
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
         return F.cross_entropy(logits, targets, reduction="sum")
-    return _FusedAnswerCE.apply(hidden, head.weight, targets, softcap or 0.0, chunk_rows)
+    return _fused_class().apply(hidden, head.weight, targets, softcap or 0.0, chunk_rows)
 
 
+@functools.cache
 def _fused_class():
+    """The autograd Function, built on first use (torch is not imported with this module)."""
     import torch
 
     class FusedAnswerCE(torch.autograd.Function):
@@ -83,17 +86,3 @@ def _fused_class():
 
     return FusedAnswerCE
 
-
-class _Lazy:
-    """The autograd Function, built on first use (torch is not imported with this module)."""
-
-    _cls: Any = None
-
-    @classmethod
-    def apply(cls, *args: Any) -> Any:
-        if cls._cls is None:
-            cls._cls = _fused_class()
-        return cls._cls.apply(*args)
-
-
-_FusedAnswerCE = _Lazy
