@@ -51,6 +51,22 @@ setup() {
   log "setup done"
 }
 
+ensure_tcmalloc() {
+  # NERLab's workers preload tcmalloc when it is installed (core/procs.py): on a CPU, training
+  # takes ~1 GB less memory than under glibc's malloc and runs faster. Install it when we can.
+  if [ -n "$(ls /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4 \
+             /usr/lib/libtcmalloc_minimal.so.4 /usr/local/lib/libtcmalloc_minimal.so.4 2>/dev/null)" ]; then
+    return
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing tcmalloc (libtcmalloc-minimal4) for training's memory"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 >/dev/null) \
+      || log "could not install libtcmalloc-minimal4: training uses glibc's malloc (more memory)"
+  else
+    log "no tcmalloc: training uses glibc's malloc (~1 GB more memory); sudo apt-get install libtcmalloc-minimal4"
+  fi
+}
+
 ensure_chromium() {
   # The browser tests drive Debian's chromium; install it when we can (root with apt-get).
   if [ -x /usr/bin/chromium ] && [ -d /usr/share/fonts/truetype/noto ]; then return; fi
@@ -67,15 +83,18 @@ shift || true
 case "$cmd" in
   setup)
     setup
+    ensure_tcmalloc
     ;;
   app)
     setup
+    ensure_tcmalloc
     "$VENV/bin/nerlab" demo
     log "starting NERLab on http://localhost:${PORT:-8501}"
     exec "$VENV/bin/streamlit" run app.py --server.port "${PORT:-8501}" "$@"
     ;;
   test)
     setup
+    ensure_tcmalloc
     ensure_chromium
     exec "$PY" -m pytest "$@"
     ;;

@@ -34,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from core import procs  # noqa: E402
 from core.data import projects  # noqa: E402
 from core.data.demo import ensure_demo_project  # noqa: E402
 from core.models import loader  # noqa: E402
@@ -61,6 +62,12 @@ def main() -> int:
                         help="cap every budget at N tokens on every path (0 = from the sentence)")
     args = parser.parse_args()
 
+    # As NERLab's workers predict (core.procs.compute_env: tcmalloc when installed, sleeping
+    # OpenMP threads); a preload only takes effect at a process's start, hence the re-exec.
+    env = procs.compute_env(dict(os.environ))
+    if env.get("LD_PRELOAD", "") != os.environ.get("LD_PRELOAD", ""):
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    os.environ.update(env)
     os.environ.setdefault("NERLAB_HOME", tempfile.mkdtemp(prefix="nerlab-bench-"))
     cached = ROOT / ".pytest_cache" / "nerlab-models"
     if cached.is_dir():
@@ -139,6 +146,7 @@ def main() -> int:
     result: dict = {
         "setting": setting,
         "device": loader.device_info().describe(),
+        "allocator": procs.allocator(),
         "threads": args.threads,
         "model_load_s": round(load_s, 1),
         "sentences": len(prompts),

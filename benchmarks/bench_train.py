@@ -23,7 +23,9 @@ shared prompt prefix, the fused answer-only loss, bf16 where the CPU computes in
 
 Peak memory is the process's peak resident set, measured twice: over the whole process (with
 loading the model) and over the training alone (the high-water mark is reset after loading,
-``/proc/self/clear_refs``).
+``/proc/self/clear_refs``). NERLab's loop runs under the allocator its run workers get
+(tcmalloc when installed, see ``core.procs.compute_env``), the HF script under the C library's
+malloc as a plain script does; ``--hf-tcmalloc`` gives it tcmalloc too. Each row says which.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from core import procs
 from core.data import projects
 from core.models import loader
 from core.prompts.store import get_template
@@ -80,13 +83,8 @@ def _peak_memory_mb(device: str) -> float:
         return torch.cuda.max_memory_allocated() / 2**20
     # VmHWM, not getrusage's ru_maxrss: a child started by a big parent inherits the parent's
     # resident set at fork in ru_maxrss.
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+    peak = procs.peak_rss_mb()
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _reset_peak(device: str) -> None:
@@ -96,10 +94,7 @@ def _reset_peak(device: str) -> None:
 
         torch.cuda.reset_peak_memory_stats()
         return
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux)
-    except OSError:
-        pass
+    procs.reset_peak_rss()
 
 
 def top_operators(args: argparse.Namespace, data: list[dict], steps: int = 4, top: int = 5) -> None:
@@ -149,7 +144,7 @@ def bench_nerlab(args: argparse.Namespace, data: list[dict]) -> dict:
         "s_per_step": result.seconds / max(result.steps, 1), "final_loss": result.train_loss,
         "train_peak_mb": _peak_memory_mb(device),  # since the reset
         "peak_mem_mb": max(whole_peak, _peak_memory_mb(device)),
-        "cpu_s": time.process_time() - cpu_started,
+        "cpu_s": time.process_time() - cpu_started, "allocator": procs.allocator(),
     }
 
 
@@ -241,6 +236,7 @@ def bench_hf(args: argparse.Namespace, data: list[dict]) -> dict:
         "final_loss": losses[-1] if losses else None,
         "train_peak_mb": _peak_memory_mb(device),  # since the reset
         "peak_mem_mb": max(whole_peak, _peak_memory_mb(device)), "cpu_s": cpu_s,
+        "allocator": procs.allocator(),
     }
 
 
@@ -275,6 +271,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=1, help="alternate them this many times")
     parser.add_argument("--hf-bf16", action="store_true",
                         help="also time the HF script with bf16=True (same precision as NERLab's)")
+    parser.add_argument("--hf-tcmalloc", action="store_true",
+                        help="run the HF script under tcmalloc too (as NERLab's workers run)")
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
                         help="first print the top operators of NERLab's first STEPS steps")
     parser.add_argument("--json", help="also write the results to this file")
@@ -288,7 +286,7 @@ def main() -> int:
 
     home = os.environ.get("NERLAB_HOME") or tempfile.mkdtemp(prefix="nerlab-bench-")
     os.environ["NERLAB_HOME"] = home
-    # As NERLab's worker runs (core.jobs sets it): sleeping, not spinning, OpenMP threads.
+    # As NERLab's workers run (core.procs.compute_env), for both: sleeping OpenMP threads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     data = prepare_data(args)
     if args.profile:
@@ -307,14 +305,20 @@ def main() -> int:
             out = work / f"{impl}-{repeat}.json"
             cmd = [sys.executable, str(Path(__file__).resolve()), "--impl", impl,
                    "--data", str(work / "data.json"), "--out", str(out), *_forward(args)]
-            subprocess.run(cmd, check=True, env=os.environ.copy())
+            # NERLab's loop runs as its run workers do (core.procs.compute_env: tcmalloc when
+            # installed); the HF script as a plain script does, unless --hf-tcmalloc.
+            env = os.environ.copy()
+            if impl == "nerlab" or args.hf_tcmalloc:
+                env = procs.compute_env(env)
+            subprocess.run(cmd, check=True, env=env)
             result = json.loads(out.read_text())
             results.append(result)
             result["tokens_per_cpu_s"] = result["tokens"] / max(result["cpu_s"], 1e-9)
             print(f"  {impl:7} {result['tokens_per_s']:8.1f} tokens/s  "
                   f"{result['tokens_per_cpu_s']:8.1f} tokens/CPU-s  {result['s_per_step']:7.2f} s/step  "
                   f"peak {result['peak_mem_mb']:6.0f} MB (training {result['train_peak_mb']:6.0f})  "
-                  f"loss {result['final_loss']:.4f}  ({result['device']}, {result['dtype']})",
+                  f"loss {result['final_loss']:.4f}  ({result['device']}, {result['dtype']}, "
+                  f"{result['allocator']})",
                   flush=True)
 
     def mean(impl: str) -> dict:

@@ -5,6 +5,7 @@ goes through :func:`spawn`, and every liveness check through :func:`pid_alive`."
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import socket
 import subprocess
@@ -24,19 +25,17 @@ def spawn(module_args: Sequence[str], log: Path, env: dict[str, str] | None = No
     return its pid.
 
     The child runs from the checkout with this data directory, whatever the caller's working
-    directory and environment: ``PYTHONPATH`` gets the checkout and ``NERLAB_HOME`` is set.
-    Threads that sleep instead of spinning while OpenMP waits (measured on a shared 2-core
-    machine: a LoRA+ step ran 2-4x faster) unless the caller says otherwise.
+    directory and environment: ``PYTHONPATH`` gets the checkout and ``NERLAB_HOME`` is set;
+    it computes as :func:`compute_env` says.
     """
     argv = list(module_args)
     if argv[0] != sys.executable:
         argv = [sys.executable, *argv]
-    child = dict(os.environ)
+    child = compute_env(dict(os.environ))
     root = str(config.project_root())
     child["PYTHONPATH"] = root + (os.pathsep + child["PYTHONPATH"] if child.get("PYTHONPATH") else "")
     child[config.HOME_ENV] = str(config.home())
     child.setdefault("PYTHONUNBUFFERED", "1")
-    child.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     child.update(env or {})
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
@@ -45,6 +44,86 @@ def spawn(module_args: Sequence[str], log: Path, env: dict[str, str] | None = No
             env=child, start_new_session=True, close_fds=True,
         )
     return proc.pid
+
+
+#: Set to 0 to keep the C library's malloc in NERLab's processes, or to the path of a
+#: tcmalloc build to use that one.
+TCMALLOC_ENV = "NERLAB_TCMALLOC"
+#: Where Linux distributions install gperftools' tcmalloc (Debian and Ubuntu:
+#: ``libtcmalloc-minimal4``; Fedora: ``gperftools-libs``).
+TCMALLOC_PATHS = (
+    "/usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4",
+    "/usr/lib64/libtcmalloc_minimal.so.4",
+    "/usr/lib/libtcmalloc_minimal.so.4",
+    "/usr/local/lib/libtcmalloc_minimal.so.4",
+)
+
+
+def tcmalloc() -> str | None:
+    """The tcmalloc library NERLab's processes preload, or None (not installed, not Linux, or
+    ``NERLAB_TCMALLOC=0``)."""
+    setting = os.environ.get(TCMALLOC_ENV, "").strip()
+    if setting == "0":
+        return None
+    if setting:
+        return setting if Path(setting).is_file() else None
+    if not sys.platform.startswith("linux"):
+        return None
+    for pattern in TCMALLOC_PATHS:
+        for hit in sorted(glob.glob(pattern)):
+            return hit
+    return None
+
+
+def compute_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with what NERLab's computing processes (run workers, try-out answers, merges)
+    run under, unless it already says otherwise:
+
+    - tcmalloc preloaded (:func:`tcmalloc`): glibc's malloc keeps the freed pieces of a
+      training step's activations apart, so the next step takes fresh memory; measured on the
+      bundled model's CPU training (bench_train), the peak fell from 3.5 to 2.4 GB and the
+      steps ran ~25% faster. Its notices of allocations over 1 GB are silenced.
+    - OpenMP threads that sleep instead of spinning while they wait (measured on a shared
+      2-core machine: a LoRA+ step ran 2-4x faster).
+    """
+    out = dict(env)
+    lib = tcmalloc()
+    preload = out.get("LD_PRELOAD", "")
+    if lib and "malloc" not in preload:
+        out["LD_PRELOAD"] = f"{lib} {preload}".strip()
+        out.setdefault("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", str(1 << 40))
+    out.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return out
+
+
+def allocator() -> str:
+    """The allocator this process runs with: "tcmalloc", "jemalloc" or "glibc malloc"."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return "the system's malloc"
+    for name in ("tcmalloc", "jemalloc"):
+        if f"lib{name}" in maps:
+            return name
+    return "glibc malloc" if sys.platform.startswith("linux") else "the system's malloc"
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory in MB since it started or since
+    :func:`reset_peak_rss` (Linux's VmHWM); None where the system does not say."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def reset_peak_rss() -> None:
+    """Start :func:`peak_rss_mb`'s count afresh (Linux; elsewhere nothing happens)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
 
 
 def pid_alive(pid: int | None, marker: str) -> bool:

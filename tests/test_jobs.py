@@ -87,6 +87,55 @@ def test_refresh_fails_a_running_run_whose_process_is_gone(db, project):
     assert launcher.refresh(db, start_queued=False) == []
 
 
+def test_compute_env_preloads_tcmalloc_unless_told_otherwise(tmp_path, monkeypatch):
+    from core import procs
+
+    lib = tmp_path / "libtcmalloc_minimal.so.4"
+    lib.write_bytes(b"")
+    monkeypatch.setenv(procs.TCMALLOC_ENV, str(lib))
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    env = procs.compute_env({"PATH": "/bin"})
+    assert env["LD_PRELOAD"] == str(lib) and env["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert int(env["TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"]) >= 2**40  # no "large alloc" notices
+    # another preload is kept after it; a malloc the caller chose is left alone
+    assert procs.compute_env({"LD_PRELOAD": "/x/libfoo.so"})["LD_PRELOAD"] == f"{lib} /x/libfoo.so"
+    assert procs.compute_env({"LD_PRELOAD": "/x/libjemalloc.so.2"})["LD_PRELOAD"] == "/x/libjemalloc.so.2"
+    assert procs.compute_env({"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"
+    monkeypatch.setenv(procs.TCMALLOC_ENV, "0")
+    assert "LD_PRELOAD" not in procs.compute_env({})
+    monkeypatch.setenv(procs.TCMALLOC_ENV, str(tmp_path / "missing.so"))
+    assert procs.tcmalloc() is None and "LD_PRELOAD" not in procs.compute_env({})
+
+
+def test_spawned_processes_run_under_tcmalloc_and_report_their_peak(tmp_path):
+    """A real child through spawn: tcmalloc mapped (run.sh installs it where it can), its peak
+    memory read."""
+    from core import procs
+
+    if procs.tcmalloc() is None:
+        pytest.skip("tcmalloc is not installed here (apt-get install libtcmalloc-minimal4)")
+    log = tmp_path / "child.log"
+    code = ("from core import procs; b = b\"x\" * (200 * 2**20); del b; "
+            "print(procs.allocator(), procs.peak_rss_mb() > 200)")
+    pid = procs.spawn([sys.executable, "-c", code], log)
+    deadline = time.monotonic() + 60
+    while pid_alive(pid, "python") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert log.read_text().split() == ["tcmalloc", "True"], log.read_text()
+
+
+def test_peak_rss_is_the_high_water_mark_until_reset():
+    from core import procs
+
+    if procs.peak_rss_mb() is None:
+        pytest.skip("no /proc/self/status here")
+    block = b"x" * (300 * 2**20)
+    del block  # glibc hands a block this big straight back to the system
+    high = procs.peak_rss_mb()
+    procs.reset_peak_rss()
+    assert procs.peak_rss_mb() < high - 200
+
+
 def test_pid_alive():
     assert not pid_alive(None, launcher.WORKER)
     assert not pid_alive(_dead_pid(), launcher.WORKER)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
@@ -109,7 +110,7 @@ def test_answer_only_loss_equals_the_full_logits_loss(db, tiny, monkeypatch):
     import torch
 
     from core.training.batches import encode_examples, shared_prefix
-    from core.training.loop import answer_loss_sum, build_model, packs
+    from core.training.loop import StepPrefix, answer_loss_sum, build_model, packs
 
     cfg = quick_config(dropout=0.0, rank=4, precision="fp32")
     model, tok, _ = build_model(cfg, "cpu", log=lambda m: None)
@@ -127,15 +128,22 @@ def test_answer_only_loss_equals_the_full_logits_loss(db, tiny, monkeypatch):
     assert 16 <= prefix < min(e.n_prompt for e in data)
     n_answer = sum(e.n_answer for e in data)
 
-    def loss_and_grads(prefix_len: int, pack: bool):
+    def loss_and_grads(prefix_len: int, pack: bool, step: bool = False, budget: int = 600):
         monkeypatch.setenv("NERLAB_PACK", "1" if pack else "0")
         assert packs(model) == pack
         model.zero_grad()
         total, count = 0.0, 0
-        for chunk in micro_batches(data, token_budget=600, prefix=prefix_len, packed=pack):
-            loss, n = answer_loss_sum(model, chunk, tok.pad_token_id, "cpu", prefix=prefix_len)
+        chunks = micro_batches(data, token_budget=budget, prefix=prefix_len, packed=pack)
+        assert budget > 1 or len(chunks) == 3
+        # the prefix once for all micro-batches, its gradient passed back at the end
+        once = StepPrefix(model, data[0].ids[:prefix_len], "cpu") if step else None
+        for chunk in chunks:
+            loss, n = answer_loss_sum(model, chunk, tok.pad_token_id, "cpu", prefix=prefix_len,
+                                      step_prefix=once)
             (loss / n_answer).backward()
             total, count = total + float(loss.detach()), count + n
+        if once is not None:
+            once.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         return total / count, count, grads
 
@@ -158,18 +166,24 @@ def test_answer_only_loss_equals_the_full_logits_loss(db, tiny, monkeypatch):
 
     lengths = [len(e.ids) for e in data]
     # padded; packed into one row (attention free); packed one sentence a row with padding
-    # tokens after (attention dear, rows padded); with and without the shared prefix
-    for prefix_len, pack, weight in ((0, False, None), (prefix, False, None), (0, True, 0.0),
-                                     (prefix, True, 0.0), (prefix, True, 1.0)):
+    # tokens after (attention dear, rows padded); with and without the shared prefix; the
+    # prefix once for three micro-batches (a sentence each), with and without sdpa's GQA
+    cases = ((0, False, None, False, False), (prefix, False, None, False, False),
+             (0, True, 0.0, False, False), (prefix, True, 0.0, False, False),
+             (prefix, True, 1.0, False, False), (prefix, True, None, True, False),
+             (prefix, True, None, True, True))
+    for prefix_len, pack, weight, step, gqa in cases:
         if weight is not None:
             monkeypatch.setattr(packing, "pair_weight", lambda _config, w=weight: w)
         else:
             monkeypatch.undo()
+        if gqa:
+            monkeypatch.setenv("TRANSFORMERS_SDPA_FORCE_GQA", "1")
         rows = packing.layout([n - prefix_len for n in lengths], prefix_len,
                               packing.pair_weight(model.config))
         assert weight != 0.0 or len(rows) == 1
         assert weight != 1.0 or len(rows) == 3
-        loss, count, grads = loss_and_grads(prefix_len, pack)
+        loss, count, grads = loss_and_grads(prefix_len, pack, step, budget=1 if step else 600)
         assert count == n_answer
         assert loss == pytest.approx(float(reference.detach()), rel=1e-4), (prefix_len, pack)
         assert grads.keys() == ref_grads.keys()
@@ -177,7 +191,7 @@ def test_answer_only_loss_equals_the_full_logits_loss(db, tiny, monkeypatch):
             # float32 rounding of other sums (fused loss, packed rows) through 30 layers: up to
             # ~1e-4 of a small gradient's norm; a wrong mask or position gives O(1)
             off = float((grads[name] - grad).norm() / grad.norm())
-            assert off < 1e-3, (prefix_len, pack, weight, name, off)
+            assert off < 1e-3, (prefix_len, pack, weight, step, gqa, name, off)
 
 
 @pytest.mark.slow
@@ -215,6 +229,9 @@ def test_loraplus_run_finishes_scores_and_its_adapter_changes_the_output(db, tin
     run = launcher.wait(db, run_id, timeout_s=600)
     log = read_log(run_id)
     assert run["status"] == "finished", log
+    # every phase's line and the last say the process's peak memory
+    assert re.search(r"Train: [0-9.]+ s; peak memory [0-9,]+ MB\.", log), log
+    assert re.search(r"Finished in \d+ s; peak memory [0-9,]+ MB \(", log), log
     metrics = run_metrics(db, run_id)
     steps = [m for m in metrics if m["loss"] is not None]
     assert [m["step"] for m in steps] == [1, 2] and all(m["total_steps"] == 2 for m in steps)

@@ -116,7 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise NerlabError(f"{len(errors)} pre-flight check(s) failed: "
                               + "; ".join(f"{i.title}: {i.msg}" for i in errors))
         quiet.quiet_libraries()  # its own lines, not the libraries' bars and kernel notes
-        m = estimate.stored(db, project["id"], cfg) or estimate.measure(
+        m = estimate.stored(db, project["id"], cfg) or estimate.measure_apart(
             db, project["id"], cfg, log=lambda msg: print(msg, file=sys.stderr))
         print(f"Estimated wall time: {estimate.wall_time(db, project['id'], cfg, m).describe()}.")
         return 0

@@ -34,7 +34,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from core import config
+from core import config, procs
 from core.data import phases
 from core.data.db import get_db, now
 from core.data.phases import Phase
@@ -81,6 +81,7 @@ class WorkerContext(RunContext):
         self._phase: Phase | None = None
         self._phase_started = 0.0
         self._phase_written = 0.0
+        self.peak_mb = 0.0  # the process's peak resident memory over the phases so far
 
     # -- logging and liveness ----------------------------------------------------------------
 
@@ -144,6 +145,8 @@ class WorkerContext(RunContext):
         """Start a phase; the one before it is done."""
         self.end_phase("done")
         self._phase, self._phase_started, self._phase_written = phase, time.monotonic(), 0.0
+        self.peak_mb = max(self.peak_mb, procs.peak_rss_mb() or 0.0)
+        procs.reset_peak_rss()  # each phase's own peak, in its line of the log
         if self.group.main:
             phases.start(self.db, self.run_id, phase, total)
 
@@ -168,7 +171,10 @@ class WorkerContext(RunContext):
         if self._phase is None:
             return
         took = time.monotonic() - self._phase_started
-        self.log(f"{self._phase.title}: {took:.1f} s" + ("." if status == "done" else f", {status}."))
+        peak = procs.peak_rss_mb()
+        self.peak_mb = max(self.peak_mb, peak or 0.0)
+        self.log(f"{self._phase.title}: {took:.1f} s" + ("" if status == "done" else f", {status}")
+                 + (f"; peak memory {peak:,.0f} MB." if peak else "."))
         if self.group.main:
             phases.finish(self.db, self.run_id, self._phase.key, status, took)
         self._phase = None
@@ -430,7 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     if status == "stopped":
         ctx.log("Stopped; what was saved is kept.")
     elif status == "finished":
-        ctx.log(f"Finished in {ctx.elapsed_s():.0f} s.")
+        ctx.log(f"Finished in {ctx.elapsed_s():.0f} s"
+                + (f"; peak memory {ctx.peak_mb:,.0f} MB ({procs.allocator()})." if ctx.peak_mb
+                   else "."))
     _finish(db, run_id, status, kind, message)
     _start_next(db)
     return 1 if status == "failed" else 0

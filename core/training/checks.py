@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
 
-from core import config
+from core import config, procs
 from core.config import MIN_TRAIN, RECOMMENDED_TRAIN
 from core.data import projects
 from core.errors import NerlabError
@@ -145,6 +146,12 @@ def check_run(
         else:
             precision = "bf16" if bf16_supported and cfg.train.precision != "fp32" else "float32"
             issues.append(Issue("info", "Device", f"CPU ({os.cpu_count()} cores), {precision}."))
+        if procs.tcmalloc() is None and sys.platform.startswith("linux"):
+            issues.append(Issue("info", "Memory allocator",
+                                "tcmalloc is not installed: training uses glibc's malloc, which "
+                                "keeps ~1 GB more memory and runs ~20% slower on a CPU. Install "
+                                "it with `sudo apt-get install libtcmalloc-minimal4` (Debian, "
+                                "Ubuntu) or `dnf install gperftools-libs` (Fedora)."))
     elif cfg.train.precision == "bf16" and not bf16_supported:
         issues.append(Issue("warning", "bf16 not supported",
                             "This GPU has no bf16: the run uses float32 (more memory)."))

@@ -117,10 +117,15 @@ class Engine:
         return float(self.group.world) if self.distributed else 1.0
 
     def loss(self, model: Any, chunk: Sequence[Any], pad_id: int, device: str,
-             autocast_dtype: Any = None, prefix: int = 0) -> tuple[Any, int]:
+             autocast_dtype: Any = None, prefix: int = 0, step_prefix: Any = None
+             ) -> tuple[Any, int]:
         """The loss sum and answer-token count of a micro-batch (through the wrapped module when
-        there is one; ``model`` is then the module it wraps)."""
+        there is one; ``model`` is then the module it wraps). ``step_prefix`` (one process
+        only): the prefix's keys and values computed once for the step."""
         if self.wrapped is None:
+            if step_prefix is not None:
+                return self._loss_fn(model, chunk, pad_id, device, autocast_dtype, prefix,
+                                     step_prefix=step_prefix)
             return self._loss_fn(model, chunk, pad_id, device, autocast_dtype, prefix)
         return self.wrapped(chunk, pad_id, device, autocast_dtype, prefix)
 

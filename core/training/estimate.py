@@ -8,7 +8,10 @@ reads it back and :func:`wall_time` turns it into seconds per phase for the pre-
 
 The Train page starts the measurement in a short process of its own (``python -m
 core.training.estimate PROJECT_ID``, the config on stdin) so that the page never loads a model;
-``nerlab train --estimate`` runs it in place. torch & co are imported inside functions.
+``nerlab train --estimate`` starts the same process and waits for it (:func:`measure_apart`).
+Either way the step is timed as a run's worker computes (:func:`core.procs.compute_env`: the
+allocator and OpenMP settings), not as the calling process happens to. torch & co are imported
+inside functions.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from core import config
 from core.data import projects
 from core.data.db import get_db
 from core.errors import NerlabError
-from core.models import loader
+from core.models import loader, quiet
 from core.prediction.predict import predict_examples
 from core.procs import pid_alive, spawn
 from core.prompts.plan import plan_for_template
@@ -228,6 +231,34 @@ def start(db: Database, project_id: int, cfg: RunConfig) -> int:
     return pid
 
 
+def measure_apart(db: Database, project_id: int, cfg: RunConfig, log=print,
+                  timeout_s: float = 1800.0) -> Measurement:
+    """:func:`measure` in a process of its own (:func:`start`), waited for; its log lines go to
+    ``log``. Raises :class:`NerlabError` with the reason when it ends without a measurement."""
+    k = key(db, project_id, cfg)
+    log_file = _folder() / "measure.log"
+    seen = log_file.stat().st_size if log_file.is_file() else 0
+    pid = start(db, project_id, cfg)
+    deadline = time.monotonic() + timeout_s
+    while pid_alive(pid, MEASURER):
+        if time.monotonic() > deadline:
+            raise NerlabError(f"Timing these settings took over {timeout_s / 60:.0f} min "
+                              f"(process {pid} goes on; its log: {log_file}).")
+        time.sleep(0.3)
+    if log_file.is_file():
+        with open(log_file, "rb") as fh:
+            fh.seek(seen)
+            for line in fh.read().decode("utf-8", "replace").splitlines():
+                if line.strip():
+                    log(line)
+    m = _stored(k)
+    if m is None:
+        raise NerlabError("Could not time these settings: "
+                          + (_failure(k) or f"the measuring process ended without a result "
+                                            f"(its log: {log_file})."))
+    return m
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m core.training.estimate PROJECT_ID CONFIG_JSON_FILE``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -238,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = RunConfig.from_dict(json.loads(Path(argv[1]).read_text()))
     error = _folder() / f"{key(db, int(argv[0]), cfg)}.error"
     error.unlink(missing_ok=True)
+    quiet.quiet_libraries()  # its own lines in its log, not the libraries' bars
     try:
         measure(db, int(argv[0]), cfg)
     except Exception as exc:  # noqa: BLE001 - kept for the page, which says why
