@@ -17,7 +17,8 @@ on CUDA), the final training loss, and the ratio NERLab / HF.
 The HF baseline is what a straightforward script does: ``DataCollatorForSeq2Seq`` padding each
 batch of a shuffled (mixed-length) data set, labels -100 on the prompt, full-vocabulary logits,
 in float32 on a CPU (``--hf-bf16`` adds the same script with ``bf16=True``, i.e. bf16 autocast,
-for a same-precision comparison). NERLab runs as its preset does: packed micro-batches, the
+for a same-precision comparison; ``--hf-tcmalloc`` the float32 script under tcmalloc, for a
+same-allocator one). NERLab runs as its preset does: packed micro-batches, the
 shared prompt prefix, the fused answer-only loss, bf16 where the CPU computes in it
 (``NERLAB_CPU_BF16=0 NERLAB_PACK=0`` give the float32, padded loop of before).
 
@@ -25,7 +26,8 @@ Peak memory is the process's peak resident set, measured twice: over the whole p
 loading the model) and over the training alone (the high-water mark is reset after loading,
 ``/proc/self/clear_refs``). NERLab's loop runs under the allocator its run workers get
 (tcmalloc when installed, see ``core.procs.compute_env``), the HF script under the C library's
-malloc as a plain script does; ``--hf-tcmalloc`` gives it tcmalloc too. Each row says which.
+malloc as a plain script does (and with ``--hf-tcmalloc`` also under tcmalloc). Each row says
+which.
 """
 
 from __future__ import annotations
@@ -240,8 +242,9 @@ def bench_hf(args: argparse.Namespace, data: list[dict]) -> dict:
     }
 
 
-#: What the benchmark can time: NERLab's loop, the HF script (float32 on CPU), the HF script in bf16.
-IMPLS = ("nerlab", "hf", "hf-bf16")
+#: What the benchmark can time: NERLab's loop, the HF script (float32 on CPU), the HF script in
+#: bf16, the HF script (float32) under tcmalloc.
+IMPLS = ("nerlab", "hf", "hf-bf16", "hf-tcmalloc")
 
 
 def child(args: argparse.Namespace) -> None:
@@ -272,7 +275,7 @@ def main() -> int:
     parser.add_argument("--hf-bf16", action="store_true",
                         help="also time the HF script with bf16=True (same precision as NERLab's)")
     parser.add_argument("--hf-tcmalloc", action="store_true",
-                        help="run the HF script under tcmalloc too (as NERLab's workers run)")
+                        help="also time the HF script under tcmalloc (NERLab's workers' allocator)")
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
                         help="first print the top operators of NERLab's first STEPS steps")
     parser.add_argument("--json", help="also write the results to this file")
@@ -298,7 +301,8 @@ def main() -> int:
     print(f"{len(data)} sentences, {n_tokens} tokens ({n_answer} answer tokens); "
           f"batch {args.batch_size} × accumulation {args.grad_accum}, max length "
           f"{args.max_length}, {args.epochs} epoch(s), LoRA+ r={args.rank}, dropout {args.dropout}")
-    impls = [i for i in IMPLS if i != "hf-bf16" or args.hf_bf16]
+    impls = [i for i in IMPLS if (i != "hf-bf16" or args.hf_bf16)
+             and (i != "hf-tcmalloc" or args.hf_tcmalloc)]
     results: list[dict] = []
     for repeat in range(args.repeats):
         for impl in impls if repeat % 2 == 0 else impls[::-1]:
@@ -306,9 +310,9 @@ def main() -> int:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--impl", impl,
                    "--data", str(work / "data.json"), "--out", str(out), *_forward(args)]
             # NERLab's loop runs as its run workers do (core.procs.compute_env: tcmalloc when
-            # installed); the HF script as a plain script does, unless --hf-tcmalloc.
+            # installed); the HF script as a plain script does (and, with --hf-tcmalloc, also so).
             env = os.environ.copy()
-            if impl == "nerlab" or args.hf_tcmalloc:
+            if impl in ("nerlab", "hf-tcmalloc"):
                 env = procs.compute_env(env)
             subprocess.run(cmd, check=True, env=env)
             result = json.loads(out.read_text())
@@ -332,7 +336,7 @@ def main() -> int:
 
     means = {impl: mean(impl) for impl in impls}
     ours = means["nerlab"]
-    names = {"nerlab": "NERLab", "hf": "HF+peft", "hf-bf16": "HF bf16"}
+    names = {"nerlab": "NERLab", "hf": "HF+peft", "hf-bf16": "HF bf16", "hf-tcmalloc": "HF tcmalloc"}
     print()
     print(f"mean of {args.repeats} run(s) each ({'CPU resident set' if ours['device'] == 'cpu' else 'CUDA peak allocated'}):")
     print(f"{'':10}{'tokens/s':>10}{'tok/CPU-s':>11}{'s/step':>8}{'peak MB':>9}{'train MB':>10}"
