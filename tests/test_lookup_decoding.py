@@ -81,3 +81,39 @@ def test_drafts_change_no_answer(db, demo, smol):
             assert any(len(g.tokens) < c for g, c in zip(runs[6], caps, strict=True))
         passes = {d: sum(g.forward_passes for g in gens) for d, gens in runs.items()}
         assert passes[6] < passes[0], passes
+
+
+@pytest.mark.slow
+def test_rows_joining_as_others_finish_change_no_answer(db, demo, smol, monkeypatch):
+    """Continuous batching: six prompts two at a time (each later one joins the batch's cache
+    as a row finishes, the cache's unused positions dropped) give the tokens of six prompts in
+    one batch, with drafts and without, constrained and free; progress counts every prompt."""
+    model, tokenizer = smol
+    labels = [x["name"] for x in projects.list_labels(db, demo["id"])]
+    train = projects.examples(db, demo["id"], split="train")
+    tpl = default_template()
+    shots = fixed_shots(train, 2)
+    examples = sorted(projects.examples(db, demo["id"], split="test"), key=lambda e: len(e.text))[:6]
+    prompts = [render.build_chat(tokenizer, tpl, e.text, labels, shots)[0] for e in examples]
+    caps = [min(30, decoding.token_budget(tokenizer, e.text, tpl.output_format)) for e in examples]
+    caps[1], caps[4] = 3, 7  # rows that end early make room for the waiting ones
+    joined = []
+    merge = decoding._merge
+    monkeypatch.setattr(decoding, "_merge", lambda *a: joined.append(1) or merge(*a))
+    for constrained in (True, False):
+        for draft in (0, 6):
+            def run(batch_size, seen, constrained=constrained, draft=draft):
+                cons = (constraints_for(tokenizer, examples, labels, tpl.output_format)
+                        if constrained else None)
+                return decoding.generate_details(
+                    model, tokenizer, prompts, caps, batch_size=batch_size, constraints=cons,
+                    draft=draft, progress=lambda done, n: seen.append((done, n)))
+            seen_all, seen_two = [], []
+            together, two = run(6, seen_all), run(2, seen_two)
+            for a, b in zip(together, two, strict=True):
+                assert b.tokens == a.tokens and b.text == a.text
+                assert b.logprobs == pytest.approx(a.logprobs, abs=1e-3)
+                assert b.spans == a.spans and b.completed == a.completed
+            for seen in (seen_all, seen_two):
+                assert seen[-1] == (6, 6) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert joined  # rows did join a running batch

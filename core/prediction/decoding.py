@@ -6,7 +6,8 @@ Generation for NER is short and bounded by the sentence, so :func:`generate_deta
 - pads on the left (every row's next token sits in the last column),
 - computes the key/value cache of the instruction every prompt shares once per call,
 - decodes greedily, each row capped by its own budget (:func:`token_budget`, from the sentence),
-- stops a row at end-of-sequence; the batch ends when every row has stopped.
+- stops a row at end-of-sequence, and lets the next prompt take its place (continuous
+  batching: a batch never runs its last passes with a few rows while prompts wait).
 
 With ``constraints`` (one :class:`core.prediction.constrain.AnswerConstraint` per prompt, or
 None) a row only takes tokens its constraint allows (the argmax when allowed, else the best
@@ -145,7 +146,7 @@ def generate_details(
         prompts: complete prompts (e.g. from :func:`core.prompts.render.build_chat`).
         max_new_tokens: one budget for all prompts, or one per prompt.
         batch_size: prompts per forward pass.
-        progress: called with ``(done, total)`` after each batch.
+        progress: called with ``(done, total)`` as prompts are done.
         prefix_cache: compute the key/value cache of the instruction the prompts share once and
             reuse it for every batch (falls back to plain ``generate`` for models that refuse).
         constraints: one constraint per prompt (:class:`core.prediction.constrain.AnswerConstraint`, or
@@ -185,8 +186,19 @@ def generate_details(
             if prefix_cache and (n > 1 or draft):  # one prompt: for the drafts
                 shared = _prefix(model, ids)
             done = 0
-            for b in range(0, n, max(1, batch_size)):
-                rows = order[b : b + batch_size]
+
+            def count(k: int) -> None:
+                nonlocal done
+                done += k
+                if progress is not None:
+                    progress(done, n)
+
+            # One continuous batch over every prompt where the cache allows it (rows join as
+            # others finish), else one batch after the other.
+            together = shared is not None and _croppable(shared[1])
+            step = n if together else max(1, batch_size)
+            for b in range(0, n, step):
+                rows = order[b : b + step]
                 budget = [caps[i] for i in rows]
                 row_cons = [cons[i] for i in rows]
                 new = None
@@ -195,17 +207,27 @@ def generate_details(
                                 ] if draft else None
                     try:
                         new = _greedy(model, [ids[i] for i in rows], budget, eos, pad_id, shared,
-                                      row_cons, drafters, draft)
+                                      row_cons, drafters, draft, width=max(1, batch_size),
+                                      finished=count)
                     except Exception:  # noqa: BLE001 - architectures the manual loop cannot drive
                         shared = None
+                        done = b
                         for c in row_cons:
                             if c is not None:
                                 c.reset()
                 if new is None:
-                    new = _generate_hf(model, [ids[i] for i in rows], budget, eos, pad_id, row_cons)
+                    new = ([], [], [])
+                    for k in range(0, len(rows), max(1, batch_size)):
+                        part = rows[k : k + max(1, batch_size)]
+                        got = _generate_hf(model, [ids[i] for i in part], [caps[i] for i in part],
+                                           eos, pad_id, [cons[i] for i in part])
+                        new[0].extend(got[0])
+                        new[1].extend(got[1])
+                        new[2].extend(len(t) for t in got[0])
+                        count(len(part))
                 for r, i in enumerate(rows):
                     tokens, logprobs = new[0][r][: caps[i]], new[1][r][: caps[i]]
-                    passes = new[2][r] if len(new) > 2 else len(tokens)
+                    passes = new[2][r]
                     for k, t in enumerate(tokens):
                         if t in eos:
                             tokens, logprobs = tokens[:k], logprobs[:k]
@@ -217,9 +239,6 @@ def generate_details(
                     else:
                         text = c.finish().strip()
                         out[i] = Generation(text, tokens, logprobs, c.spans(), c.completed, passes)
-                done += len(rows)
-                if progress is not None:
-                    progress(done, n)
     finally:
         if was_training:
             model.train()
@@ -275,25 +294,9 @@ def _choose(logits: Any, constraints: Sequence[Any | None]) -> tuple[list[int], 
     return chosen, logprobs.tolist()
 
 
-def _greedy(model: Any, rows: Sequence[Sequence[int]], budget: Sequence[int], eos: Sequence[int],
-            pad_id: int, shared: tuple[int, Any], constraints: Sequence[Any | None] | None = None,
-            drafters: Sequence[Any] | None = None, draft: int = 0,
-            ) -> tuple[list[list[int]], list[list[float]], list[int]]:
-    """Greedy decoding of one batch on top of the shared prefix's cache: ``(tokens, their
-    log-probabilities, forward passes)`` per row.
-
-    The suffixes (what differs between prompts) are left-padded after the prefix; rows leave
-    the batch (and its cache) as soon as they reach EOS or their budget, or their constraint
-    closes their answer (only EOS could follow).
-
-    With ``drafters`` (one :class:`core.prediction.lookup.Drafter` per row) and ``draft`` > 0,
-    each forward pass feeds every row its last chosen token and up to ``draft`` draft tokens
-    (right-padded to the longest); at each position the row's choice (:func:`_choose`'s rule,
-    with the constraint advanced over the tokens accepted before it) is compared with the next
-    draft token, and the row keeps the matching drafts plus its first choice that differs. The
-    cache is cropped back to the longest kept row; shorter rows' rejected positions are masked
-    out (holes, like the left padding), and each row's positions count only its kept tokens.
-    """
+def _prefill(model: Any, rows: Sequence[Sequence[int]], pad_id: int, shared: tuple[int, Any]):
+    """The first forward pass of ``rows`` on top of the shared prefix's cache: their suffixes
+    left-padded after the prefix. Returns ``(cache, mask, last position, last logits)``."""
     import copy
 
     import torch
@@ -315,38 +318,142 @@ def _greedy(model: Any, rows: Sequence[Sequence[int]], budget: Sequence[int], eo
     input_ids, mask, positions = input_ids.to(device), mask.to(device), positions.to(device)
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                 cache=cache, use_cache=True, logits_to_keep=1)
-    cache = out.cache
+    return out.cache, mask, positions[:, -1:], out.logits[:, -1:, :]
+
+
+def _compact(cache: Any, mask: Any) -> Any:
+    """Drop the cache positions no row attends to any more (left padding, rejected drafts):
+    each row keeps its attended keys and values in order, left-padded to the row with the most.
+    Keys carry their rotary positions already, so their slots may move. Returns the new mask."""
+    import torch
+
+    width = int(mask.sum(1).max())
+    if width == mask.shape[1]:
+        return mask
+    index = torch.sort(mask, dim=1, stable=True).indices[:, -width:]
+    for layer in cache.layers:
+        where = index[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
+        layer.keys, layer.values = layer.keys.gather(2, where), layer.values.gather(2, where)
+    return mask.gather(1, index)
+
+
+def _merge(cache: Any, mask: Any, other: Any, other_mask: Any) -> Any:
+    """Append the rows of ``other`` (a cache with its mask) to ``cache``: the shorter one is
+    padded on the left with positions nobody attends to. Returns the joint mask."""
+    import torch
+
+    width = max(mask.shape[1], other_mask.shape[1])
+
+    def padded(layer_tensor: Any, n: int) -> Any:
+        if n == 0:
+            return layer_tensor
+        shape = list(layer_tensor.shape)
+        shape[2] = n
+        return torch.cat([layer_tensor.new_zeros(shape), layer_tensor], dim=2)
+
+    grow, grow_other = width - mask.shape[1], width - other_mask.shape[1]
+    for layer, extra in zip(cache.layers, other.layers, strict=True):
+        layer.keys = torch.cat([padded(layer.keys, grow), padded(extra.keys, grow_other)], dim=0)
+        layer.values = torch.cat([padded(layer.values, grow), padded(extra.values, grow_other)],
+                                 dim=0)
+    return torch.cat([torch.nn.functional.pad(mask, (grow, 0)),
+                      torch.nn.functional.pad(other_mask, (grow_other, 0))], dim=0)
+
+
+def _greedy(model: Any, rows: Sequence[Sequence[int]], budget: Sequence[int], eos: Sequence[int],
+            pad_id: int, shared: tuple[int, Any], constraints: Sequence[Any | None] | None = None,
+            drafters: Sequence[Any] | None = None, draft: int = 0, width: int = 0,
+            finished: Callable[[int], None] | None = None,
+            ) -> tuple[list[list[int]], list[list[float]], list[int]]:
+    """Greedy decoding of ``rows`` on top of the shared prefix's cache, at most ``width`` rows
+    at a time (0: all): ``(tokens, their log-probabilities, forward passes)`` per row.
+
+    The suffixes (what differs between prompts) are left-padded after the prefix; rows leave
+    the batch (and its cache) as soon as they reach EOS or their budget, or their constraint
+    closes their answer (only EOS could follow). Rows waiting their turn join as places free up
+    (continuous batching; a quarter of ``width`` at a time, or all when the batch has emptied):
+    their prompts take one forward pass together, the batch's cache drops the positions no row
+    attends to (:func:`_compact`) and takes theirs (:func:`_merge`). ``finished(n)`` is called
+    as ``n`` more rows are done.
+
+    With ``drafters`` (one :class:`core.prediction.lookup.Drafter` per row) and ``draft`` > 0,
+    each forward pass feeds every row its last chosen token and up to ``draft`` draft tokens
+    (right-padded to the longest); at each position the row's choice (:func:`_choose`'s rule,
+    with the constraint advanced over the tokens accepted before it) is compared with the next
+    draft token, and the row keeps the matching drafts plus its first choice that differs. The
+    cache is cropped back to the longest kept row; shorter rows' rejected positions are masked
+    out (holes, like the left padding), and each row's positions count only its kept tokens.
+    """
+    import torch
+
+    device = _device(model)
+    cap = max(1, width or len(rows))
+    queue = list(range(len(rows)))
+    alive, queue = queue[:cap], queue[cap:]
+    cache, mask, last_pos, logits = _prefill(model, [rows[i] for i in alive], pad_id, shared)
     results: list[list[int]] = [[] for _ in rows]
     logprobs: list[list[float]] = [[] for _ in rows]
-    passes = [1] * batch
-    cons = list(constraints) if constraints is not None else [None] * batch
-    if draft > 0 and (drafters is None or not _croppable(cache)):
+    passes = [0] * len(rows)
+    for row in alive:
+        passes[row] = 1
+    cons = list(constraints) if constraints is not None else [None] * len(rows)
+    croppable = _croppable(cache)
+    if draft > 0 and (drafters is None or not croppable):
         draft = 0
-    alive = list(range(batch))  # original row of each batch position
+    if queue and not croppable:
+        raise ValueError("continuous batching needs a plain key/value cache")
     eos_set = set(eos)
-    last_pos = positions[:, -1:]
-    logits = out.logits[:, -1:, :]
+    verify_drafters = drafters if draft > 0 else None
     drafts: list[list[int]] = [[] for _ in alive]
-    while alive:
+    pending: list[int] = []
+    while True:
         keep, pending, kept = _verify(logits, drafts, alive, cons, results, logprobs, budget,
-                                      eos_set, drafters if draft > 0 else None)
-        if not keep:
-            break
-        step = logits.shape[1]
-        longest = max(kept[k] for k in keep)
-        if step > longest:  # positions no kept row needs
-            cache.crop(longest - step)
-            mask = mask[:, : mask.shape[1] - (step - longest)]
-        for k in keep:
-            if kept[k] < longest:
-                mask[k, mask.shape[1] - (longest - kept[k]):] = 0
-        last_pos = last_pos + torch.tensor([[n] for n in kept], dtype=last_pos.dtype, device=device)
+                                      eos_set, verify_drafters)
+        if keep:
+            step = logits.shape[1]
+            longest = max(kept[k] for k in keep)
+            if step > longest:  # positions no kept row needs
+                cache.crop(longest - step)
+                mask = mask[:, : mask.shape[1] - (step - longest)]
+            for k in keep:
+                if kept[k] < longest:
+                    mask[k, mask.shape[1] - (longest - kept[k]):] = 0
+            last_pos = last_pos + torch.tensor([[n] for n in kept], dtype=last_pos.dtype,
+                                               device=device)
         if len(keep) != len(alive):
-            index = torch.tensor(keep, dtype=torch.long, device=device)
-            cache.batch_select_indices(index)
-            mask, last_pos = mask[index], last_pos[index]
+            if finished is not None:
+                finished(len(alive) - len(keep))
+            if keep:
+                index = torch.tensor(keep, dtype=torch.long, device=device)
+                cache.batch_select_indices(index)
+                mask, last_pos = mask[index], last_pos[index]
             alive = [alive[k] for k in keep]
             pending = [pending[k] for k in keep]
+        while queue and (not alive or cap - len(alive) >= max(1, cap // 4)):
+            joining, queue = queue[: cap - len(alive)], queue[cap - len(alive):]
+            new_cache, new_mask, new_pos, new_logits = _prefill(
+                model, [rows[i] for i in joining], pad_id, shared)
+            for row in joining:
+                passes[row] = 1
+            k2, p2, _kept = _verify(new_logits, [[] for _ in joining], joining, cons, results,
+                                    logprobs, budget, eos_set, verify_drafters)
+            if finished is not None and len(k2) != len(joining):
+                finished(len(joining) - len(k2))
+            if len(k2) != len(joining) and k2:
+                index = torch.tensor(k2, dtype=torch.long, device=device)
+                new_cache.batch_select_indices(index)
+                new_mask, new_pos = new_mask[index], new_pos[index]
+            if k2:
+                new_pos = new_pos + 1
+                if alive:
+                    mask = _merge(cache, _compact(cache, mask), new_cache, new_mask)
+                    last_pos = torch.cat([last_pos, new_pos], dim=0)
+                else:
+                    cache, mask, last_pos = new_cache, new_mask, new_pos
+                alive = alive + [joining[k] for k in k2]
+                pending = pending + [p2[k] for k in k2]
+        if not alive:
+            break
         drafts = [drafters[row].propose(min(draft, budget[row] - len(results[row]) - 1))
                   if draft > 0 else [] for row in alive]
         step = 1 + max(len(d) for d in drafts)

@@ -119,6 +119,10 @@ def sharded_rounds(group: Any, ordered: Sequence[Any], step: int,
         yield chunk, rows
 
 
+#: Batches of sentences handed to one generation call when a run predicts its splits.
+CALL_BATCHES = 4
+
+
 @dataclass(frozen=True)
 class PredictSettings:
     """What a run predicts after its model is ready, and how.
@@ -147,9 +151,9 @@ def predict_run(ctx: RunContext, model: Any, tokenizer: Any, plan: PromptPlan,
 
     Called by the worker after training (with the trained model still in memory and the prompt
     plan it was trained with) and by the LLM baselines. Each split is a phase of the run with
-    its progress and ETA. The sentences go longest first, one batch per call, and every batch is
-    stored as soon as it is generated: a stop (checked between batches, or raised inside one by
-    the worker) keeps everything stored so far.
+    its progress and ETA. The sentences go longest first, :data:`CALL_BATCHES` batches per call,
+    and every call's rows are stored as soon as they are generated: a stop (checked between
+    calls, or raised inside one by the worker) keeps everything stored so far.
 
     In a run over several processes (``ctx.group``) every process calls this with its copy of
     the model: each predicts its share of every batch, and rank 0 gathers and stores the rows
@@ -171,7 +175,9 @@ def predict_run(ctx: RunContext, model: Any, tokenizer: Any, plan: PromptPlan,
             f"batch size {settings.batch_size}.")
     done = 0
     started = time.perf_counter()
-    step = max(1, settings.batch_size)
+    # A few batches per call: rows join the batch as others finish (continuous batching), so
+    # only the call's last passes run with few rows; rows are stored at the end of each call.
+    step = max(1, settings.batch_size) * CALL_BATCHES
     for split, items in todo.items():
         if not items:
             continue
@@ -181,9 +187,14 @@ def predict_run(ctx: RunContext, model: Any, tokenizer: Any, plan: PromptPlan,
         chars_left = sum(len(e.text) for e in ordered)
         chars_done, split_done, failed = 0, 0, 0
         def predict_chunk(chunk: list[Example]) -> list[dict]:
+            def within(k: int, _n: int) -> None:  # progress inside the call (one process)
+                if group is None or not group.enabled:
+                    # the split's count so far, read when called (late binding on purpose)
+                    ctx.phase_progress(split_done + k, len(items))  # noqa: B023
+
             return predict_examples(model, tokenizer, plan, chunk, batch_size=settings.batch_size,
                                     max_new_tokens=settings.max_new_tokens,
-                                    constrained=settings.constrained)
+                                    constrained=settings.constrained, progress=within)
 
         for chunk, rows in sharded_rounds(group, ordered, step, predict_chunk, ctx.should_stop):
             if main:
