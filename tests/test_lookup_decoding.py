@@ -6,7 +6,7 @@ import pytest
 
 from core.data import projects
 from core.models import loader
-from core.prediction import decoding, lookup
+from core.prediction import decoding, kvcache, lookup
 from core.prediction.constrain import constraints_for
 from core.prompts import render
 from core.prompts.plan import fixed_shots
@@ -98,8 +98,8 @@ def test_rows_joining_as_others_finish_change_no_answer(db, demo, smol, monkeypa
     caps = [min(30, decoding.token_budget(tokenizer, e.text, tpl.output_format)) for e in examples]
     caps[1], caps[4] = 3, 7  # rows that end early make room for the waiting ones
     joined = []
-    merge = decoding._merge
-    monkeypatch.setattr(decoding, "_merge", lambda *a: joined.append(1) or merge(*a))
+    merge = kvcache.merge
+    monkeypatch.setattr(kvcache, "merge", lambda *a: joined.append(1) or merge(*a))
     for constrained in (True, False):
         for draft in (0, 6):
             def run(batch_size, seen, constrained=constrained, draft=draft):

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from core.data.spans import Span
-from core.prediction import lookup
+from core.prediction import kvcache, lookup
 from core.prompts import formats
 
 #: Prompts generated together; lower it when a GPU runs out of memory.
@@ -195,7 +195,7 @@ def generate_details(
 
             # One continuous batch over every prompt where the cache allows it (rows join as
             # others finish), else one batch after the other.
-            together = shared is not None and _croppable(shared[1])
+            together = shared is not None and kvcache.croppable(shared[1])
             step = n if together else max(1, batch_size)
             for b in range(0, n, step):
                 rows = order[b : b + step]
@@ -294,72 +294,6 @@ def _choose(logits: Any, constraints: Sequence[Any | None]) -> tuple[list[int], 
     return chosen, logprobs.tolist()
 
 
-def _prefill(model: Any, rows: Sequence[Sequence[int]], pad_id: int, shared: tuple[int, Any]):
-    """The first forward pass of ``rows`` on top of the shared prefix's cache: their suffixes
-    left-padded after the prefix. Returns ``(cache, mask, last position, last logits)``."""
-    import copy
-
-    import torch
-
-    device = _device(model)
-    plen, prefix_cache = shared
-    suffixes = [list(r[plen:]) for r in rows]
-    width = max(len(s) for s in suffixes)
-    batch = len(rows)
-    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((batch, plen + width), dtype=torch.long)
-    mask[:, :plen] = 1
-    for r, s in enumerate(suffixes):
-        input_ids[r, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[r, plen + width - len(s):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, plen:]
-    cache = copy.deepcopy(prefix_cache)
-    cache.batch_repeat_interleave(batch)
-    input_ids, mask, positions = input_ids.to(device), mask.to(device), positions.to(device)
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                cache=cache, use_cache=True, logits_to_keep=1)
-    return out.cache, mask, positions[:, -1:], out.logits[:, -1:, :]
-
-
-def _compact(cache: Any, mask: Any) -> Any:
-    """Drop the cache positions no row attends to any more (left padding, rejected drafts):
-    each row keeps its attended keys and values in order, left-padded to the row with the most.
-    Keys carry their rotary positions already, so their slots may move. Returns the new mask."""
-    import torch
-
-    width = int(mask.sum(1).max())
-    if width == mask.shape[1]:
-        return mask
-    index = torch.sort(mask, dim=1, stable=True).indices[:, -width:]
-    for layer in cache.layers:
-        where = index[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
-        layer.keys, layer.values = layer.keys.gather(2, where), layer.values.gather(2, where)
-    return mask.gather(1, index)
-
-
-def _merge(cache: Any, mask: Any, other: Any, other_mask: Any) -> Any:
-    """Append the rows of ``other`` (a cache with its mask) to ``cache``: the shorter one is
-    padded on the left with positions nobody attends to. Returns the joint mask."""
-    import torch
-
-    width = max(mask.shape[1], other_mask.shape[1])
-
-    def padded(layer_tensor: Any, n: int) -> Any:
-        if n == 0:
-            return layer_tensor
-        shape = list(layer_tensor.shape)
-        shape[2] = n
-        return torch.cat([layer_tensor.new_zeros(shape), layer_tensor], dim=2)
-
-    grow, grow_other = width - mask.shape[1], width - other_mask.shape[1]
-    for layer, extra in zip(cache.layers, other.layers, strict=True):
-        layer.keys = torch.cat([padded(layer.keys, grow), padded(extra.keys, grow_other)], dim=0)
-        layer.values = torch.cat([padded(layer.values, grow), padded(extra.values, grow_other)],
-                                 dim=0)
-    return torch.cat([torch.nn.functional.pad(mask, (grow, 0)),
-                      torch.nn.functional.pad(other_mask, (grow_other, 0))], dim=0)
-
-
 def _greedy(model: Any, rows: Sequence[Sequence[int]], budget: Sequence[int], eos: Sequence[int],
             pad_id: int, shared: tuple[int, Any], constraints: Sequence[Any | None] | None = None,
             drafters: Sequence[Any] | None = None, draft: int = 0, width: int = 0,
@@ -373,7 +307,7 @@ def _greedy(model: Any, rows: Sequence[Sequence[int]], budget: Sequence[int], eo
     closes their answer (only EOS could follow). Rows waiting their turn join as places free up
     (continuous batching; a quarter of ``width`` at a time, or all when the batch has emptied):
     their prompts take one forward pass together, the batch's cache drops the positions no row
-    attends to (:func:`_compact`) and takes theirs (:func:`_merge`). ``finished(n)`` is called
+    attends to and takes theirs (:mod:`core.prediction.kvcache`). ``finished(n)`` is called
     as ``n`` more rows are done.
 
     With ``drafters`` (one :class:`core.prediction.lookup.Drafter` per row) and ``draft`` > 0,
@@ -390,14 +324,14 @@ def _greedy(model: Any, rows: Sequence[Sequence[int]], budget: Sequence[int], eo
     cap = max(1, width or len(rows))
     queue = list(range(len(rows)))
     alive, queue = queue[:cap], queue[cap:]
-    cache, mask, last_pos, logits = _prefill(model, [rows[i] for i in alive], pad_id, shared)
+    cache, mask, last_pos, logits = kvcache.prefill(model, [rows[i] for i in alive], pad_id, shared)
     results: list[list[int]] = [[] for _ in rows]
     logprobs: list[list[float]] = [[] for _ in rows]
     passes = [0] * len(rows)
     for row in alive:
         passes[row] = 1
     cons = list(constraints) if constraints is not None else [None] * len(rows)
-    croppable = _croppable(cache)
+    croppable = kvcache.croppable(cache)
     if draft > 0 and (drafters is None or not croppable):
         draft = 0
     if queue and not croppable:
@@ -431,7 +365,7 @@ def _greedy(model: Any, rows: Sequence[Sequence[int]], budget: Sequence[int], eo
             pending = [pending[k] for k in keep]
         while queue and (not alive or cap - len(alive) >= max(1, cap // 4)):
             joining, queue = queue[: cap - len(alive)], queue[cap - len(alive):]
-            new_cache, new_mask, new_pos, new_logits = _prefill(
+            new_cache, new_mask, new_pos, new_logits = kvcache.prefill(
                 model, [rows[i] for i in joining], pad_id, shared)
             for row in joining:
                 passes[row] = 1
@@ -446,7 +380,7 @@ def _greedy(model: Any, rows: Sequence[Sequence[int]], budget: Sequence[int], eo
             if k2:
                 new_pos = new_pos + 1
                 if alive:
-                    mask = _merge(cache, _compact(cache, mask), new_cache, new_mask)
+                    mask = kvcache.merge(cache, kvcache.compact(cache, mask), new_cache, new_mask)
                     last_pos = torch.cat([last_pos, new_pos], dim=0)
                 else:
                     cache, mask, last_pos = new_cache, new_mask, new_pos
@@ -471,17 +405,6 @@ def _greedy(model: Any, rows: Sequence[Sequence[int]], budget: Sequence[int], eo
         for row in alive:
             passes[row] += 1
     return results, logprobs, passes
-
-
-def _croppable(cache: Any) -> bool:
-    """Whether rejected draft positions can be cut off the cache (every layer a plain,
-    growing key/value layer)."""
-    try:
-        from transformers.cache_utils import DynamicLayer
-    except ImportError:  # another transformers: no drafts rather than no cache
-        return False
-    layers = getattr(cache, "layers", None)
-    return bool(layers) and hasattr(cache, "crop") and all(type(x) is DynamicLayer for x in layers)
 
 
 def _verify(logits: Any, drafts: Sequence[Sequence[int]], alive: Sequence[int],

@@ -31,18 +31,20 @@ from core.data import projects
 from core.data.db import get_db
 from core.errors import NerlabError
 from core.models import loader, quiet
+from core.prediction.decoding import DEFAULT_BATCH_SIZE
 from core.prediction.predict import predict_examples
 from core.procs import pid_alive, spawn
 from core.prompts.plan import plan_for_template
 from core.prompts.store import get_template
 from core.training.batches import encode_examples, plan_steps
+from core.training.fine_tune import prepare_for_prediction
 from core.training.loop import Hooks, build_model, train_loop
 from core.training.runconfig import RunConfig
 
 #: The module that measures (its command line marks its process).
 MEASURER = "core.training.estimate"
 #: Dev sentences predicted to time the predictions.
-PREDICT_SAMPLE = 4
+PREDICT_SAMPLE = DEFAULT_BATCH_SIZE
 
 
 @dataclass
@@ -183,9 +185,8 @@ def measure(db: Database, project_id: int, cfg: RunConfig, log=print) -> Measure
     tokens_per_s = timed[-1] if timed else 0.0
     predict_s = 0.0
     if dev:
-        model.eval()
-        model.config.use_cache = True
-        tokenizer.padding_side = "left"
+        # As the run predicts: float32 on a CPU, the adapter folded in, a full batch of rows.
+        prepare_for_prediction(model, tokenizer, cfg, device, dtype, lambda _msg: None)
         # Two steps in, the model does not yet stop where a trained one does: cap its answers at
         # the length of the gold answers (plus a margin), which is what a trained model writes.
         answer = sum(e.n_answer for e in encoded) / max(1, len(encoded))

@@ -151,16 +151,7 @@ def run(ctx: RunContext) -> None:
         return
     # One process: a stop ends the prediction at once. Several: at the next batch, all together.
     with ctx.interruptible() if not group.enabled else contextlib.nullcontext():
-        model.eval()
-        model.config.use_cache = True
-        if cfg.train.gradient_checkpointing:
-            model.gradient_checkpointing_disable()
-        if info.device != "cuda" and dtype == "bfloat16":
-            # float32 arithmetic for predicting on a CPU: bf16's rounding differs between one
-            # token and several at once, so drafts verified in one pass could change an answer.
-            model.float()
-        merge_for_prediction(model, cfg, ctx.log)
-        tokenizer.padding_side = "left"
+        prepare_for_prediction(model, tokenizer, cfg, info.device, dtype, ctx.log)
         ctx.log("Predicting the dev and test splits with the trained adapter"
                 + (f", each batch shared by {group.world} processes." if group.enabled else "."))
         predict.predict_run(ctx, model, tokenizer, plan, PredictSettings(
@@ -194,6 +185,22 @@ def _save_result(ctx: RunContext, cfg: RunConfig, result, meta: dict, save) -> b
         ctx.log("Evaluation after training is off.")
         return False
     return True
+
+
+def prepare_for_prediction(model, tokenizer, cfg: RunConfig, device: str, dtype: str,
+                           log) -> None:
+    """The trained model as it predicts: eval mode, the key/value cache on, float32 arithmetic
+    on a CPU, the adapter folded in, prompts padded on the left."""
+    model.eval()
+    model.config.use_cache = True
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_disable()
+    if device != "cuda" and dtype == "bfloat16":
+        # float32 arithmetic for predicting on a CPU: bf16's rounding differs between one
+        # token and several at once, so drafts verified in one pass could change an answer.
+        model.float()
+    merge_for_prediction(model, cfg, log)
+    tokenizer.padding_side = "left"
 
 
 def merge_for_prediction(model, cfg: RunConfig, log) -> None:
