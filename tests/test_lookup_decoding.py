@@ -51,18 +51,23 @@ def smol(bundled_model_path):
     return loader.load_model(str(bundled_model_path))
 
 
+def _two_shot_prompts(db, demo, tokenizer, n):
+    """(labels, template, the n shortest test sentences, their prompts) with two examples in
+    the prompt: the base model then answers in the format, and copies."""
+    labels = [x["name"] for x in projects.list_labels(db, demo["id"])]
+    tpl = default_template()
+    shots = fixed_shots(projects.examples(db, demo["id"], split="train"), 2)
+    examples = sorted(projects.examples(db, demo["id"], split="test"), key=lambda e: len(e.text))[:n]
+    prompts = [render.build_chat(tokenizer, tpl, e.text, labels, shots)[0] for e in examples]
+    return labels, tpl, examples, prompts
+
+
 @pytest.mark.slow
 def test_drafts_change_no_answer(db, demo, smol):
     """Batches of greedy answers with and without drafts: the same tokens (constrained and free),
     with a row that ends early, in fewer forward passes."""
     model, tokenizer = smol
-    labels = [x["name"] for x in projects.list_labels(db, demo["id"])]
-    # Two examples in the prompt: the base model then answers in the format, and copies.
-    train = projects.examples(db, demo["id"], split="train")
-    tpl = default_template()
-    shots = fixed_shots(train, 2)
-    examples = sorted(projects.examples(db, demo["id"], split="test"), key=lambda e: len(e.text))[:4]
-    prompts = [render.build_chat(tokenizer, tpl, e.text, labels, shots)[0] for e in examples]
+    labels, tpl, examples, prompts = _two_shot_prompts(db, demo, tokenizer, 4)
     caps = [min(40, decoding.token_budget(tokenizer, e.text, tpl.output_format)) for e in examples]
     caps[2] = 5  # ends early, on its budget
     for constrained in (True, False):
@@ -89,12 +94,7 @@ def test_rows_joining_as_others_finish_change_no_answer(db, demo, smol, monkeypa
     as a row finishes, the cache's unused positions dropped) give the tokens of six prompts in
     one batch, with drafts and without, constrained and free; progress counts every prompt."""
     model, tokenizer = smol
-    labels = [x["name"] for x in projects.list_labels(db, demo["id"])]
-    train = projects.examples(db, demo["id"], split="train")
-    tpl = default_template()
-    shots = fixed_shots(train, 2)
-    examples = sorted(projects.examples(db, demo["id"], split="test"), key=lambda e: len(e.text))[:6]
-    prompts = [render.build_chat(tokenizer, tpl, e.text, labels, shots)[0] for e in examples]
+    labels, tpl, examples, prompts = _two_shot_prompts(db, demo, tokenizer, 6)
     caps = [min(30, decoding.token_budget(tokenizer, e.text, tpl.output_format)) for e in examples]
     caps[1], caps[4] = 3, 7  # rows that end early make room for the waiting ones
     joined = []
