@@ -1,7 +1,7 @@
 """Constrained batched prediction (with and without prompt-lookup drafts) vs one-by-one
 ``generate`` on the same prompts: sentences per second, side by side.
 
-    .venv/bin/python benchmarks/bench_inference.py [--n 48] [--batch-size 16] [--threads 2]
+    .venv/bin/python benchmarks/bench_inference.py [--n 48] [--batch-size 32] [--threads 2]
         [--repeats 2] [--draft 6] [--model-folder runs/1/adapter] [--free]
 
 Uses the demo project's test sentences on CPU (float32) with either the bundled
@@ -12,7 +12,7 @@ so drafts pay most). Every path gets the same per-sentence budget
 
 - ``one_by_one``: plain ``model.generate``, one prompt at a time, free (the baseline);
 - ``constrained``: batched greedy with the shared-prefix cache and the answer constraint (a
-  continuous batch: the default 48 sentences are three batches' worth, and a waiting sentence
+  continuous batch: the default 48 sentences are one and a half batches' worth, and a waiting sentence
   takes a finished one's place);
 - ``constrained_draft``: the same with prompt-lookup drafts (:mod:`core.prediction.lookup`);
 - with ``--free``: ``free`` and ``free_draft``, the batched paths without the constraint.
@@ -49,7 +49,7 @@ from core.prompts.store import get_template  # noqa: E402
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=48, help="test sentences (default 48)")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=decoding.DEFAULT_BATCH_SIZE)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the cores to use)")
     parser.add_argument("--repeats", type=int, default=2, help="rounds over every path (default 2)")
     parser.add_argument("--draft", type=int, default=lookup.DRAFT_TOKENS,

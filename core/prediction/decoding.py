@@ -27,8 +27,10 @@ from core.data.spans import Span
 from core.prediction import kvcache, lookup
 from core.prompts import formats
 
-#: Prompts generated together; lower it when a GPU runs out of memory.
-DEFAULT_BATCH_SIZE = 16
+#: Prompts generated together; lower it when a GPU runs out of memory. On 2 CPU cores a drafted,
+#: constrained batch of 32 made 10-25% more sentences per second than one of 16 (the cost of a
+#: forward pass beyond its tokens is shared by twice the rows), for ~200 MB more cache.
+DEFAULT_BATCH_SIZE = 32
 
 
 #: The most new tokens any answer gets.
