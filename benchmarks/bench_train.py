@@ -11,6 +11,7 @@ on CUDA), the final training loss, and the ratio NERLab / HF.
     .venv/bin/python benchmarks/bench_train.py                      # CPU defaults (a few minutes)
     .venv/bin/python benchmarks/bench_train.py --repeats 2 --hf-bf16  # also HF in bf16, alternating
     .venv/bin/python benchmarks/bench_train.py --profile            # + top operators of NERLab's step
+    .venv/bin/python benchmarks/bench_train.py --checkpointing      # + NERLab with gradient checkpointing
     .venv/bin/python benchmarks/bench_train.py --examples 64 --batch-size 8 --grad-accum 1  # GPU
     .venv/bin/python benchmarks/bench_train.py --json results.json
 
@@ -67,14 +68,14 @@ def prepare_data(args: argparse.Namespace) -> list[dict]:
     return [{"ids": e.ids, "n_prompt": e.n_prompt} for e in encoded]
 
 
-def run_config(args: argparse.Namespace):
+def run_config(args: argparse.Namespace, checkpointing: bool = False):
     from core.training.runconfig import get_preset
 
     return get_preset("Small model on CPU").config(
         base_model=args.base_model, method="loraplus", rank=args.rank, alpha=2.0 * args.rank,
         dropout=args.dropout, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
         max_length=args.max_length, epochs=float(args.epochs), max_steps=0, warmup_ratio=0.1,
-        dev_loss_sentences=0, precision="auto", gradient_checkpointing=False,
+        dev_loss_sentences=0, precision="auto", gradient_checkpointing=checkpointing,
     )
 
 
@@ -130,7 +131,7 @@ def bench_nerlab(args: argparse.Namespace, data: list[dict]) -> dict:
     from core.training.loop import Hooks, build_model, train_loop
 
     set_threads()
-    cfg = run_config(args)
+    cfg = run_config(args, checkpointing=args.impl == "nerlab-ckpt")
     device = loader.device_info().device
     model, tokenizer, dtype = build_model(cfg, device, log=lambda m: None)
     encoded = [Encoded(d["ids"], d["n_prompt"]) for d in data]
@@ -141,7 +142,7 @@ def bench_nerlab(args: argparse.Namespace, data: list[dict]) -> dict:
     result = train_loop(model, tokenizer, encoded, [], cfg, device, dtype,
                         Hooks(log=lambda m: None, progress=lambda *a, **k: steps.append(k["loss"])))
     return {
-        "impl": "nerlab", "device": device, "dtype": dtype, "steps": result.steps,
+        "impl": args.impl, "device": device, "dtype": dtype, "steps": result.steps,
         "seconds": result.seconds, "tokens": result.tokens, "tokens_per_s": result.tokens_per_s,
         "s_per_step": result.seconds / max(result.steps, 1), "final_loss": result.train_loss,
         "train_peak_mb": _peak_memory_mb(device),  # since the reset
@@ -242,14 +243,14 @@ def bench_hf(args: argparse.Namespace, data: list[dict]) -> dict:
     }
 
 
-#: What the benchmark can time: NERLab's loop, the HF script (float32 on CPU), the HF script in
-#: bf16, the HF script (float32) under tcmalloc.
-IMPLS = ("nerlab", "hf", "hf-bf16", "hf-tcmalloc")
+#: What the benchmark can time: NERLab's loop, the same with gradient checkpointing, the HF
+#: script (float32 on CPU), the HF script in bf16, the HF script (float32) under tcmalloc.
+IMPLS = ("nerlab", "nerlab-ckpt", "hf", "hf-bf16", "hf-tcmalloc")
 
 
 def child(args: argparse.Namespace) -> None:
     data = json.loads(Path(args.data).read_text())
-    result = (bench_nerlab if args.impl == "nerlab" else bench_hf)(args, data)
+    result = (bench_nerlab if args.impl.startswith("nerlab") else bench_hf)(args, data)
     Path(args.out).write_text(json.dumps(result))
 
 
@@ -274,6 +275,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=1, help="alternate them this many times")
     parser.add_argument("--hf-bf16", action="store_true",
                         help="also time the HF script with bf16=True (same precision as NERLab's)")
+    parser.add_argument("--checkpointing", action="store_true",
+                        help="also time NERLab's loop with gradient checkpointing (less memory)")
     parser.add_argument("--hf-tcmalloc", action="store_true",
                         help="also time the HF script under tcmalloc (NERLab's workers' allocator)")
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
@@ -302,7 +305,8 @@ def main() -> int:
           f"batch {args.batch_size} × accumulation {args.grad_accum}, max length "
           f"{args.max_length}, {args.epochs} epoch(s), LoRA+ r={args.rank}, dropout {args.dropout}")
     impls = [i for i in IMPLS if (i != "hf-bf16" or args.hf_bf16)
-             and (i != "hf-tcmalloc" or args.hf_tcmalloc)]
+             and (i != "hf-tcmalloc" or args.hf_tcmalloc)
+             and (i != "nerlab-ckpt" or args.checkpointing)]
     results: list[dict] = []
     for repeat in range(args.repeats):
         for impl in impls if repeat % 2 == 0 else impls[::-1]:
@@ -312,13 +316,13 @@ def main() -> int:
             # NERLab's loop runs as its run workers do (core.procs.compute_env: tcmalloc when
             # installed); the HF script as a plain script does (and, with --hf-tcmalloc, also so).
             env = os.environ.copy()
-            if impl in ("nerlab", "hf-tcmalloc"):
+            if impl in ("nerlab", "nerlab-ckpt", "hf-tcmalloc"):
                 env = procs.compute_env(env)
             subprocess.run(cmd, check=True, env=env)
             result = json.loads(out.read_text())
             results.append(result)
             result["tokens_per_cpu_s"] = result["tokens"] / max(result["cpu_s"], 1e-9)
-            print(f"  {impl:7} {result['tokens_per_s']:8.1f} tokens/s  "
+            print(f"  {impl:11} {result['tokens_per_s']:8.1f} tokens/s  "
                   f"{result['tokens_per_cpu_s']:8.1f} tokens/CPU-s  {result['s_per_step']:7.2f} s/step  "
                   f"peak {result['peak_mem_mb']:6.0f} MB (training {result['train_peak_mb']:6.0f})  "
                   f"loss {result['final_loss']:.4f}  ({result['device']}, {result['dtype']}, "
@@ -336,7 +340,7 @@ def main() -> int:
 
     means = {impl: mean(impl) for impl in impls}
     ours = means["nerlab"]
-    names = {"nerlab": "NERLab", "hf": "HF+peft", "hf-bf16": "HF bf16", "hf-tcmalloc": "HF tcmalloc"}
+    names = {"nerlab": "NERLab", "nerlab-ckpt": "NERLab ckpt", "hf": "HF+peft", "hf-bf16": "HF bf16", "hf-tcmalloc": "HF tcmalloc"}
     print()
     print(f"mean of {args.repeats} run(s) each ({'CPU resident set' if ours['device'] == 'cpu' else 'CUDA peak allocated'}):")
     print(f"{'':10}{'tokens/s':>10}{'tok/CPU-s':>11}{'s/step':>8}{'peak MB':>9}{'train MB':>10}"

@@ -167,18 +167,32 @@ def test_answer_only_loss_equals_the_full_logits_loss(db, tiny, monkeypatch):
     lengths = [len(e.ids) for e in data]
     # padded; packed into one row (attention free); packed one sentence a row with padding
     # tokens after (attention dear, rows padded); with and without the shared prefix; the
-    # prefix once for three micro-batches (a sentence each), with and without sdpa's GQA
-    cases = ((0, False, None, False, False), (prefix, False, None, False, False),
-             (0, True, 0.0, False, False), (prefix, True, 0.0, False, False),
-             (prefix, True, 1.0, False, False), (prefix, True, None, True, False),
-             (prefix, True, None, True, True))
-    for prefix_len, pack, weight, step, gqa in cases:
+    # prefix once for three micro-batches (a sentence each), with and without sdpa's GQA; under
+    # gradient checkpointing (the layers replayed in the backward pass read the prefix's cache)
+    cases = ((0, False, None, False, False, False), (prefix, False, None, False, False, False),
+             (0, True, 0.0, False, False, False), (prefix, True, 0.0, False, False, False),
+             (prefix, True, 1.0, False, False, False), (prefix, True, None, True, False, False),
+             (prefix, True, None, True, True, False), (prefix, True, 0.0, False, False, True),
+             (prefix, True, None, True, None, True))
+    for prefix_len, pack, weight, step, gqa, checkpointing in cases:
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.train()
+            from core.training import prefix as shared
+            assert shared.supported(model)
+            assert shared._checkpointed_layers(shared.lm_parts(model)[0])  # it is on
+        else:
+            model.gradient_checkpointing_disable()
         if weight is not None:
             monkeypatch.setattr(packing, "pair_weight", lambda _config, w=weight: w)
         else:
             monkeypatch.undo()
-        # answer_loss_sum turns GQA on for a CPU unless the variable says otherwise
-        monkeypatch.setenv("TRANSFORMERS_SDPA_FORCE_GQA", "1" if gqa else "0")
+        # answer_loss_sum turns GQA on for a CPU unless the variable says otherwise (None: as
+        # it decides; not under checkpointing, whose replay must take the forward's path)
+        if gqa is None:
+            monkeypatch.delenv("TRANSFORMERS_SDPA_FORCE_GQA", raising=False)
+        else:
+            monkeypatch.setenv("TRANSFORMERS_SDPA_FORCE_GQA", "1" if gqa else "0")
         rows = packing.layout([n - prefix_len for n in lengths], prefix_len,
                               packing.pair_weight(model.config))
         assert weight != 0.0 or len(rows) == 1
@@ -191,7 +205,53 @@ def test_answer_only_loss_equals_the_full_logits_loss(db, tiny, monkeypatch):
             # float32 rounding of other sums (fused loss, packed rows) through 30 layers: up to
             # ~1e-4 of a small gradient's norm; a wrong mask or position gives O(1)
             off = float((grads[name] - grad).norm() / grad.norm())
-            assert off < 1e-3, (prefix_len, pack, weight, step, gqa, name, off)
+            assert off < 1e-3, (prefix_len, pack, weight, step, gqa, checkpointing, name, off)
+
+
+@pytest.mark.slow
+def test_checkpointed_step_prefix_gives_the_same_gradients_with_dropout(db, tiny, monkeypatch):
+    """Under gradient checkpointing the step's prefix is computed without its graph and again
+    when its gradients go back: with dropout on, the replay draws the same masks, so the step's
+    gradients are those of the prefix kept whole."""
+    import torch
+
+    from core.training.batches import encode_examples, shared_prefix
+    from core.training.loop import StepPrefix, answer_loss_sum, build_model
+
+    monkeypatch.setenv("TRANSFORMERS_SDPA_FORCE_GQA", "0")
+    cfg = quick_config(dropout=0.2, rank=4, precision="fp32")
+    model, tok, _ = build_model(cfg, "cpu", log=lambda m: None)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    data, _ = encode_examples(tok, get_template(db, tiny["id"]),
+                              projects.examples(db, tiny["id"], "train")[:2],
+                              projects.list_labels(db, tiny["id"]), 256)
+    prefix = shared_prefix(data)
+    model.train()
+
+    def grads(checkpointed: bool) -> dict:
+        if checkpointed:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_disable()
+        model.zero_grad()
+        torch.manual_seed(7)
+        once = StepPrefix(model, data[0].ids[:prefix], "cpu")
+        for chunk in micro_batches(data, token_budget=1, prefix=prefix, packed=True):
+            loss, _n = answer_loss_sum(model, chunk, tok.pad_token_id, "cpu", prefix=prefix,
+                                       step_prefix=once)
+            loss.backward()
+        once.backward()
+        after = torch.rand(1)  # the replay leaves the random state as it found it
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, after
+
+    (plain, rng_a), (checkpointed, rng_b) = grads(False), grads(True)
+    assert plain.keys() == checkpointed.keys() and plain
+    assert torch.equal(rng_a, rng_b)
+    for name, grad in plain.items():
+        assert float((checkpointed[name] - grad).norm() / grad.norm()) < 1e-4, name
 
 
 @pytest.mark.slow

@@ -26,6 +26,8 @@ from core.training.batches import (
 )
 from core.training.distributed import SINGLE, Group, shard
 from core.training.losses import answer_cross_entropy
+from core.training.prefix import StepPrefix, checkpointing, lm_parts, prefix_cache, reading_prefix
+from core.training.prefix import supported as prefix_supported
 from core.training.runconfig import RunConfig
 
 
@@ -116,23 +118,18 @@ def build_optimizer(model: Any, cfg: RunConfig):
     return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
 
 
-def _lm_parts(model: Any) -> tuple[Any, Any, float | None]:
-    """(decoder, lm_head, logit softcap) of a causal LM, peft-wrapped or not."""
-    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
-    softcap = getattr(causal.config, "final_logit_softcapping", None)
-    return causal.get_decoder(), causal.get_output_embeddings(), softcap
-
-
 @contextlib.contextmanager
-def _gqa_attention(device: str):
+def _gqa_attention(device: str, decoder: Any):
     """On a CPU, attention takes the grouped key/value heads as they are (sdpa's
     ``enable_gqa``) instead of copies repeated for every query head: same results, measured
     ~130 MB less memory in the bundled model's training step. transformers does it only without
     a mask on CUDA, where masked GQA would leave the fast kernels; its switch is an environment
-    variable, set around each micro-batch's forward pass (:func:`answer_loss_sum`)."""
+    variable, set around each micro-batch's forward pass (:func:`answer_loss_sum`). Not under
+    gradient checkpointing, whose replay in the backward pass must take the same path (and
+    keeps no keys to save memory on)."""
     name = "TRANSFORMERS_SDPA_FORCE_GQA"
     before = os.environ.get(name)
-    if device != "cpu" or before is not None:
+    if device != "cpu" or before is not None or checkpointing(decoder):
         yield
         return
     os.environ[name] = "1"
@@ -140,57 +137,6 @@ def _gqa_attention(device: str):
         yield
     finally:
         os.environ.pop(name, None)
-
-
-class StepPrefix:
-    """The shared prompt prefix's keys and values, computed once for a whole optimiser step
-    instead of once per micro-batch (one process; see :func:`train_loop`).
-
-    Each micro-batch attends to detached copies of the prefix's keys and values that collect
-    their gradients over the step (:meth:`cache`); :meth:`backward` then passes the sum through
-    the prefix's own graph once. By the chain rule the adapter gets the same gradients as when
-    every micro-batch computed the prefix itself, for one prefix pass per step instead of one per
-    micro-batch, which lets micro-batches be small (less memory) for little extra work.
-    """
-
-    def __init__(self, model: Any, ids: Sequence[int], device: str,
-                 autocast_dtype: Any = None) -> None:
-        import torch
-
-        decoder, _head, _softcap = _lm_parts(model)
-        ctx = (torch.autocast(device_type=device, dtype=autocast_dtype)
-               if autocast_dtype is not None else contextlib.nullcontext())
-        with ctx:
-            self._cache = decoder(input_ids=torch.tensor([list(ids)], device=device),
-                                  use_cache=True).cache
-        self._outputs: list[Any] = []
-        self._leaves: list[Any] = []
-        for layer in self._cache.layers:
-            for tensor in (layer.keys, layer.values):
-                self._outputs.append(tensor)
-                self._leaves.append(tensor.detach().requires_grad_(tensor.requires_grad))
-
-    def cache(self, rows: int) -> Any:
-        """A key/value cache of the prefix for a micro-batch of ``rows`` rows."""
-        import copy
-
-        cache = copy.copy(self._cache)
-        cache.layers = [copy.copy(layer) for layer in self._cache.layers]
-        for i, layer in enumerate(cache.layers):
-            layer.keys, layer.values = self._leaves[2 * i], self._leaves[2 * i + 1]
-        if rows > 1:
-            cache.batch_repeat_interleave(rows)
-        return cache
-
-    def backward(self) -> None:
-        """The step's gradients of the prefix's keys and values, through the prefix's graph."""
-        import torch
-
-        pairs = [(out, leaf.grad) for out, leaf in zip(self._outputs, self._leaves, strict=True)
-                 if leaf.grad is not None and out.requires_grad]
-        if pairs:
-            torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
-        self._outputs, self._leaves = [], []
 
 
 def answer_loss_sum(model: Any, chunk: Sequence[Encoded], pad_id: int, device: str,
@@ -211,7 +157,7 @@ def answer_loss_sum(model: Any, chunk: Sequence[Encoded], pad_id: int, device: s
     """
     import torch
 
-    decoder, head, softcap = _lm_parts(model)
+    decoder, head, softcap = lm_parts(model)
     positions = None
     if len(chunk) > 1 and packs(model):
         ids, mask, positions, rows, cols, targets = packing.packed_inputs(
@@ -223,17 +169,19 @@ def answer_loss_sum(model: Any, chunk: Sequence[Encoded], pad_id: int, device: s
         positions = positions.to(device)
     ctx = (torch.autocast(device_type=device, dtype=autocast_dtype) if autocast_dtype is not None
            else contextlib.nullcontext())
-    with ctx, _gqa_attention(device):
+    with ctx, _gqa_attention(device, decoder), reading_prefix(decoder):
         cache = None
         if prefix and step_prefix is not None:
             cache = step_prefix.cache(ids.shape[0])
         elif prefix:
-            shared = torch.tensor([chunk[0].ids[:prefix]], device=device)
-            cache = decoder(input_ids=shared, use_cache=True).cache
+            cache = prefix_cache(model, chunk[0].ids[:prefix], device)
             if ids.shape[0] > 1:
                 cache.batch_repeat_interleave(ids.shape[0])
+        # The cache is read either way; use_cache asks for it back (not under checkpointing,
+        # where transformers would refuse it with a warning).
         hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
-                         use_cache=cache is not None).last_hidden_state
+                         use_cache=cache is not None and not checkpointing(decoder)
+                         ).last_hidden_state
         picked = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
         loss = answer_cross_entropy(picked, head, torch.tensor(targets, device=device), softcap)
     return loss, len(targets)
@@ -363,10 +311,13 @@ def train_loop(
     # Memory per forward pass stays within what batch_size sentences of the longest length take;
     # on a CPU half that: with the prefix computed once per step (StepPrefix) the smaller
     # micro-batches cost no speed there (bench_train: the same tokens/s, peak 2.3 -> 1.9 GB).
+    # Gradient checkpointing keeps little of a micro-batch: there the whole batch.
     budget = t.batch_size * min(t.max_length, max(len(e.ids) for e in train))
-    if device == "cpu":
+    if device == "cpu" and not t.gradient_checkpointing:
         budget //= 2
-    prefix = 0 if t.gradient_checkpointing or not share_prefix_enabled() else shared_prefix(train)
+    prefix = shared_prefix(train) if share_prefix_enabled() else 0
+    if t.gradient_checkpointing and not prefix_supported(model):
+        prefix = 0
     warmup = int(round(t.warmup_ratio * total))
     optimizer = build_optimizer(model, cfg)
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)
