@@ -310,7 +310,10 @@ def test_fsdp_through_the_users_accelerate_config_trains_like_one_process(db, bu
                 [m["eval_loss"] for m in rows if m["eval_loss"] is not None])
 
     (steps1, dev1), (steps2, dev2) = losses(one), losses(fsdp)
-    assert len(steps2) == 3 and steps2 == pytest.approx(steps1, rel=1e-4)
+    # float32 rounding of sharded sums, two updates on: up to 1.3e-4 of the third step's loss
+    # on an AVX512 CPU (the same with the code of before the prefix changes); wrong gradients
+    # give ~1e-2
+    assert len(steps2) == 3 and steps2 == pytest.approx(steps1, rel=5e-4)
     assert dev2 == pytest.approx(dev1, rel=1e-4)
     w1, w2 = _adapter(one), _adapter(fsdp)
     assert w1.keys() == w2.keys()
