@@ -26,8 +26,16 @@ from core.training.batches import (
 )
 from core.training.distributed import SINGLE, Group, shard
 from core.training.losses import answer_cross_entropy
-from core.training.prefix import StepPrefix, checkpointing, lm_parts, prefix_cache, reading_prefix
-from core.training.prefix import supported as prefix_supported
+from core.training.prefix import (
+    StepPrefix,
+    checkpointing,
+    lm_parts,
+    prefix_cache,
+    reading_prefix,
+)
+from core.training.prefix import (
+    supported as prefix_supported,
+)
 from core.training.runconfig import RunConfig
 
 
@@ -119,7 +127,7 @@ def build_optimizer(model: Any, cfg: RunConfig):
 
 
 @contextlib.contextmanager
-def _gqa_attention(device: str, decoder: Any):
+def _gqa_attention(device: str, checkpointed: bool):
     """On a CPU, attention takes the grouped key/value heads as they are (sdpa's
     ``enable_gqa``) instead of copies repeated for every query head: same results, measured
     ~130 MB less memory in the bundled model's training step. transformers does it only without
@@ -129,7 +137,7 @@ def _gqa_attention(device: str, decoder: Any):
     keeps no keys to save memory on)."""
     name = "TRANSFORMERS_SDPA_FORCE_GQA"
     before = os.environ.get(name)
-    if device != "cpu" or before is not None or checkpointing(decoder):
+    if device != "cpu" or before is not None or checkpointed:
         yield
         return
     os.environ[name] = "1"
@@ -169,7 +177,8 @@ def answer_loss_sum(model: Any, chunk: Sequence[Encoded], pad_id: int, device: s
         positions = positions.to(device)
     ctx = (torch.autocast(device_type=device, dtype=autocast_dtype) if autocast_dtype is not None
            else contextlib.nullcontext())
-    with ctx, _gqa_attention(device, decoder), reading_prefix(decoder):
+    checkpointed = checkpointing(decoder)
+    with ctx, _gqa_attention(device, checkpointed), reading_prefix(decoder):
         cache = None
         if prefix and step_prefix is not None:
             cache = step_prefix.cache(ids.shape[0])
@@ -180,8 +189,7 @@ def answer_loss_sum(model: Any, chunk: Sequence[Encoded], pad_id: int, device: s
         # The cache is read either way; use_cache asks for it back (not under checkpointing,
         # where transformers would refuse it with a warning).
         hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
-                         use_cache=cache is not None and not checkpointing(decoder)
-                         ).last_hidden_state
+                         use_cache=cache is not None and not checkpointed).last_hidden_state
         picked = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
         loss = answer_cross_entropy(picked, head, torch.tensor(targets, device=device), softcap)
     return loss, len(targets)

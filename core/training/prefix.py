@@ -59,12 +59,13 @@ def supported(model: Any) -> bool:
 
 
 def read_only(cache: Any) -> Any:
-    """``cache`` with every layer read without growing (see the module docstring)."""
-    cls = _prefix_layer()
-    for layer in cache.layers:
-        if not _plain(layer):
-            raise ValueError(f"A {type(layer).__name__} cache layer cannot hold a shared prefix.")
-        layer.__class__ = cls
+    """``cache`` with every layer read without growing (see the module docstring); a cache
+    with other layers (sliding windows) as it is: it is shared without checkpointing only
+    (:func:`supported`)."""
+    if all(_plain(layer) for layer in cache.layers):
+        cls = _prefix_layer()
+        for layer in cache.layers:
+            layer.__class__ = cls
     return cache
 
 
@@ -82,6 +83,9 @@ def _checkpointed_layers(decoder: Any) -> list[Any]:
     return [m for m in _checkpointing(decoder) if hasattr(m, "_can_checkpoint_with_cache")]
 
 
+_MISSING = object()
+
+
 @contextlib.contextmanager
 def _layers_set(layers: Sequence[Any], name: str, value: Any) -> Iterator[None]:
     before = [(layer, layer.__dict__.get(name, _MISSING)) for layer in layers]
@@ -96,8 +100,6 @@ def _layers_set(layers: Sequence[Any], name: str, value: Any) -> Iterator[None]:
             else:
                 setattr(layer, name, old)
 
-
-_MISSING = object()
 
 
 def prefix_cache(model: Any, ids: Sequence[int], device: str, autocast_dtype: Any = None) -> Any:
