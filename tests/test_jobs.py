@@ -98,6 +98,10 @@ def test_compute_env_preloads_tcmalloc_unless_told_otherwise(tmp_path, monkeypat
     env = procs.compute_env({"PATH": "/bin"})
     assert env["LD_PRELOAD"] == str(lib) and env["OMP_WAIT_POLICY"] == "PASSIVE"
     assert int(env["TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"]) >= 2**40  # no "large alloc" notices
+    # bounded per-shape kernel caches, above the ~31 kernels one micro-batch reuses
+    assert 64 <= int(env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"]) < 1024
+    assert 32 <= int(env["LRU_CACHE_CAPACITY"]) < 1024
+    assert procs.compute_env({"LRU_CACHE_CAPACITY": "1"})["LRU_CACHE_CAPACITY"] == "1"
     # another preload is kept after it; a malloc the caller chose is left alone
     assert procs.compute_env({"LD_PRELOAD": "/x/libfoo.so"})["LD_PRELOAD"] == f"{lib} /x/libfoo.so"
     assert procs.compute_env({"LD_PRELOAD": "/x/libjemalloc.so.2"})["LD_PRELOAD"] == "/x/libjemalloc.so.2"
