@@ -90,7 +90,8 @@ def test_the_users_accelerate_config_and_several_machines_reach_accelerate_launc
         Launch(num_machines=0)
 
 
-def test_nerlab_train_keeps_the_launch_settings_and_join_builds_the_other_machines_command(db):
+def test_nerlab_train_keeps_the_launch_settings_and_join_builds_the_other_machines_command(
+        db, monkeypatch):
     from core.cli.main import build_parser
     from core.cli.run_cmds import launch_from_args
     from core.data.runs import create_run
@@ -112,6 +113,15 @@ def test_nerlab_train_keeps_the_launch_settings_and_join_builds_the_other_machin
     cmd = launcher.join_command(db, run_id, 1)
     assert cmd[cmd.index("--machine_rank") + 1] == "1" and cmd[-1] == str(run_id)
     assert cmd[cmd.index("--num_processes") + 1] == "4"
+    # `nerlab join` starts it as this machine's own workers compute (core.procs.compute_env)
+    import subprocess
+
+    from core.cli.main import main as cli_main
+    started = []
+    monkeypatch.setattr(subprocess, "call", lambda c, env=None: started.append((c, env)) or 0)
+    assert cli_main(["join", str(run_id), "--machine-rank", "1"]) == 0
+    assert started[0][0] == cmd and started[0][1]["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" in started[0][1]
     for wrong in (0, 2):
         with pytest.raises(NerlabError, match="join as machine 1"):
             launcher.join_command(db, run_id, wrong)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 
-from core import config
+from core import config, procs
 from core.cli.follow import EXIT_CODES, run_summary, wait_and_report
 from core.data import phases, projects
 from core.data.db import get_db
@@ -158,7 +159,9 @@ def cmd_join(args: argparse.Namespace) -> int:
     print(" ".join(command), file=sys.stderr)
     if args.print:
         return 0
-    return subprocess.call(command)
+    # As this machine's own workers compute (tcmalloc, sleeping OpenMP threads, bounded kernel
+    # caches).
+    return subprocess.call(command, env=procs.compute_env(dict(os.environ)))
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
