@@ -129,6 +129,43 @@ def test_spawned_processes_run_under_tcmalloc_and_report_their_peak(tmp_path):
     assert log.read_text().split() == ["tcmalloc", "True"], log.read_text()
 
 
+def test_workers_memory_stays_flat_over_matmuls_of_ever_new_shapes():
+    """bf16 matrix products of 200 new shapes (as packed micro-batches give): oneDNN and ideep
+    keep an entry per shape; in a process started as workers are, the caches are bounded and
+    the resident set barely grows, where their default bounds let it grow by ~1 MB a shape."""
+    import torch
+
+    from core import procs
+
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("bf16 matrix products do not go through oneDNN on this CPU")
+    code = (
+        "import torch\n"
+        "def rss():\n"
+        "    return int(next(x for x in open('/proc/self/status') if x.startswith('VmRSS'))"
+        ".split()[1]) // 1024\n"
+        "torch.set_num_threads(1)\n"
+        "w = torch.randn(1536, 576, dtype=torch.bfloat16, requires_grad=True)\n"
+        "def step(n):\n"
+        "    torch.nn.functional.linear(torch.randn(n, 576, dtype=torch.bfloat16), w).sum()"
+        ".backward()\n"
+        "for n in range(100, 120): step(n)\n"
+        "before = rss()\n"
+        "for n in range(200, 400): step(n)\n"
+        "print(rss() - before)\n")
+
+    def growth(env: dict) -> int:
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, timeout=300, check=True)
+        return int(out.stdout.split()[-1])
+
+    workers = procs.compute_env(dict(os.environ))
+    unbounded = {**workers, **dict.fromkeys(procs.KERNEL_CACHES, "1024")}
+    bounded_mb, unbounded_mb = growth(workers), growth(unbounded)
+    assert unbounded_mb > 100, unbounded_mb  # the creep is there to bound
+    assert bounded_mb < unbounded_mb / 3, (bounded_mb, unbounded_mb)
+
+
 def test_peak_rss_is_the_high_water_mark_until_reset():
     """In a fresh process (the test process's own memory depends on the tests before it): a
     300 MB block freed, glibc hands it straight back, the reset peak is far below it."""
