@@ -133,12 +133,11 @@ def test_workers_memory_stays_flat_over_matmuls_of_ever_new_shapes():
     """bf16 matrix products of 200 new shapes (as packed micro-batches give): oneDNN and ideep
     keep an entry per shape; in a process started as workers are, the caches are bounded and
     the resident set barely grows, where their default bounds let it grow by ~1 MB a shape."""
-    import torch
-
     from core import procs
+    from core.models.loader import cpu_bf16
 
-    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        pytest.skip("bf16 matrix products do not go through oneDNN on this CPU")
+    if not cpu_bf16():
+        pytest.skip("this CPU trains in float32, whose matrix products never crept")
     code = (
         "import torch\n"
         "def rss():\n"

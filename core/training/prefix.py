@@ -101,7 +101,6 @@ def _layers_set(layers: Sequence[Any], name: str, value: Any) -> Iterator[None]:
                 setattr(layer, name, old)
 
 
-
 def prefix_cache(model: Any, ids: Sequence[int], device: str, autocast_dtype: Any = None) -> Any:
     """The key/value cache of one row of prefix tokens, with its graph (gradients flow back
     through it); computed without checkpointing, read-only."""
